@@ -1,0 +1,136 @@
+import type pg from 'pg'
+import type { FastifyBaseLogger } from 'fastify'
+import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
+import { AcquireTimeoutError, ClosingError, ConnectionFailedError, StreamUnsupportedError } from './errors.js'
+import type { PoolCounters } from './pool-stats.js'
+
+// pg-pool reports its own connectionTimeoutMillis this way (it has no error code); ours matches it.
+const PG_TIMEOUT_MESSAGE = 'timeout exceeded when trying to connect'
+
+/** Hands out pooled connections with a deadline, and knows every one that is checked out. */
+export class ConnectionSource {
+  readonly pool: pg.Pool
+  readonly counters: PoolCounters
+  readonly log: FastifyBaseLogger
+  /** Checked-out connections, so that close() can end what their owners never did. */
+  readonly leases = new Set<Lease>()
+  readonly #deadline: number
+  readonly #reportedDeadline: number
+  #closed = false
+
+  constructor (pool: pg.Pool, counters: PoolCounters, log: FastifyBaseLogger, deadline: number, reportedDeadline: number) {
+    this.pool = pool
+    this.counters = counters
+    this.log = log
+    this.#deadline = deadline
+    this.#reportedDeadline = reportedDeadline
+  }
+
+  close (): void {
+    this.#closed = true
+  }
+
+  async acquire (): Promise<Lease> {
+    if (this.#closed) throw new ClosingError()
+    let client: pg.PoolClient
+    try {
+      client = this.#deadline > 0 ? await connectWithin(this.pool, this.#deadline) : await this.pool.connect()
+    } catch (cause) {
+      throw this.#acquireError(cause as Error)
+    }
+    this.counters.acquires++
+    const lease = new Lease(client, this)
+    this.leases.add(lease)
+    return lease
+  }
+
+  #acquireError (cause: Error): Error {
+    if (cause.message !== PG_TIMEOUT_MESSAGE) return new ConnectionFailedError(cause.message, { cause })
+    this.counters.acquireTimeouts++
+    const error = new AcquireTimeoutError(this.#reportedDeadline, { cause })
+    // Fastify's error handler sends these; a load balancer or client can back off.
+    ;(error as { headers?: object }).headers = { 'retry-after': String(Math.ceil(this.#reportedDeadline / 1000)) }
+    return error
+  }
+}
+
+/** pool.connect() with a deadline, for a user's pool configured to wait forever. */
+async function connectWithin (pool: pg.Pool, millis: number): Promise<pg.PoolClient> {
+  const pending = pool.connect()
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(reject, millis, new Error(PG_TIMEOUT_MESSAGE))
+  })
+  try {
+    return await Promise.race([pending, deadline])
+  } catch (error) {
+    // The pool may still hand us a client later: give it straight back.
+    pending.then((client) => client.release(), () => {})
+    throw error
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/**
+ * One checkout of a pooled client: listened to while out (pg-pool does not), returned exactly
+ * once, and destroyed rather than returned when its state is in doubt.
+ */
+export class Lease implements DatabaseConnection {
+  readonly client: pg.PoolClient
+  readonly #source: ConnectionSource
+  #error: Error | null = null
+  #released = false
+  readonly #onError = (error: Error): void => {
+    this.#error = error
+    this.#source.log.warn({ err: error }, 'fastify-db-session: a checked-out database connection failed; it will be destroyed')
+  }
+
+  constructor (client: pg.PoolClient, source: ConnectionSource) {
+    this.client = client
+    this.#source = source
+    client.on('error', this.#onError)
+  }
+
+  /** Used by Kysely's PostgresDriver for query cancellation. */
+  get processID (): number {
+    return (this.client as unknown as { processID: number }).processID
+  }
+
+  get released (): boolean {
+    return this.#released
+  }
+
+  /** The `PostgresPoolClient` face, for `fastify.db.kysely`. */
+  query (sql: string, parameters: readonly unknown[]): Promise<pg.QueryResult> {
+    return this.client.query(sql, parameters as unknown[])
+  }
+
+  /** The `DatabaseConnection` face, for `request.db`: results shaped as Kysely's PostgresDriver shapes them. */
+  async executeQuery<R> (compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    const { command, rowCount, rows } = await this.client.query(compiledQuery.sql, compiledQuery.parameters as unknown[])
+    return {
+      numAffectedRows: command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE'
+        ? BigInt(rowCount ?? 0)
+        : undefined,
+      rows: rows ?? []
+    }
+  }
+
+  // eslint-disable-next-line require-yield
+  async * streamQuery<R> (): AsyncIterableIterator<QueryResult<R>> {
+    throw new StreamUnsupportedError()
+  }
+
+  /** Gives the client back, or destroys it when asked to, when it failed, or when it is still inside a transaction. */
+  release (discard = false): void {
+    if (this.#released) return
+    this.#released = true
+    this.#source.leases.delete(this)
+    this.client.removeListener('error', this.#onError)
+    // pg keeps the backend's transaction status from its last ReadyForQuery: 'I' is idle.
+    const inDoubt = discard || this.#error !== null || (this.client as unknown as { _txStatus: string })._txStatus !== 'I'
+    if (inDoubt) this.#source.counters.destroyed++
+    this.client.release(inDoubt ? (this.#error ?? new Error('fastify-db-session: connection state in doubt')) : undefined)
+  }
+}

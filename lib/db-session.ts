@@ -1,0 +1,133 @@
+import { Transaction } from 'kysely'
+import type { ConnectionProvider, DatabaseConnection, KyselyProps, QueryExecutor } from 'kysely'
+import type { ConnectionSource, Lease } from './connection-lease.js'
+import { commitError, ConnectionFailedError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
+import type { BeginSettings } from './transaction-settings.js'
+
+/** What every unit of work of one plugin instance shares. */
+export interface SessionRuntime {
+  readonly source: ConnectionSource
+  /** The plugin's Kysely executor (compiler, adapter, plugins); each session swaps in itself as connection provider. */
+  readonly executor: QueryExecutor
+  readonly props: Omit<KyselyProps, 'executor'>
+  /** Sessions holding or opening a connection, so that close() can end them. */
+  readonly live: Set<DbSession>
+}
+
+function ignore (): void {}
+
+/**
+ * One unit of work: a transaction opened by its first query, and one idempotent finish that
+ * commits or rolls back, then returns the connection exactly once.
+ */
+export class DbSession implements ConnectionProvider {
+  readonly #runtime: SessionRuntime
+  readonly #settings: BeginSettings
+  #transaction: Transaction<any> | null = null
+  #opening: Promise<Lease> | null = null
+  /** pg must not be handed a second query before the first ends: queries run one at a time. */
+  #queue: Promise<unknown> = Promise.resolve()
+  #finishing: Promise<Error | null> | null = null
+  #finishReason = ''
+  /** Called once when the finish starts (the request uses it to stop listening to its socket). */
+  onFinish: () => void = ignore
+
+  constructor (runtime: SessionRuntime, settings: BeginSettings) {
+    this.#runtime = runtime
+    this.#settings = settings
+  }
+
+  /** The Kysely transaction users query through; nothing is sent until its first query. */
+  get transaction (): Transaction<any> {
+    this.#transaction ??= new Transaction({
+      ...this.#runtime.props,
+      executor: this.#runtime.executor.withConnectionProvider(this)
+    })
+    return this.#transaction
+  }
+
+  get finished (): boolean {
+    return this.#finishing !== null
+  }
+
+  provideConnection<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
+    if (this.#finishing !== null) return Promise.reject(new TransactionFinishedError(this.#finishReason))
+    const run = async (): Promise<T> => consumer(await (this.#opening ??= this.#open()))
+    const result = this.#queue.then(run, run)
+    this.#queue = result.then(ignore, ignore)
+    return result
+  }
+
+  async #open (): Promise<Lease> {
+    const lease = await this.#runtime.source.acquire()
+    this.#runtime.live.add(this)
+    try {
+      await lease.client.query(this.#settings.beginSql)
+    } catch (cause) {
+      this.#runtime.live.delete(this)
+      lease.release(true)
+      throw new ConnectionFailedError((cause as Error).message, { cause })
+    }
+    return lease
+  }
+
+  /**
+   * Commits or rolls back after the queries already issued, and gives the connection back.
+   * Idempotent: later calls get the first call's outcome. Never rejects: resolves to the error
+   * a failed COMMIT should be reported as, or null.
+   */
+  finish (commit: boolean, reason: string): Promise<Error | null> {
+    if (this.#finishing === null) {
+      this.#finishReason = reason
+      this.onFinish()
+      this.#finishing = this.#queue.then(() => this.#end(commit))
+    }
+    return this.#finishing
+  }
+
+  async #end (commit: boolean): Promise<Error | null> {
+    if (this.#opening === null) return null
+    let lease: Lease
+    try {
+      lease = await this.#opening
+    } catch {
+      return null // it never opened; the query that tried has already thrown
+    }
+    this.#runtime.live.delete(this)
+    if (lease.released) return null // close() destroyed it
+    return commit ? this.#commit(lease) : this.#rollback(lease)
+  }
+
+  async #commit (lease: Lease): Promise<Error | null> {
+    const { counters } = this.#runtime.source
+    let error: Error | null = null
+    try {
+      // PostgreSQL answers COMMIT with a ROLLBACK tag when an earlier statement failed.
+      const { command } = await lease.client.query('COMMIT')
+      if (command !== 'COMMIT') error = new TransactionAbortedError()
+    } catch (cause) {
+      error = commitError(cause as Error)
+    }
+    if (error === null) {
+      counters.commits++
+    } else {
+      counters.commitFailures++
+      counters.rollbacks++
+    }
+    lease.release()
+    return error
+  }
+
+  async #rollback (lease: Lease): Promise<null> {
+    this.#runtime.source.counters.rollbacks++
+    let failed = false
+    try {
+      await lease.client.query('ROLLBACK')
+    } catch (error) {
+      failed = true
+      this.#runtime.source.log.warn({ err: error }, 'fastify-db-session: ROLLBACK failed; destroying the connection')
+    }
+    lease.release(failed)
+    return null
+  }
+}

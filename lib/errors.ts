@@ -1,0 +1,90 @@
+import createError from '@fastify/error'
+
+// One class per failure, matched by users on `err.code`; messages say what to do about it.
+export const InvalidOptionError = createError(
+  'FST_DB_SESSION_INVALID_OPTION',
+  'fastify-db-session: %s',
+  500,
+  TypeError
+)
+
+export const DbDisabledError = createError(
+  'FST_DB_SESSION_DISABLED',
+  'request.db is disabled on route %s %s by `config: { db: false }`; remove that setting to use the database there',
+  500
+)
+
+export const TransactionFinishedError = createError(
+  'FST_DB_SESSION_TRANSACTION_FINISHED',
+  'This transaction has already finished (%s); a query after that would run outside it. Await every query before the handler returns',
+  500
+)
+
+export const AcquireTimeoutError = createError(
+  'FST_DB_SESSION_ACQUIRE_TIMEOUT',
+  'No database connection became free within %d ms; the pool is exhausted (raise maxConnections or acquireTimeoutMillis, or shorten transactions)',
+  503
+)
+
+export const ConnectionFailedError = createError(
+  'FST_DB_SESSION_CONNECTION_FAILED',
+  'Could not open a database transaction: %s',
+  503
+)
+
+export const CommitFailedError = createError(
+  'FST_DB_SESSION_COMMIT_FAILED',
+  'COMMIT failed and the transaction was rolled back: %s',
+  500
+)
+
+export const TransactionAbortedError = createError(
+  'FST_DB_SESSION_TRANSACTION_ABORTED',
+  'A query in this transaction failed earlier and its error was caught, so PostgreSQL rolled back instead of committing',
+  500
+)
+
+export const SerializationFailureError = createError(
+  'FST_DB_SESSION_SERIALIZATION_FAILURE',
+  'The transaction could not be serialized with concurrent transactions and was rolled back; retry the request',
+  409
+)
+
+export const DeadlockError = createError(
+  'FST_DB_SESSION_DEADLOCK',
+  'The transaction was chosen as a deadlock victim and rolled back; retry the request',
+  409
+)
+
+export const ClosingError = createError(
+  'FST_DB_SESSION_CLOSING',
+  'The server is shutting down and takes no new database work',
+  503
+)
+
+export const StreamUnsupportedError = createError(
+  'FST_DB_SESSION_STREAM_UNSUPPORTED',
+  'stream() is not supported on request.db or fastify.db.transaction(); page with limit/offset or keyset instead',
+  500
+)
+
+export const errors = {
+  FST_DB_SESSION_INVALID_OPTION: InvalidOptionError,
+  FST_DB_SESSION_DISABLED: DbDisabledError,
+  FST_DB_SESSION_TRANSACTION_FINISHED: TransactionFinishedError,
+  FST_DB_SESSION_ACQUIRE_TIMEOUT: AcquireTimeoutError,
+  FST_DB_SESSION_CONNECTION_FAILED: ConnectionFailedError,
+  FST_DB_SESSION_COMMIT_FAILED: CommitFailedError,
+  FST_DB_SESSION_TRANSACTION_ABORTED: TransactionAbortedError,
+  FST_DB_SESSION_SERIALIZATION_FAILURE: SerializationFailureError,
+  FST_DB_SESSION_DEADLOCK: DeadlockError,
+  FST_DB_SESSION_CLOSING: ClosingError,
+  FST_DB_SESSION_STREAM_UNSUPPORTED: StreamUnsupportedError
+} as const
+
+/** Maps a failed COMMIT to the error the client should see, keeping the database error as cause. */
+export function commitError (cause: Error & { code?: string }): Error {
+  if (cause.code === '40001') return new SerializationFailureError({ cause })
+  if (cause.code === '40P01') return new DeadlockError({ cause })
+  return new CommitFailedError(cause.message, { cause })
+}

@@ -1,0 +1,103 @@
+import fp from 'fastify-plugin'
+import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
+import type { PostgresPool } from 'kysely'
+import type { FastifyInstance } from 'fastify'
+import type { DbTransactionSettings, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
+import { ConnectionSource } from './connection-lease.js'
+import { DbSession } from './db-session.js'
+import type { SessionRuntime } from './db-session.js'
+import { errors, InvalidOptionError } from './errors.js'
+import { resolveOptions } from './options.js'
+import { PoolCounters, poolStats } from './pool-stats.js'
+import { installRequestHooks } from './request-hooks.js'
+import { beginSettings, routeSettingsResolver } from './transaction-settings.js'
+
+async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOptions): Promise<void> {
+  const resolved = resolveOptions(options)
+  const { pool, closeTimeoutMillis } = resolved
+  const counters = new PoolCounters()
+  const source = new ConnectionSource(pool, counters, fastify.log, resolved.acquireTimeoutMillis, resolved.reportedAcquireTimeoutMillis)
+
+  // fastify.db.kysely runs on Kysely's own driver, fed by our leases: same deadline, listening and release rules.
+  const leasingPool = { connect: () => source.acquire(), end: async () => {}, options: pool.options }
+  const dialect = new PostgresDialect({ pool: leasingPool as unknown as PostgresPool })
+  const kysely = new Kysely<any>({ dialect, plugins: resolved.plugins })
+  const runtime: SessionRuntime = {
+    source,
+    executor: kysely.getExecutor(),
+    props: { config: { dialect }, dialect, driver: new DummyDriver() },
+    live: new Set()
+  }
+
+  const defaults: DbTransactionSettings = { isolationLevel: resolved.isolationLevel, accessMode: resolved.accessMode }
+  const routeSettings = routeSettingsResolver(defaults)
+  installRequestHooks(fastify, runtime, routeSettings, resolved.commitWhen)
+
+  async function transaction<T> (fn: (trx: any) => Promise<T>, settings?: DbTransactionSettings): Promise<T> {
+    if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
+    const begin = settings === undefined ? routeSettings.forConfig({}) : beginSettings({ ...defaults, ...settings }, 'fastify.db.transaction: ')
+    const session = new DbSession(runtime, begin as NonNullable<typeof begin>)
+    let result: T
+    try {
+      result = await fn(session.transaction)
+    } catch (error) {
+      await session.finish(false, 'its callback threw')
+      throw error
+    }
+    const commitFailure = await session.finish(true, 'its callback returned')
+    if (commitFailure !== null) throw commitFailure
+    return result
+  }
+
+  const db: FastifyDbSession<any> = {
+    kysely,
+    pool,
+    transaction,
+    stats: () => poolStats(pool, counters)
+  }
+  fastify.decorate('db', db)
+
+  // A checked-out client is listened to by its lease; an idle one that fails must not crash the process.
+  const onIdleError = (error: Error): void => {
+    fastify.log.warn({ err: error }, 'fastify-db-session: an idle database connection failed; the pool dropped it')
+  }
+  pool.on('error', onIdleError)
+
+  /** Destroys every connection still checked out: PostgreSQL rolls back what they held. */
+  function destroyCheckedOut (): void {
+    for (const lease of source.leases) {
+      counters.leaks++
+      lease.release(true)
+    }
+  }
+
+  let closeTimer: NodeJS.Timeout | undefined
+  fastify.addHook('preClose', (done) => {
+    // Requests still running get closeTimeoutMillis to finish; a request stuck in the database
+    // would otherwise keep the server from closing.
+    closeTimer = setTimeout(destroyCheckedOut, closeTimeoutMillis).unref()
+    done()
+  })
+  fastify.addHook('onClose', async () => {
+    clearTimeout(closeTimer)
+    source.close()
+    const rollbacks = [...runtime.live].map((session) => session.finish(false, 'the server closed'))
+    await within(closeTimeoutMillis, Promise.all(rollbacks))
+    destroyCheckedOut()
+    if (resolved.ownsPool) await within(closeTimeoutMillis, pool.end())
+    pool.removeListener('error', onIdleError)
+  })
+}
+
+/** Waits for `work`, but never longer than `millis`. */
+async function within (millis: number, work: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, millis) })
+  await Promise.race([work, deadline])
+  clearTimeout(timer)
+}
+
+const fastifyDbSession = Object.assign(fp(dbSession, { fastify: '5.x', name: 'fastify-db-session' }), { errors })
+
+export default fastifyDbSession
+export { fastifyDbSession, errors, fastifyDbSession as 'module.exports' }

@@ -1,0 +1,58 @@
+import type { DbRouteConfig, DbTransactionSettings } from '../index.js'
+import { InvalidOptionError } from './errors.js'
+
+const ISOLATION_LEVELS = ['read uncommitted', 'read committed', 'repeatable read', 'serializable']
+const ACCESS_MODES = ['read write', 'read only']
+
+/** What a unit of work needs to start: the exact BEGIN statement, built once per settings. */
+export interface BeginSettings {
+  readonly beginSql: string
+}
+
+/** Validates transaction settings and builds their BEGIN statement, once, at register/route time. */
+export function beginSettings (settings: DbTransactionSettings, where: string): BeginSettings {
+  const { isolationLevel, accessMode } = settings
+  if (isolationLevel !== undefined && !ISOLATION_LEVELS.includes(isolationLevel)) {
+    throw new InvalidOptionError(`${where}isolationLevel must be one of ${ISOLATION_LEVELS.join(', ')}; instead got '${isolationLevel}'`)
+  }
+  if (accessMode !== undefined && !ACCESS_MODES.includes(accessMode)) {
+    throw new InvalidOptionError(`${where}accessMode must be one of ${ACCESS_MODES.join(', ')}; instead got '${accessMode}'`)
+  }
+  let beginSql = 'BEGIN'
+  if (isolationLevel !== undefined) beginSql += ` ISOLATION LEVEL ${isolationLevel.toUpperCase()}`
+  if (accessMode !== undefined) beginSql += ` ${accessMode.toUpperCase()}`
+  return { beginSql }
+}
+
+/**
+ * Resolves a route's `config.db` against the plugin defaults: `null` when the route opted out.
+ * Results are cached per route config object, so each route pays for this once.
+ */
+export function routeSettingsResolver (defaults: DbTransactionSettings) {
+  const pluginSettings = beginSettings(defaults, '')
+  const cache = new WeakMap<object, BeginSettings | null>()
+
+  function resolve (routeConfig: DbRouteConfig | undefined, where: string): BeginSettings | null {
+    if (routeConfig === undefined) return pluginSettings
+    if (routeConfig === false) return null
+    if (routeConfig === null || typeof routeConfig !== 'object') {
+      throw new InvalidOptionError(`${where}db must be false or an object like { isolationLevel, accessMode }; instead got '${String(routeConfig)}'`)
+    }
+    return beginSettings({ ...defaults, ...routeConfig }, where + 'db.')
+  }
+
+  return {
+    /** Checks a route's config when the route is declared, so mistakes fail at startup. */
+    check (routeConfig: DbRouteConfig | undefined, url: string) {
+      resolve(routeConfig, `route ${url}: config.`)
+    },
+    forConfig (config: { db?: DbRouteConfig, url?: string }): BeginSettings | null {
+      let settings = cache.get(config)
+      if (settings === undefined) {
+        settings = resolve(config.db, `route ${config.url}: config.`)
+        cache.set(config, settings)
+      }
+      return settings
+    }
+  }
+}

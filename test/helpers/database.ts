@@ -1,0 +1,75 @@
+// Each test file gets a database of its own on the run's server, so connection counts in
+// pg_stat_activity are exact even while files run in parallel.
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import Fastify from 'fastify'
+import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import dbSession from '../../lib/index.js'
+import type { FastifyDbSessionOptions } from '../../index.js'
+
+export interface TestDatabase {
+  /** Connection string of this file's own database. */
+  url: string
+  name: string
+  /** Runs SQL in this file's database on a connection outside any plugin pool. */
+  query: <R extends pg.QueryResultRow = any>(sql: string, values?: unknown[]) => Promise<pg.QueryResult<R>>
+  /** Backends connected to this file's database (the helper's own excluded). */
+  connections: () => Promise<number>
+  /** Backends left inside a transaction: should always be 0 once requests are done. */
+  idleInTransaction: () => Promise<number>
+  /** A Fastify app with the plugin registered on this database; closed when the test ends. */
+  app: (options?: Partial<FastifyDbSessionOptions>, fastifyOptions?: FastifyServerOptions) => Promise<FastifyInstance>
+}
+
+interface Teardown { teardown: (fn: () => unknown) => void }
+
+export async function testDatabase (t: Teardown): Promise<TestDatabase> {
+  const serverUrl = process.env.DATABASE_URL
+  if (!serverUrl) throw new Error('DATABASE_URL is not set: run the tests with `npm test`, which starts PostgreSQL')
+  const name = 'test_' + randomBytes(6).toString('hex')
+  const admin = new pg.Client({ connectionString: serverUrl })
+  await admin.connect()
+  await admin.query(`CREATE DATABASE ${name}`)
+  const url = new URL(serverUrl)
+  url.pathname = '/' + name
+  const helper = new pg.Client({ connectionString: url.toString() })
+  await helper.connect()
+  t.teardown(async () => {
+    await helper.end()
+    await admin.query(`DROP DATABASE ${name} WITH (FORCE)`)
+    await admin.end()
+  })
+
+  async function count (where: string): Promise<number> {
+    const { rows } = await helper.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() ${where}`,
+      [name]
+    )
+    return rows[0].n
+  }
+
+  return {
+    url: url.toString(),
+    name,
+    query: (sql, values) => helper.query(sql, values),
+    connections: () => count(''),
+    idleInTransaction: () => count("AND state LIKE 'idle in transaction%'"),
+    async app (options = {}, fastifyOptions = {}) {
+      const app = Fastify(fastifyOptions)
+      await app.register(dbSession, { connectionString: url.toString(), ...options })
+      t.teardown(() => app.close())
+      return app
+    }
+  }
+}
+
+/** Polls until `check` holds or `millis` pass; returns the last value seen. */
+export async function eventually<T> (read: () => Promise<T>, check: (value: T) => boolean, millis = 3000): Promise<T> {
+  const end = Date.now() + millis
+  let value = await read()
+  while (!check(value) && Date.now() < end) {
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    value = await read()
+  }
+  return value
+}
