@@ -12,7 +12,6 @@ import type { Pool, PoolConfig } from 'pg'
  * }
  * ```
  */
-// eslint-disable-next-line @typescript-eslint/no-empty-object-type
 export interface DbSessionRegister {}
 
 /** The database interface registered through {@link DbSessionRegister}, or `any`. */

@@ -1,7 +1,7 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
 import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
-import { AcquireTimeoutError, ClosingError, ConnectionFailedError, StreamUnsupportedError } from './errors.js'
+import { AcquireTimeoutError, ClosingError, conflictError, ConnectionFailedError, StreamUnsupportedError } from './errors.js'
 import type { PoolCounters } from './pool-stats.js'
 
 // pg-pool reports its own connectionTimeoutMillis this way (it has no error code); ours matches it.
@@ -106,18 +106,26 @@ export class Lease implements DatabaseConnection {
     return this.client.query(sql, parameters as unknown[])
   }
 
-  /** The `DatabaseConnection` face, for `request.db`: results shaped as Kysely's PostgresDriver shapes them. */
+  /**
+   * The `DatabaseConnection` face, for `request.db`: results shaped as Kysely's PostgresDriver
+   * shapes them; a serialization failure or deadlock becomes its retryable 409 error.
+   */
   async executeQuery<R> (compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
-    const { command, rowCount, rows } = await this.client.query(compiledQuery.sql, compiledQuery.parameters as unknown[])
+    let result: pg.QueryResult
+    try {
+      result = await this.client.query(compiledQuery.sql, compiledQuery.parameters as unknown[])
+    } catch (error) {
+      throw conflictError(error as Error) ?? error
+    }
+    const { command, rowCount, rows } = result
     return {
       numAffectedRows: command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE'
-        ? BigInt(rowCount ?? 0)
+        ? BigInt(rowCount as number)
         : undefined,
-      rows: rows ?? []
+      rows
     }
   }
 
-  // eslint-disable-next-line require-yield
   async * streamQuery<R> (): AsyncIterableIterator<QueryResult<R>> {
     throw new StreamUnsupportedError()
   }

@@ -82,9 +82,16 @@ export const errors = {
   FST_DB_SESSION_STREAM_UNSUPPORTED: StreamUnsupportedError
 } as const
 
-/** Maps a failed COMMIT to the error the client should see, keeping the database error as cause. */
-export function commitError (cause: Error & { code?: string }): Error {
+type DatabaseError = Error & { code?: string }
+
+/** A serialization failure or deadlock, which a client should retry: 409, with the database error as cause. */
+export function conflictError (cause: DatabaseError): Error | null {
   if (cause.code === '40001') return new SerializationFailureError({ cause })
   if (cause.code === '40P01') return new DeadlockError({ cause })
-  return new CommitFailedError(cause.message, { cause })
+  return null
+}
+
+/** Maps a failed COMMIT to the error the client should see, keeping the database error as cause. */
+export function commitError (cause: DatabaseError): Error {
+  return conflictError(cause) ?? new CommitFailedError(cause.message, { cause })
 }

@@ -46,11 +46,8 @@ function wholeNumber (options: FastifyDbSessionOptions, name: keyof typeof DEFAU
 }
 
 /** Checks every option once, at register time, and fills in the defaults. */
-export function resolveOptions (input: unknown): ResolvedOptions {
-  if (input === null || typeof input !== 'object') {
-    throw new InvalidOptionError(`options must be an object like { connectionString }; instead got '${String(input)}'`)
-  }
-  const options = input as FastifyDbSessionOptions
+// Fastify always hands a plugin an object (it turns a missing one into {}).
+export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptions {
   for (const key of Object.keys(options)) {
     if (!KNOWN.has(key)) throw new InvalidOptionError(`unknown option '${key}'; known options are ${[...KNOWN].join(', ')}`)
   }

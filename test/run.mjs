@@ -1,7 +1,7 @@
 // The test command's last step: a real PostgreSQL for the run (embedded, unless DATABASE_URL is
 // set), then tap with DATABASE_URL pointing at it, then the server stopped whatever happened.
 import { spawn } from 'node:child_process'
-import { startEmbeddedPostgres } from './helpers/embedded-postgres.mjs'
+import { startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
 
 let server = null
 if (!process.env.DATABASE_URL) {

