@@ -1,0 +1,72 @@
+// Type tests for the public API as users import it: checked by `tsc -p test/types` in the
+// test command. Each @ts-expect-error fails the build if the wrong usage starts to compile.
+import Fastify from 'fastify'
+import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
+import type { Generated, Kysely, Transaction } from 'kysely'
+import pg from 'pg'
+import dbSession, { errors, fastifyDbSession } from 'fastify-db-session'
+import type { DbPoolStats, DbRouteConfig, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+
+type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
+function expectTrue<T extends true> (_proof?: T): void {}
+
+interface Database {
+  items: { id: Generated<number>, name: string }
+}
+declare module 'fastify-db-session' {
+  interface DbSessionRegister { database: Database }
+}
+
+expectTrue<Equal<typeof dbSession, typeof fastifyDbSession>>()
+expectTrue<Equal<RegisteredDatabase, Database>>()
+
+const app = Fastify()
+await app.register(dbSession, { connectionString: 'postgres://localhost/app', maxConnections: 5, isolationLevel: 'serializable' })
+await app.register(dbSession, { pool: new pg.Pool() })
+await app.register(dbSession, { pool: { host: 'localhost', max: 3 }, commitWhen: (_request, reply) => reply.statusCode < 300 })
+// @ts-expect-error maxConnections is a number
+await app.register(dbSession, { connectionString: 'postgres://x', maxConnections: '5' })
+// @ts-expect-error isolationLevel is one of PostgreSQL's levels
+await app.register(dbSession, { connectionString: 'postgres://x', isolationLevel: 'snapshot' })
+// @ts-expect-error commitWhen returns a boolean
+const badCommitWhen: FastifyDbSessionOptions = { commitWhen: () => 'yes' }
+
+app.post('/items', async (request) => {
+  expectTrue<Equal<typeof request.db, Transaction<Database>>>()
+  const row = await request.db.insertInto('items').values({ name: 'x' }).returningAll().executeTakeFirstOrThrow()
+  expectTrue<Equal<typeof row, { id: number, name: string }>>()
+  // @ts-expect-error no such table
+  await request.db.selectFrom('nope').selectAll().execute()
+  return row
+})
+
+app.get('/off', { config: { db: false } }, async () => 'ok')
+app.get('/ro', { config: { db: { accessMode: 'read only', isolationLevel: 'repeatable read' } } }, async () => 'ok')
+app.get('/typed-config', async (request) => {
+  expectTrue<Equal<typeof request.routeOptions.config.db, DbRouteConfig | undefined>>()
+  return 'ok'
+})
+const routeConfig: FastifyContextConfig = { db: { accessMode: 'read only' } }
+// @ts-expect-error config.db is false or settings, never true
+const badRouteConfig: FastifyContextConfig = { db: true }
+
+expectTrue<Equal<typeof app.db.kysely, Kysely<Database>>>()
+expectTrue<Equal<typeof app.db.pool, pg.Pool>>()
+const stats: DbPoolStats = app.db.stats()
+expectTrue<Equal<typeof stats.active, number>>()
+expectTrue<Equal<keyof DbPoolStats, 'total' | 'idle' | 'active' | 'waiting' | 'max' | 'acquires' | 'commits' | 'rollbacks' | 'commitFailures' | 'acquireTimeouts' | 'destroyed' | 'leaks'>>()
+const count: number = await app.db.transaction(async (trx) => {
+  expectTrue<Equal<typeof trx, Transaction<Database>>>()
+  return 1
+}, { accessMode: 'read only' })
+// @ts-expect-error the callback gets a transaction, not a string
+await app.db.transaction(async (trx: string) => trx)
+
+const code: 'FST_DB_SESSION_ACQUIRE_TIMEOUT' = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code as 'FST_DB_SESSION_ACQUIRE_TIMEOUT'
+// @ts-expect-error there is no such error
+void errors.FST_DB_SESSION_NOPE
+
+function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
+  return request.method !== 'GET' && reply.statusCode < 400
+}
+export { badCommitWhen, badRouteConfig, commitWhen, count, code, routeConfig }
