@@ -1,4 +1,5 @@
 import fp from 'fastify-plugin'
+import pg from 'pg'
 import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
 import type { FastifyInstance } from 'fastify'
@@ -63,11 +64,26 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
   }
   pool.on('error', onIdleError)
 
-  /** Destroys every connection still checked out: PostgreSQL rolls back what they held. */
-  function destroyCheckedOut (): void {
+  /**
+   * Ends every connection still checked out. Closing a socket does not stop a statement running
+   * in PostgreSQL, so their backends are terminated too: that rolls back what they held.
+   */
+  async function destroyCheckedOut (): Promise<void> {
+    const pids: number[] = []
     for (const lease of source.leases) {
       counters.leaks++
+      pids.push(lease.processID)
       lease.release(true)
+    }
+    if (pids.length === 0) return
+    const control = new pg.Client(pool.options)
+    try {
+      await control.connect()
+      await control.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [pids])
+    } catch (error) {
+      fastify.log.warn({ err: error, pids }, 'fastify-db-session: could not terminate the backends of stuck connections')
+    } finally {
+      control.end().catch(() => {})
     }
   }
 
@@ -83,9 +99,13 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
     source.close()
     const rollbacks = [...runtime.live].map((session) => session.finish(false, 'the server closed'))
     await within(closeTimeoutMillis, Promise.all(rollbacks))
-    destroyCheckedOut()
-    if (resolved.ownsPool) await within(closeTimeoutMillis, pool.end())
-    pool.removeListener('error', onIdleError)
+    await within(closeTimeoutMillis, destroyCheckedOut())
+    if (resolved.ownsPool) {
+      // The listener stays: pg-pool's end() resolves while its sockets may still report errors.
+      await within(closeTimeoutMillis, pool.end())
+    } else {
+      pool.removeListener('error', onIdleError)
+    }
   })
 }
 

@@ -34,7 +34,10 @@ export async function testDatabase (t: Teardown): Promise<TestDatabase> {
   url.pathname = '/' + name
   const helper = new pg.Client({ connectionString: url.toString() })
   await helper.connect()
+  const apps: FastifyInstance[] = []
+  // One teardown, in order: apps first, so dropping the database never cuts a live pool.
   t.teardown(async () => {
+    await Promise.all(apps.map((app) => app.close()))
     await helper.end()
     await admin.query(`DROP DATABASE ${name} WITH (FORCE)`)
     await admin.end()
@@ -56,8 +59,8 @@ export async function testDatabase (t: Teardown): Promise<TestDatabase> {
     idleInTransaction: () => count("AND state LIKE 'idle in transaction%'"),
     async app (options = {}, fastifyOptions = {}) {
       const app = Fastify(fastifyOptions)
+      apps.push(app)
       await app.register(dbSession, { connectionString: url.toString(), ...options })
-      t.teardown(() => app.close())
       return app
     }
   }

@@ -1,0 +1,176 @@
+// An exhausted pool answers 503 quickly, whoever owns the pool; an unreachable database too.
+import t from 'tap'
+import { createServer } from 'node:net'
+import Fastify from 'fastify'
+import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import pg from 'pg'
+import { sql } from 'kysely'
+import dbSession from '../lib/index.js'
+import type { FastifyDbSessionOptions } from '../index.js'
+import { eventually, testDatabase } from './helpers/database.js'
+import type { TestDatabase } from './helpers/database.js'
+
+type Test = Parameters<Parameters<typeof t.test>[0]>[0]
+
+/**
+ * The plugin on this file's database, closed at teardown. The teardown also waits for the pool's
+ * sockets to close before the helper drops the database: see 'an owned pool's connections
+ * terminated as the app closes' in faults.test.ts for why.
+ */
+async function appOn (t: Test, db: TestDatabase, options: Partial<FastifyDbSessionOptions> = {}, fastifyOptions: FastifyServerOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify(fastifyOptions)
+  t.teardown(async () => {
+    await app.close()
+    await eventually(() => db.connections(), (n) => n === 0, 1000)
+  })
+  await app.register(dbSession, { connectionString: db.url, ...options })
+  return app
+}
+
+function deferred (): { promise: Promise<void>, resolve: () => void } {
+  let resolve!: () => void
+  const promise = new Promise<void>((_resolve) => { resolve = _resolve })
+  return { promise, resolve }
+}
+
+/** GET /hold queries, then keeps its transaction (and the pool's only connection) until released. */
+function addRoutes (app: FastifyInstance) {
+  const holding = deferred()
+  const release = deferred()
+  app.get('/hold', async (request) => {
+    await sql`SELECT 1`.execute(request.db)
+    holding.resolve()
+    await release.promise
+    return { held: true }
+  })
+  app.get('/query', async (request) => {
+    const { rows } = await sql<{ one: number }>`SELECT 1 AS one`.execute(request.db)
+    return rows[0]
+  })
+  return { holding, release }
+}
+
+/** A holds the only connection; B must fail fast with 503; then A finishes and everything is back. */
+async function exhaust (t: Test, db: TestDatabase, app: FastifyInstance, millis: number): Promise<void> {
+  const { holding, release } = addRoutes(app)
+  const a = app.inject({ method: 'GET', url: '/hold' })
+  await holding.promise
+  t.equal(app.db.stats().active, 1, 'A holds the only connection')
+  t.equal(await db.idleInTransaction(), 1)
+
+  const started = Date.now()
+  const b = await app.inject({ method: 'GET', url: '/query' })
+  const elapsed = Date.now() - started
+  t.equal(b.statusCode, 503, 'B is told the service is unavailable')
+  t.equal(b.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  t.match(b.json().message, `within ${millis} ms`, 'the message names the deadline')
+  t.equal(b.headers['retry-after'], String(Math.ceil(millis / 1000)), 'a retry-after header tells the client when to retry')
+  t.ok(elapsed >= millis - 20, `B waited for the deadline (${elapsed} ms)`)
+  t.ok(elapsed < 800, `B failed well under a second (${elapsed} ms)`)
+  t.equal(app.db.stats().acquireTimeouts, 1)
+  t.equal(app.db.stats().acquires, 1, 'B never got a connection')
+
+  release.resolve()
+  const done = await a
+  t.equal(done.statusCode, 200, 'A finishes normally')
+  t.same(done.json(), { held: true })
+  t.equal(await eventually(async () => app.db.stats().active, (n) => n === 0), 0, 'no connection stays checked out')
+  t.equal(app.db.stats().waiting, 0, 'nobody waits on the pool')
+  t.equal(app.db.stats().commits, 1)
+  t.equal(await db.idleInTransaction(), 0)
+  t.equal(await db.connections(), 1, 'still just one connection: the pool never grew past its size')
+
+  // The pool serves again once it has a free connection.
+  const again = await app.inject({ method: 'GET', url: '/query' })
+  t.equal(again.statusCode, 200)
+  t.same(again.json(), { one: 1 })
+  t.equal(app.db.stats().acquireTimeouts, 1)
+}
+
+async function userPoolApp (t: Test, pool: pg.Pool, options: object): Promise<FastifyInstance> {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(dbSession, { pool, ...options })
+  return app
+}
+
+t.test('the plugin\'s own pool of 1: a second request gets 503 ACQUIRE_TIMEOUT after acquireTimeoutMillis', async (t) => {
+  const db = await testDatabase(t)
+  const app = await appOn(t, db, { maxConnections: 1, acquireTimeoutMillis: 200 })
+  await exhaust(t, db, app, 200)
+  t.equal(app.db.stats().max, 1)
+})
+
+t.test('a user pool of 1 that waits forever: the plugin\'s acquireTimeoutMillis applies, and the pool is never ended', async (t) => {
+  const db = await testDatabase(t)
+  const pool = new pg.Pool({ connectionString: db.url, max: 1 })
+  // A real owner listens: an idle client that fails must not crash the process once the plugin is gone.
+  pool.on('error', () => {})
+  t.teardown(async () => {
+    if (!pool.ending) await pool.end()
+    await eventually(() => db.connections(), (n) => n === 0, 1000)
+  })
+  const app = await userPoolApp(t, pool, { acquireTimeoutMillis: 200 })
+  t.equal(app.db.pool, pool, 'the plugin uses the given pool')
+  await exhaust(t, db, app, 200)
+
+  await app.close()
+  t.equal(pool.ending, false, 'the plugin did not end the user\'s pool')
+  const { rows } = await pool.query('SELECT 1 AS one')
+  t.same(rows, [{ one: 1 }], 'the user\'s pool still answers after app.close()')
+  t.equal(await db.connections(), 1, 'its connection stayed open')
+  await pool.end()
+  t.equal(await eventually(() => db.connections(), (n) => n === 0), 0, 'ending it is up to its owner')
+})
+
+t.test('a user pool with its own connectionTimeoutMillis: the same 503', async (t) => {
+  const db = await testDatabase(t)
+  const pool = new pg.Pool({ connectionString: db.url, max: 1, connectionTimeoutMillis: 200 })
+  // A real owner listens: an idle client that fails must not crash the process once the plugin is gone.
+  pool.on('error', () => {})
+  t.teardown(async () => {
+    if (!pool.ending) await pool.end()
+    await eventually(() => db.connections(), (n) => n === 0, 1000)
+  })
+  const app = await userPoolApp(t, pool, {})
+  await exhaust(t, db, app, 200)
+  await app.close()
+  t.same((await pool.query('SELECT 1 AS one')).rows, [{ one: 1 }], 'the pool outlives the app')
+})
+
+/** A loopback port with nothing listening on it. */
+function closedPort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
+    })
+  })
+}
+
+t.test('an unreachable database: 503 CONNECTION_FAILED, no timeout counted', async (t) => {
+  const port = await closedPort()
+  t.ok(port > 0)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(dbSession, { connectionString: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`, acquireTimeoutMillis: 2000 })
+  addRoutes(app)
+  app.get('/no-db', async () => ({ ok: true }))
+
+  const started = Date.now()
+  const res = await app.inject({ method: 'GET', url: '/query' })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_DB_SESSION_CONNECTION_FAILED')
+  t.match(res.json().message, /ECONNREFUSED|connect/, 'the message carries the cause')
+  t.ok(Date.now() - started < 1500, 'a refused connection fails at once, not at the deadline')
+  const stats = app.db.stats()
+  t.equal(stats.acquires, 0)
+  t.equal(stats.acquireTimeouts, 0, 'a refused connection is not an exhausted pool')
+  t.equal(stats.total, 0)
+  t.equal(stats.active, 0)
+
+  const plain = await app.inject({ method: 'GET', url: '/no-db' })
+  t.equal(plain.statusCode, 200, 'routes that never touch request.db are unaffected')
+})
