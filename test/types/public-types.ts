@@ -64,9 +64,9 @@ await app.db.transaction(async (trx: string) => trx)
 
 const code: 'FST_DB_SESSION_ACQUIRE_TIMEOUT' = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code as 'FST_DB_SESSION_ACQUIRE_TIMEOUT'
 // @ts-expect-error there is no such error
-void errors.FST_DB_SESSION_NOPE
+const noSuchError = errors.FST_DB_SESSION_NOPE
 
 function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
-export { badCommitWhen, badRouteConfig, commitWhen, count, code, routeConfig }
+export { badCommitWhen, badRouteConfig, commitWhen, count, code, noSuchError, routeConfig, stats }
