@@ -1,6 +1,7 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
 import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
+import { ignore } from './callbacks.js'
 import { AcquireTimeoutError, ClosingError, conflictError, ConnectionFailedError, StreamUnsupportedError } from './errors.js'
 import type { PoolCounters } from './pool-stats.js'
 
@@ -61,15 +62,14 @@ async function connectWithin (pool: pg.Pool, millis: number): Promise<pg.PoolCli
   const deadline = new Promise<never>((_resolve, reject) => {
     timer = setTimeout(reject, millis, new Error(PG_TIMEOUT_MESSAGE))
   })
-  try {
-    return await Promise.race([pending, deadline])
-  } catch (error) {
-    // The pool may still hand us a client later: give it straight back.
-    pending.then((client) => client.release(), () => {})
-    throw error
-  } finally {
+  const client = await Promise.race([pending, deadline]).catch((error: unknown) => {
     clearTimeout(timer)
-  }
+    // The pool may still hand us a client later: give it straight back.
+    pending.then((late) => late.release(), ignore)
+    throw error
+  })
+  clearTimeout(timer)
+  return client
 }
 
 /**
@@ -136,8 +136,10 @@ export class Lease implements DatabaseConnection {
     this.#released = true
     this.#source.leases.delete(this)
     this.client.removeListener('error', this.#onError)
-    // pg keeps the backend's transaction status from its last ReadyForQuery: 'I' is idle.
-    const inDoubt = discard || this.#error !== null || (this.client as unknown as { _txStatus: string })._txStatus !== 'I'
+    // pg keeps the backend's transaction status from its last ReadyForQuery ('I' is idle). A failed
+    // query rejects before its ReadyForQuery arrives; pg then queues the next user's query until it does.
+    const { readyForQuery, _txStatus: status } = this.client as unknown as { readyForQuery: boolean, _txStatus: string }
+    const inDoubt = discard || this.#error !== null || (readyForQuery && status !== 'I')
     if (inDoubt) this.#source.counters.destroyed++
     this.client.release(inDoubt ? (this.#error ?? new Error('fastify-db-session: connection state in doubt')) : undefined)
   }

@@ -1,5 +1,6 @@
 import { Transaction } from 'kysely'
 import type { ConnectionProvider, DatabaseConnection, KyselyProps, QueryExecutor } from 'kysely'
+import { ignore, logWarning } from './callbacks.js'
 import type { ConnectionSource, Lease } from './connection-lease.js'
 import { commitError, ConnectionFailedError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
 import type { BeginSettings } from './transaction-settings.js'
@@ -13,8 +14,6 @@ export interface SessionRuntime {
   /** Sessions holding or opening a connection, so that close() can end them. */
   readonly live: Set<DbSession>
 }
-
-function ignore (): void {}
 
 /**
  * One unit of work: a transaction opened by its first query, and one idempotent finish that
@@ -119,14 +118,14 @@ export class DbSession implements ConnectionProvider {
   }
 
   async #rollback (lease: Lease): Promise<null> {
-    this.#runtime.source.counters.rollbacks++
-    let failed = false
-    try {
-      await lease.client.query('ROLLBACK')
-    } catch (error) {
-      failed = true
-      this.#runtime.source.log.warn({ err: error }, 'fastify-db-session: ROLLBACK failed; destroying the connection')
-    }
+    const { counters, log } = this.#runtime.source
+    counters.rollbacks++
+    const failed = await lease.client.query('ROLLBACK').then(
+      () => false,
+      (error) => {
+        logWarning(log, 'fastify-db-session: ROLLBACK failed; destroying the connection')(error)
+        return true
+      })
     lease.release(failed)
     return null
   }

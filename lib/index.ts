@@ -4,6 +4,7 @@ import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
 import type { FastifyInstance } from 'fastify'
 import type { DbTransactionSettings, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
+import { ignore, logWarning } from './callbacks.js'
 import { ConnectionSource } from './connection-lease.js'
 import { DbSession } from './db-session.js'
 import type { SessionRuntime } from './db-session.js'
@@ -77,14 +78,10 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
     }
     if (pids.length === 0) return
     const control = new pg.Client(pool.options)
-    try {
-      await control.connect()
-      await control.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [pids])
-    } catch (error) {
-      fastify.log.warn({ err: error, pids }, 'fastify-db-session: could not terminate the backends of stuck connections')
-    } finally {
-      control.end().catch(() => {})
-    }
+    await control.connect()
+      .then(() => control.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [pids]))
+      .catch(logWarning(fastify.log, 'fastify-db-session: could not terminate the backends of stuck connections'))
+    await control.end().catch(ignore)
   }
 
   let closeTimer: NodeJS.Timeout | undefined

@@ -30,6 +30,8 @@ export function installRequestHooks (
     const onGone = (): void => { session.finish(false, 'the client went away') }
     socket.once('close', onGone)
     session.onFinish = () => { socket.removeListener('close', onGone) }
+    // A client gone before the first query: its close event has passed already.
+    if (socket.destroyed) onGone()
     return session
   }
 
@@ -86,10 +88,12 @@ export function installRequestHooks (
       return
     }
     // Only a hijacked reply gets here unfinished, and its response is already out: commit what
-    // it reported as a success, and log what could not be told to the client.
+    // it reported as a success, and log what could not be told to the client. (Node marks a
+    // finished response destroyed a tick later, so reply.raw.destroyed says nothing here; a
+    // hang-up was handled by the socket's close.)
     let commit = false
     try {
-      commit = shouldCommit(request, reply)
+      commit = commitWhen(request, reply)
     } catch (error) {
       request.log.error({ err: error }, 'fastify-db-session: commitWhen threw; rolled back')
     }

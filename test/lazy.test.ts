@@ -45,3 +45,12 @@ t.test('two requests get two transactions and the connection is reused', async (
   t.equal(app.db.stats().idle, 1)
   t.equal(app.db.stats().acquires, 2)
 })
+
+t.test('a failing route that never touched request.db still takes no connection', async (t) => {
+  const db = await testDatabase(t)
+  const app = await db.app()
+  app.get('/fails', async () => { throw new Error('no database here') })
+  t.equal((await app.inject('/fails')).statusCode, 500)
+  t.equal(app.db.stats().acquires, 0)
+  t.equal(await db.connections(), 0)
+})

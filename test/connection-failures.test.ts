@@ -1,0 +1,60 @@
+// Connections that fail between the pool and the first query.
+import t from 'tap'
+import { createServer } from 'node:net'
+import type { Socket } from 'node:net'
+import Fastify from 'fastify'
+import pg from 'pg'
+import dbSession from '../lib/index.js'
+import { testDatabase } from './helpers/database.js'
+
+t.test('a connection that dies before BEGIN answers 503 FST_DB_SESSION_CONNECTION_FAILED and is destroyed', async (t) => {
+  const db = await testDatabase(t)
+  // A real client whose backend is terminated just before its first BEGIN, as after a failover.
+  let killed = 0
+  class DyingClient extends pg.Client {
+    query (...args: any[]): any {
+      if (killed === 0 && typeof args[0] === 'string' && args[0].startsWith('BEGIN')) {
+        killed++
+        return super.query('SELECT pg_terminate_backend(pg_backend_pid())')
+          .catch(() => {})
+          .then(() => super.query(args[0]))
+      }
+      return (super.query as (...a: any[]) => any)(...args)
+    }
+  }
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(dbSession, { pool: { connectionString: db.url, Client: DyingClient } })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const failed = await app.inject('/')
+  t.equal(failed.statusCode, 503)
+  t.equal(failed.json().code, 'FST_DB_SESSION_CONNECTION_FAILED')
+  t.equal(app.db.stats().destroyed, 1)
+  t.equal(app.db.stats().active, 0)
+  const next = await app.inject('/')
+  t.same(next.json(), { one: 1 }, 'the next request gets a fresh connection')
+})
+
+t.test('a server that accepts but never answers: 503 at the deadline, and the late failure is absorbed', async (t) => {
+  const sockets = new Set<Socket>()
+  const silent = createServer((socket) => { sockets.add(socket) })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  const { port } = silent.address() as { port: number }
+  const pool = new pg.Pool({ connectionString: `postgres://nobody@127.0.0.1:${port}/none`, max: 1 })
+  pool.on('error', () => {})
+  const app = Fastify()
+  await app.register(dbSession, { pool, acquireTimeoutMillis: 150 })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const started = Date.now()
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  t.ok(Date.now() - started < 1000, 'answered at the deadline, not when the server gave up')
+  // The pool's connect() still pending behind our deadline now fails: nothing is left unhandled.
+  for (const socket of sockets) socket.destroy()
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.equal(pool.totalCount, 0)
+  await app.close()
+  await pool.end()
+  await new Promise((resolve) => silent.close(resolve))
+})
