@@ -2,30 +2,14 @@
 import t from 'tap'
 import { createServer } from 'node:net'
 import Fastify from 'fastify'
-import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
-import type { FastifyDbSessionOptions } from '../index.js'
 import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
-
-/**
- * The plugin on this file's database, closed at teardown. The teardown also waits for the pool's
- * sockets to close before the helper drops the database: see 'an owned pool's connections
- * terminated as the app closes' in faults.test.ts for why.
- */
-async function appOn (t: Test, db: TestDatabase, options: Partial<FastifyDbSessionOptions> = {}, fastifyOptions: FastifyServerOptions = {}): Promise<FastifyInstance> {
-  const app = Fastify(fastifyOptions)
-  t.teardown(async () => {
-    await app.close()
-    await eventually(() => db.connections(), (n) => n === 0, 1000)
-  })
-  await app.register(dbSession, { connectionString: db.url, ...options })
-  return app
-}
 
 function deferred (): { promise: Promise<void>, resolve: () => void } {
   let resolve!: () => void
@@ -96,7 +80,7 @@ async function userPoolApp (t: Test, pool: pg.Pool, options: object): Promise<Fa
 
 t.test('the plugin\'s own pool of 1: a second request gets 503 ACQUIRE_TIMEOUT after acquireTimeoutMillis', async (t) => {
   const db = await testDatabase(t)
-  const app = await appOn(t, db, { maxConnections: 1, acquireTimeoutMillis: 200 })
+  const app = await db.app({ maxConnections: 1, acquireTimeoutMillis: 200 })
   await exhaust(t, db, app, 200)
   t.equal(app.db.stats().max, 1)
 })

@@ -4,30 +4,11 @@ import t from 'tap'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
-import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import pg from 'pg'
 import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
-import type { FastifyDbSessionOptions } from '../index.js'
 import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
-
-type Test = Parameters<Parameters<typeof t.test>[0]>[0]
-
-/**
- * The plugin on this file's database, closed at teardown. The teardown also waits for the pool's
- * sockets to close before the helper drops the database: see 'an owned pool's connections
- * terminated as the app closes' in faults.test.ts for why.
- */
-async function appOn (t: Test, db: TestDatabase, options: Partial<FastifyDbSessionOptions> = {}, fastifyOptions: FastifyServerOptions = {}): Promise<FastifyInstance> {
-  const app = Fastify(fastifyOptions)
-  t.teardown(async () => {
-    await app.close()
-    await eventually(() => db.connections(), (n) => n === 0, 1000)
-  })
-  await app.register(dbSession, { connectionString: db.url, ...options })
-  return app
-}
 
 const CLOSE_TIMEOUT = 300
 /** Room for the ROLLBACK, the pool's end and a loaded CI machine. */
@@ -62,7 +43,7 @@ async function sleepingBackends (db: TestDatabase): Promise<number> {
 t.test('close() during a request stuck inside its transaction: the transaction rolls back and every connection closes', async (t) => {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
-  const app = await appOn(t, db, { closeTimeoutMillis: CLOSE_TIMEOUT })
+  const app = await db.app({ closeTimeoutMillis: CLOSE_TIMEOUT })
   const inserted = deferred()
   app.post('/stuck', async (request) => {
     await request.db.insertInto('items').values({ name: 'stuck' }).execute()
@@ -88,7 +69,7 @@ t.test('close() during a request stuck inside its transaction: the transaction r
 t.test('close() during a query that runs on: close() still returns in time and the row never lands', async (t) => {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
-  const app = await appOn(t, db, { closeTimeoutMillis: CLOSE_TIMEOUT })
+  const app = await db.app({ closeTimeoutMillis: CLOSE_TIMEOUT })
   app.post('/sleep', async (request) => {
     await request.db.insertInto('items').values({ name: 'sleeper' }).execute()
     await sql`SELECT pg_sleep(30)`.execute(request.db)
@@ -116,7 +97,7 @@ t.test('close() during a query that runs on: close() still returns in time and t
 
 t.test('the plugin ends the pool it created, and never a user\'s pool', async (t) => {
   const db = await testDatabase(t)
-  const owned = await appOn(t, db)
+  const owned = await db.app()
   owned.get('/one', async (request) => (await sql<{ one: number }>`SELECT 1 AS one`.execute(request.db)).rows[0])
   t.equal((await owned.inject({ method: 'GET', url: '/one' })).statusCode, 200)
   t.equal(await db.connections(), 1, 'the owned pool keeps an idle connection')
@@ -159,7 +140,7 @@ function get (port: number, path: string): Promise<number | Error> {
 t.test('close() of a listening server with a request stuck in pg_sleep: preClose destroys the connection in time', async (t) => {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
-  const app = await appOn(t, db, { closeTimeoutMillis: CLOSE_TIMEOUT })
+  const app = await db.app({ closeTimeoutMillis: CLOSE_TIMEOUT })
   app.post('/sleep', async (request) => {
     await request.db.insertInto('items').values({ name: 'sleeper' }).execute()
     await sql`SELECT pg_sleep(30)`.execute(request.db)
@@ -195,7 +176,7 @@ t.test('close() of a listening server with a request stuck in pg_sleep: preClose
 t.test('fastify.db.transaction() and fastify.db.kysely after close() reject with CLOSING', async (t) => {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
-  const app = await appOn(t, db)
+  const app = await db.app()
   await app.db.transaction(async (trx) => trx.insertInto('items').values({ name: 'before' }).execute())
   await app.close()
 

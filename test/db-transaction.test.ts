@@ -1,37 +1,18 @@
 // fastify.db.transaction(fn) and fastify.db.kysely: work outside requests, same guarantees.
 import t from 'tap'
-import Fastify from 'fastify'
-import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import { sql } from 'kysely'
 import type { Transaction } from 'kysely'
-import dbSession from '../lib/index.js'
-import type { FastifyDbSessionOptions } from '../index.js'
-import { eventually, testDatabase } from './helpers/database.js'
+import { testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
-
-/**
- * The plugin on this file's database, closed at teardown. The teardown also waits for the pool's
- * sockets to close before the helper drops the database: see 'an owned pool's connections
- * terminated as the app closes' in faults.test.ts for why.
- */
-async function appOn (t: Test, db: TestDatabase, options: Partial<FastifyDbSessionOptions> = {}, fastifyOptions: FastifyServerOptions = {}): Promise<FastifyInstance> {
-  const app = Fastify(fastifyOptions)
-  t.teardown(async () => {
-    await app.close()
-    await eventually(() => db.connections(), (n) => n === 0, 1000)
-  })
-  await app.register(dbSession, { connectionString: db.url, ...options })
-  return app
-}
 
 async function setup (t: Test) {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
   // Checked at COMMIT, not at INSERT: a duplicate fails the COMMIT itself.
   await db.query('CREATE TABLE codes (code int NOT NULL, CONSTRAINT codes_code_key UNIQUE (code) DEFERRABLE INITIALLY DEFERRED)')
-  const app = await appOn(t, db)
+  const app = await db.app()
   return { db, app }
 }
 

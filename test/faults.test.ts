@@ -3,28 +3,11 @@
 import t from 'tap'
 import { Writable } from 'node:stream'
 import Fastify from 'fastify'
-import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import dbSession from '../lib/index.js'
-import type { FastifyDbSessionOptions } from '../index.js'
 import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
-
-/**
- * The plugin on this file's database, closed at teardown. The teardown also waits for the pool's
- * sockets to close before the helper drops the database: see 'an owned pool's connections
- * terminated as the app closes' in faults.test.ts for why.
- */
-async function appOn (t: Test, db: TestDatabase, options: Partial<FastifyDbSessionOptions> = {}, fastifyOptions: FastifyServerOptions = {}): Promise<FastifyInstance> {
-  const app = Fastify(fastifyOptions)
-  t.teardown(async () => {
-    await app.close()
-    await eventually(() => db.connections(), (n) => n === 0, 1000)
-  })
-  await app.register(dbSession, { connectionString: db.url, ...options })
-  return app
-}
 
 interface LogLine { level: number, msg: string }
 
@@ -80,7 +63,7 @@ async function itemNames (db: TestDatabase): Promise<string[]> {
 async function doomedApp (t: Test, db: TestDatabase, options: object, after: (request: any) => Promise<unknown>) {
   const inserted = deferred()
   const proceed = deferred()
-  const app = await appOn(t, db, {}, options)
+  const app = await db.app({}, options)
   app.post('/doomed', async (request) => {
     await request.db.insertInto('items').values({ name: 'doomed' }).execute()
     inserted.resolve()
@@ -167,7 +150,7 @@ t.test('an idle pooled connection killed between requests: no crash, the pool dr
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
   const logs = capturedLogs()
-  const app = await appOn(t, db, {}, logs.options)
+  const app = await db.app({}, logs.options)
   app.get('/count', async (request) => {
     const row = await request.db.selectFrom('items').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow()
     return { n: Number(row.n) }
