@@ -25,6 +25,15 @@ export interface DbTransactionSettings {
   accessMode?: AccessMode
 }
 
+/** A context value; `null` and `undefined` set the empty string. */
+export type DbContextValue = string | number | boolean | bigint | null | undefined
+
+/** Options of `fastify.db.transaction()`. */
+export interface DbTransactionOptions extends DbTransactionSettings {
+  /** Transaction-local settings for this unit of work, e.g. `{ 'app.tenant_id': '42' }`. */
+  context?: Record<string, DbContextValue>
+}
+
 /** `config.db` of a route: `false` gives the route no `request.db`. */
 export type DbRouteConfig = false | DbTransactionSettings
 
@@ -53,6 +62,17 @@ export interface FastifyDbSessionOptions extends DbTransactionSettings {
   commitWhen?: (request: FastifyRequest, reply: FastifyReply) => boolean
   /** Kysely plugins applied to `request.db` and `fastify.db.kysely`. */
   plugins?: KyselyPlugin[]
+  /**
+   * Per-request database context: setting names (`namespace.name`) to functions of the request.
+   * Each request's transaction starts with `set_config(name, value, true)` for every name, in the
+   * same round trip as BEGIN, so row-level security policies can read them with
+   * `current_setting(name, true)` and nothing survives into the next request on the connection.
+   *
+   * ```ts
+   * context: { 'app.tenant_id': (request) => request.user?.tenantId }
+   * ```
+   */
+  context?: Record<string, (request: FastifyRequest) => DbContextValue>
 }
 
 /** Pool gauges and lifetime counters; every field is a number. */
@@ -93,7 +113,7 @@ export interface FastifyDbSession<DB = RegisteredDatabase> {
    * Runs `fn` in a transaction with the same guarantees as `request.db`: commit when `fn`
    * resolves, rollback when it throws, the connection always returned.
    */
-  transaction<T>(fn: (trx: Transaction<DB>) => Promise<T>, settings?: DbTransactionSettings): Promise<T>
+  transaction<T>(fn: (trx: Transaction<DB>) => Promise<T>, options?: DbTransactionOptions): Promise<T>
   /** Pool gauges and counters. */
   stats(): DbPoolStats
 }
@@ -124,6 +144,7 @@ export declare const errors: {
   readonly FST_DB_SESSION_DEADLOCK: FastifyErrorConstructor
   readonly FST_DB_SESSION_CLOSING: FastifyErrorConstructor
   readonly FST_DB_SESSION_STREAM_UNSUPPORTED: FastifyErrorConstructor
+  readonly FST_DB_SESSION_INVALID_CONTEXT: FastifyErrorConstructor
 }
 
 type FastifyErrorConstructor = new (...args: any[]) => FastifyError

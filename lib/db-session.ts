@@ -22,6 +22,8 @@ export interface SessionRuntime {
 export class DbSession implements ConnectionProvider {
   readonly #runtime: SessionRuntime
   readonly #settings: BeginSettings
+  /** Builds what follows BEGIN in its round trip (the context's set_config calls), or null. */
+  readonly #context: (() => string) | null
   #transaction: Transaction<any> | null = null
   #opening: Promise<Lease> | null = null
   /** pg must not be handed a second query before the first ends: queries run one at a time. */
@@ -31,9 +33,10 @@ export class DbSession implements ConnectionProvider {
   /** Called once when the finish starts (the request uses it to stop listening to its socket). */
   onFinish: () => void = ignore
 
-  constructor (runtime: SessionRuntime, settings: BeginSettings) {
+  constructor (runtime: SessionRuntime, settings: BeginSettings, context: (() => string) | null = null) {
     this.#runtime = runtime
     this.#settings = settings
+    this.#context = context
   }
 
   /** The Kysely transaction users query through; nothing is sent until its first query. */
@@ -58,10 +61,12 @@ export class DbSession implements ConnectionProvider {
   }
 
   async #open (): Promise<Lease> {
+    // Built before a connection is taken: a context function that throws costs none.
+    const begin = this.#context === null ? this.#settings.beginSql : this.#settings.beginSql + this.#context()
     const lease = await this.#runtime.source.acquire()
     this.#runtime.live.add(this)
     try {
-      await lease.client.query(this.#settings.beginSql)
+      await lease.client.query(begin)
     } catch (cause) {
       this.#runtime.live.delete(this)
       lease.release(true)

@@ -68,6 +68,12 @@ export const StreamUnsupportedError = createError(
   500
 )
 
+export const InvalidContextError = createError(
+  'FST_DB_SESSION_INVALID_CONTEXT',
+  "The context value for '%s' contains a NUL character, which PostgreSQL settings cannot hold",
+  500
+)
+
 export const errors = {
   FST_DB_SESSION_INVALID_OPTION: InvalidOptionError,
   FST_DB_SESSION_DISABLED: DbDisabledError,
@@ -79,7 +85,8 @@ export const errors = {
   FST_DB_SESSION_SERIALIZATION_FAILURE: SerializationFailureError,
   FST_DB_SESSION_DEADLOCK: DeadlockError,
   FST_DB_SESSION_CLOSING: ClosingError,
-  FST_DB_SESSION_STREAM_UNSUPPORTED: StreamUnsupportedError
+  FST_DB_SESSION_STREAM_UNSUPPORTED: StreamUnsupportedError,
+  FST_DB_SESSION_INVALID_CONTEXT: InvalidContextError
 } as const
 
 type DatabaseError = Error & { code?: string }

@@ -3,9 +3,10 @@ import pg from 'pg'
 import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
 import type { FastifyInstance } from 'fastify'
-import type { DbTransactionSettings, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
+import type { DbTransactionOptions, DbTransactionSettings, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
 import { ignore, logWarning } from './callbacks.js'
 import { ConnectionSource } from './connection-lease.js'
+import { checkSettingNames, contextStatement } from './context-settings.js'
 import { DbSession } from './db-session.js'
 import type { SessionRuntime } from './db-session.js'
 import { errors, InvalidOptionError } from './errors.js'
@@ -33,12 +34,18 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
 
   const defaults: DbTransactionSettings = { isolationLevel: resolved.isolationLevel, accessMode: resolved.accessMode }
   const routeSettings = routeSettingsResolver(defaults)
-  installRequestHooks(fastify, runtime, routeSettings, resolved.commitWhen)
+  installRequestHooks(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
 
-  async function transaction<T> (fn: (trx: any) => Promise<T>, settings?: DbTransactionSettings): Promise<T> {
+  async function transaction<T> (fn: (trx: any) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
     if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
-    const begin = settings === undefined ? routeSettings.forConfig({}) : beginSettings({ ...defaults, ...settings }, 'fastify.db.transaction: ')
-    const session = new DbSession(runtime, begin as NonNullable<typeof begin>)
+    const { context, ...settings } = options ?? {}
+    const begin = beginSettings({ ...defaults, ...settings }, 'fastify.db.transaction: ')
+    let statement: (() => string) | null = null
+    if (context !== undefined) {
+      checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
+      statement = () => contextStatement(context)
+    }
+    const session = new DbSession(runtime, begin, statement)
     let result: T
     try {
       result = await fn(session.transaction)

@@ -3,6 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { KyselyPlugin } from 'kysely'
 import type { FastifyDbSessionOptions } from '../index.js'
 import { InvalidOptionError } from './errors.js'
+import { requestContextResolver } from './context-settings.js'
 import { beginSettings } from './transaction-settings.js'
 
 export const DEFAULTS = {
@@ -25,11 +26,13 @@ export interface ResolvedOptions {
   plugins: KyselyPlugin[]
   isolationLevel: FastifyDbSessionOptions['isolationLevel']
   accessMode: FastifyDbSessionOptions['accessMode']
+  /** Builds a request's set_config statement; null without a context option. */
+  contextFor: ((request: FastifyRequest) => string) | null
 }
 
 const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
-  'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode'
+  'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode', 'context'
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -70,7 +73,8 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   beginSettings(options, '')
   const closeTimeoutMillis = wholeNumber(options, 'closeTimeoutMillis', 1)
   const acquireTimeoutMillis = wholeNumber(options, 'acquireTimeoutMillis', 1)
-  const common = { closeTimeoutMillis, commitWhen, plugins, isolationLevel: options.isolationLevel, accessMode: options.accessMode }
+  const contextFor = requestContextResolver(options.context)
+  const common = { closeTimeoutMillis, commitWhen, plugins, isolationLevel: options.isolationLevel, accessMode: options.accessMode, contextFor }
 
   if (pool instanceof pg.Pool) {
     // The user's pool is theirs to size; only the acquire deadline is ours to add.

@@ -18,13 +18,14 @@ export function installRequestHooks (
   fastify: FastifyInstance,
   runtime: SessionRuntime,
   settings: ReturnType<typeof routeSettingsResolver>,
-  commitWhen: CommitWhen
+  commitWhen: CommitWhen,
+  contextFor: ((request: FastifyRequest) => string) | null
 ): void {
   function startSession (request: SessionRequest): DbSession {
     const { config } = request.routeOptions
     const beginSettings = settings.forConfig(config)
     if (beginSettings === null) throw new DbDisabledError(config.method, config.url)
-    const session = new DbSession(runtime, beginSettings)
+    const session = new DbSession(runtime, beginSettings, contextFor === null ? null : () => contextFor(request))
     request[kSession] = session
     const socket = request.raw.socket
     const onGone = (): void => { session.finish(false, 'the client went away') }

@@ -24,6 +24,11 @@ const app = Fastify()
 await app.register(dbSession, { connectionString: 'postgres://localhost/app', maxConnections: 5, isolationLevel: 'serializable' })
 await app.register(dbSession, { pool: new pg.Pool() })
 await app.register(dbSession, { pool: { host: 'localhost', max: 3 }, commitWhen: (_request, reply) => reply.statusCode < 300 })
+await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': (request) => request.headers['x-tenant'] as string, 'app.n': () => 1 } })
+// @ts-expect-error context values are functions of the request
+await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': 'acme' } })
+// @ts-expect-error a context function returns a scalar
+await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': () => ({ id: 1 }) } })
 // @ts-expect-error maxConnections is a number
 await app.register(dbSession, { connectionString: 'postgres://x', maxConnections: '5' })
 // @ts-expect-error isolationLevel is one of PostgreSQL's levels
@@ -58,7 +63,7 @@ expectTrue<Equal<keyof DbPoolStats, 'total' | 'idle' | 'active' | 'waiting' | 'm
 const count: number = await app.db.transaction(async (trx) => {
   expectTrue<Equal<typeof trx, Transaction<Database>>>()
   return 1
-}, { accessMode: 'read only' })
+}, { accessMode: 'read only', context: { 'app.tenant_id': '42', 'app.user_id': null } })
 // @ts-expect-error the callback gets a transaction, not a string
 await app.db.transaction(async (trx: string) => trx)
 
