@@ -17,6 +17,8 @@ export interface TestDatabase {
   connections: () => Promise<number>
   /** Backends left inside a transaction: should always be 0 once requests are done. */
   idleInTransaction: () => Promise<number>
+  /** Runs `fn` with a server-level connection after the database is dropped (e.g. to drop a role). */
+  afterDrop: (fn: (admin: pg.Client) => Promise<unknown>) => void
   /** A Fastify app with the plugin registered on this database; closed when the test ends. */
   app: (options?: Partial<FastifyDbSessionOptions>, fastifyOptions?: FastifyServerOptions) => Promise<FastifyInstance>
 }
@@ -35,11 +37,13 @@ export async function testDatabase (t: Teardown): Promise<TestDatabase> {
   const helper = new pg.Client({ connectionString: url.toString() })
   await helper.connect()
   const apps: FastifyInstance[] = []
+  const afterDrop: Array<(admin: pg.Client) => Promise<unknown>> = []
   // One teardown, in order: apps first, so dropping the database never cuts a live pool.
   t.teardown(async () => {
     await Promise.all(apps.map((app) => app.close()))
     await helper.end()
     await admin.query(`DROP DATABASE ${name} WITH (FORCE)`)
+    for (const fn of afterDrop) await fn(admin)
     await admin.end()
   })
 
@@ -57,6 +61,7 @@ export async function testDatabase (t: Teardown): Promise<TestDatabase> {
     query: (sql, values) => helper.query(sql, values),
     connections: () => count(''),
     idleInTransaction: () => count("AND state LIKE 'idle in transaction%'"),
+    afterDrop: (fn) => { afterDrop.push(fn) },
     async app (options = {}, fastifyOptions = {}) {
       const app = Fastify(fastifyOptions)
       apps.push(app)

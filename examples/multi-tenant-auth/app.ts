@@ -1,0 +1,100 @@
+// The multi-tenant auth service: accounts, tenants, memberships and notes, isolated by
+// PostgreSQL row-level security keyed on fastify-db-session's per-request context.
+import Fastify from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import rateLimit from '@fastify/rate-limit'
+import dbSession from 'fastify-db-session'
+import { hashPassword, PRODUCTION_COST } from './passwords.js'
+import type { PasswordCost } from './passwords.js'
+import { verifyAccessToken } from './tokens.js'
+import type { AccessClaims } from './tokens.js'
+import authRoutes from './routes/auth.js'
+import memberRoutes from './routes/members.js'
+import noteRoutes from './routes/notes.js'
+import opsRoutes from './routes/ops.js'
+
+export interface AppOptions {
+  /** Connection string of the app role (not the owner). */
+  databaseUrl: string
+  /** Secret for signing access tokens: 32 random bytes or more. */
+  tokenSecret: Buffer
+  passwordCost?: PasswordCost
+  accessTokenSeconds?: number
+  refreshTokenDays?: number
+  /** Login attempts per email and address in `loginWindowMillis`. */
+  loginAttempts?: number
+  loginWindowMillis?: number
+  maxConnections?: number
+  logger?: boolean
+}
+
+export interface AppSettings {
+  tokenSecret: Buffer
+  passwordCost: PasswordCost
+  accessTokenSeconds: number
+  refreshTokenDays: number
+  loginAttempts: number
+  loginWindowMillis: number
+  /** A hash checked when an email is unknown, so that login takes the same time either way. */
+  dummyPasswordHash: string
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Who is asking, once authenticate ran. */
+    auth: AccessClaims | null
+    /** What the database context functions read: set by authenticate, or by a handler before its first query. */
+    dbContext: { tenantId?: string, userId?: string } | null
+  }
+  interface FastifyInstance {
+    settings: AppSettings
+    authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+  }
+}
+
+export type App = FastifyInstance<any, any, any, any, TypeBoxTypeProvider>
+
+export async function buildApp (options: AppOptions): Promise<App> {
+  if (options.tokenSecret.length < 32) throw new Error('tokenSecret must be at least 32 bytes')
+  const app = Fastify({ logger: options.logger ?? false, bodyLimit: 16 * 1024 }).withTypeProvider<TypeBoxTypeProvider>()
+  const passwordCost = options.passwordCost ?? PRODUCTION_COST
+  app.decorate('settings', {
+    tokenSecret: options.tokenSecret,
+    passwordCost,
+    accessTokenSeconds: options.accessTokenSeconds ?? 900,
+    refreshTokenDays: options.refreshTokenDays ?? 30,
+    loginAttempts: options.loginAttempts ?? 10,
+    loginWindowMillis: options.loginWindowMillis ?? 60_000,
+    dummyPasswordHash: await hashPassword('not a real password', passwordCost)
+  })
+
+  await app.register(dbSession, {
+    connectionString: options.databaseUrl,
+    maxConnections: options.maxConnections ?? 10,
+    // Row-level security reads these; they are set inside each request's transaction only.
+    context: {
+      'app.tenant_id': (request) => request.dbContext?.tenantId,
+      'app.user_id': (request) => request.dbContext?.userId
+    }
+  })
+  await app.register(rateLimit, { global: false })
+
+  app.decorateRequest('auth', null)
+  app.decorateRequest('dbContext', null)
+  app.decorate('authenticate', async function (request: FastifyRequest, reply: FastifyReply) {
+    const header = request.headers.authorization
+    const claims = header?.startsWith('Bearer ') === true ? verifyAccessToken(options.tokenSecret, header.slice(7)) : null
+    if (claims === null) {
+      return reply.code(401).header('www-authenticate', 'Bearer').send({ code: 'UNAUTHORIZED', message: 'a valid access token is required' })
+    }
+    request.auth = claims
+    request.dbContext = { tenantId: claims.tid, userId: claims.sub }
+  })
+
+  await app.register(authRoutes)
+  await app.register(memberRoutes)
+  await app.register(noteRoutes)
+  await app.register(opsRoutes)
+  return app
+}

@@ -1,0 +1,127 @@
+// Schema and row-level security, applied by Kysely's Migrator as the database owner. The app
+// connects as `appRole`, which owns nothing, cannot bypass RLS, and gets only the grants below.
+import { sql } from 'kysely'
+import type { Kysely } from 'kysely'
+import { Migrator } from 'kysely/migration'
+import type { Migration } from 'kysely/migration'
+
+function migrations (appRole: string): Record<string, Migration> {
+  const role = sql.id(appRole)
+  return {
+    '001_tables': {
+      async up (db) {
+        await sql`
+          CREATE TABLE tenants (
+            id uuid PRIMARY KEY,
+            name text NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+            created_at timestamptz NOT NULL DEFAULT now()
+          );
+          CREATE TABLE users (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            email text NOT NULL UNIQUE CHECK (email = lower(email)),
+            password_hash text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+          );
+          CREATE TABLE memberships (
+            tenant_id uuid NOT NULL REFERENCES tenants ON DELETE CASCADE,
+            user_id uuid NOT NULL REFERENCES users ON DELETE CASCADE,
+            role text NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant_id, user_id)
+          );
+          CREATE TABLE notes (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            tenant_id uuid NOT NULL DEFAULT nullif(current_setting('app.tenant_id', true), '')::uuid
+              REFERENCES tenants ON DELETE CASCADE,
+            author_id uuid NOT NULL REFERENCES users,
+            title text NOT NULL CHECK (length(title) BETWEEN 1 AND 200),
+            body text NOT NULL DEFAULT '',
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+          );
+          CREATE INDEX notes_tenant ON notes (tenant_id, created_at);
+          CREATE TABLE refresh_tokens (
+            token_hash bytea PRIMARY KEY,
+            family_id uuid NOT NULL,
+            tenant_id uuid NOT NULL REFERENCES tenants ON DELETE CASCADE,
+            user_id uuid NOT NULL REFERENCES users ON DELETE CASCADE,
+            expires_at timestamptz NOT NULL,
+            used_at timestamptz,
+            revoked_at timestamptz,
+            created_at timestamptz NOT NULL DEFAULT now()
+          );
+          CREATE INDEX refresh_tokens_family ON refresh_tokens (tenant_id, family_id);
+        `.execute(db)
+      }
+    },
+    '002_row_level_security': {
+      async up (db) {
+        // Fail closed: an empty or missing setting is NULL, and NULL matches no row.
+        await sql`
+          CREATE FUNCTION app_tenant() RETURNS uuid LANGUAGE sql STABLE
+            AS $$ SELECT nullif(current_setting('app.tenant_id', true), '')::uuid $$;
+          CREATE FUNCTION app_user() RETURNS uuid LANGUAGE sql STABLE
+            AS $$ SELECT nullif(current_setting('app.user_id', true), '')::uuid $$;
+
+          ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
+          ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
+          CREATE POLICY tenant_own ON tenants USING (id = app_tenant()) WITH CHECK (id = app_tenant());
+
+          ALTER TABLE memberships ENABLE ROW LEVEL SECURITY;
+          ALTER TABLE memberships FORCE ROW LEVEL SECURITY;
+          CREATE POLICY tenant_own ON memberships USING (tenant_id = app_tenant()) WITH CHECK (tenant_id = app_tenant());
+
+          ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+          ALTER TABLE notes FORCE ROW LEVEL SECURITY;
+          CREATE POLICY tenant_own ON notes USING (tenant_id = app_tenant()) WITH CHECK (tenant_id = app_tenant());
+
+          ALTER TABLE refresh_tokens ENABLE ROW LEVEL SECURITY;
+          ALTER TABLE refresh_tokens FORCE ROW LEVEL SECURITY;
+          CREATE POLICY tenant_own ON refresh_tokens USING (tenant_id = app_tenant()) WITH CHECK (tenant_id = app_tenant());
+
+          -- Accounts are global: a user sees itself and the members of the current tenant.
+          ALTER TABLE users ENABLE ROW LEVEL SECURITY;
+          CREATE POLICY self_or_member ON users FOR SELECT USING (
+            id = app_user()
+            OR EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = users.id AND m.tenant_id = app_tenant())
+          );
+          CREATE POLICY update_self ON users FOR UPDATE USING (id = app_user()) WITH CHECK (id = app_user());
+
+          -- The two things the app may do with accounts it cannot see; neither returns a hash.
+          CREATE FUNCTION create_user(p_email text, p_password_hash text) RETURNS uuid
+            LANGUAGE sql SECURITY DEFINER SET search_path = public
+            AS $$ INSERT INTO users (email, password_hash) VALUES (p_email, p_password_hash) RETURNING id $$;
+          CREATE FUNCTION user_id_by_email(p_email text) RETURNS uuid
+            LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public
+            AS $$ SELECT id FROM users WHERE email = p_email $$;
+          REVOKE ALL ON FUNCTION create_user(text, text), user_id_by_email(text) FROM PUBLIC;
+        `.execute(db)
+      }
+    },
+    '003_app_role_grants': {
+      async up (db) {
+        await sql`GRANT USAGE ON SCHEMA public TO ${role}`.execute(db)
+        await sql`GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, memberships, notes, refresh_tokens TO ${role}`.execute(db)
+        await sql`GRANT SELECT, UPDATE (password_hash) ON users TO ${role}`.execute(db)
+        await sql`GRANT EXECUTE ON FUNCTION create_user(text, text), user_id_by_email(text), app_tenant(), app_user() TO ${role}`.execute(db)
+      }
+    }
+  }
+}
+
+/**
+ * Creates the app's login role if needed (cluster-wide: no superuser, no BYPASSRLS, owns
+ * nothing) with a fresh password, and migrates the schema. Returns the role's password.
+ */
+export async function migrate (owner: Kysely<any>, appRole: string, password: string): Promise<void> {
+  const role = sql.id(appRole)
+  const { rows } = await sql<{ exists: boolean }>`SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${appRole}) AS exists`.execute(owner)
+  if (!rows[0].exists) await sql`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE`.execute(owner)
+  await sql`ALTER ROLE ${role} PASSWORD ${sql.lit(password)}`.execute(owner)
+  const migrator = new Migrator({ db: owner, provider: { getMigrations: async () => migrations(appRole) } })
+  const { error, results } = await migrator.migrateToLatest()
+  if (error !== undefined) {
+    const failed = results?.find((result) => result.status === 'Error')
+    throw new Error(`migration ${failed?.migrationName ?? '(unknown)'} failed: ${(error as Error).message}`, { cause: error })
+  }
+}

@@ -1,0 +1,23 @@
+// Schemas and replies the routes share.
+import { Type } from '@sinclair/typebox'
+import type { FastifyReply } from 'fastify'
+
+export const Uuid = Type.String({ format: 'uuid' })
+export const Email = Type.String({ format: 'email', minLength: 3, maxLength: 254 })
+export const Password = Type.String({ minLength: 10, maxLength: 200 })
+export const Problem = Type.Object({ code: Type.String(), message: Type.String() })
+
+export const Tokens = Type.Object({
+  accessToken: Type.String(),
+  refreshToken: Type.String(),
+  expiresIn: Type.Integer()
+})
+
+export function problem (reply: FastifyReply, status: number, code: string, message: string): FastifyReply {
+  return reply.code(status).send({ code, message })
+}
+
+/** PostgreSQL's unique_violation, for answers like 409 "already exists". */
+export function isUniqueViolation (error: unknown): boolean {
+  return (error as { code?: string }).code === '23505'
+}

@@ -1,0 +1,39 @@
+// npm start: the multi-tenant auth service. PostgreSQL is DATABASE_URL's (used as the owner for
+// migrations), or an embedded one whose data lives in ./data (git-ignored) across restarts.
+import { randomBytes } from 'node:crypto'
+import { fileURLToPath } from 'node:url'
+import pg from 'pg'
+import { buildApp } from './app.js'
+import { prepareDatabase } from './setup.js'
+
+const DATABASE = 'multi_tenant_auth'
+
+async function embeddedOwnerUrl (): Promise<{ url: string, stop: () => Promise<void> }> {
+  const { startEmbeddedPostgres } = await import('../embedded-postgres.mjs')
+  const server = await startEmbeddedPostgres({ databaseDir: fileURLToPath(new URL('./data', import.meta.url)), persistent: true })
+  const admin = new pg.Client({ connectionString: server.url })
+  await admin.connect()
+  const { rowCount } = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [DATABASE])
+  if (rowCount === 0) await admin.query(`CREATE DATABASE ${DATABASE}`)
+  await admin.end()
+  const url = new URL(server.url)
+  url.pathname = '/' + DATABASE
+  return { url: url.toString(), stop: server.stop }
+}
+
+const embedded = process.env.DATABASE_URL ? null : await embeddedOwnerUrl()
+const ownerUrl = process.env.DATABASE_URL ?? embedded!.url
+const databaseUrl = await prepareDatabase(ownerUrl, process.env.APP_DB_ROLE ?? 'mt_app')
+// Access tokens last minutes; refresh tokens live in the database and survive a restart.
+const tokenSecret = process.env.TOKEN_SECRET ? Buffer.from(process.env.TOKEN_SECRET, 'base64url') : randomBytes(32)
+const app = await buildApp({ databaseUrl, tokenSecret, logger: process.env.LOG === '1' })
+const address = await app.listen({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 3000) })
+console.log(`multi-tenant-auth listening on ${address}`)
+
+async function shutdown (): Promise<void> {
+  await app.close()
+  await embedded?.stop()
+  process.exit(0)
+}
+process.once('SIGINT', shutdown)
+process.once('SIGTERM', shutdown)

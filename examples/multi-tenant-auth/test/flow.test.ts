@@ -1,0 +1,96 @@
+// The whole flow, through fastify.inject and through a real listening server.
+import t from 'tap'
+import type { Test } from 'tap'
+import { bearer, signUp, startService } from './service.js'
+import type { App } from '../app.js'
+
+type Call = (method: string, url: string, options?: { payload?: unknown, headers?: Record<string, string> }) => Promise<{ status: number, body: any }>
+
+function viaInject (app: App): Call {
+  return async (method, url, options = {}) => {
+    const res = await app.inject({ method: method as 'GET', url, payload: options.payload as object, headers: options.headers })
+    return { status: res.statusCode, body: res.body === '' ? null : res.json() }
+  }
+}
+
+function viaHttp (base: string): Call {
+  return async (method, url, options = {}) => {
+    const res = await fetch(base + url, {
+      method,
+      headers: { ...(options.payload === undefined ? {} : { 'content-type': 'application/json' }), ...options.headers },
+      body: options.payload === undefined ? undefined : JSON.stringify(options.payload)
+    })
+    const text = await res.text()
+    return { status: res.status, body: text === '' ? null : JSON.parse(text) }
+  }
+}
+
+async function walkThrough (t: Test, call: Call): Promise<void> {
+  const created = await call('POST', '/tenants', { payload: { name: 'Acme', email: 'Ada@Acme.test', password: 'correct horse battery' } })
+  t.equal(created.status, 201)
+  t.equal(created.body.user.email, 'ada@acme.test', 'emails are stored lowercased')
+  const tenantId = created.body.tenant.id
+  const owner = { accessToken: created.body.accessToken }
+
+  const me = await call('GET', '/me', { headers: bearer(owner) })
+  t.same(me.body, { user: created.body.user, tenant: { id: tenantId, name: 'Acme' }, role: 'owner' })
+
+  const added = await call('POST', '/members', { headers: bearer(owner), payload: { email: 'bob@acme.test', role: 'member', password: 'bobs good password' } })
+  t.equal(added.status, 201)
+  const login = await call('POST', '/login', { payload: { tenantId, email: 'BOB@acme.test', password: 'bobs good password' } })
+  t.equal(login.status, 200)
+  const bob = { accessToken: login.body.accessToken }
+  t.equal((await call('GET', '/me', { headers: bearer(bob) })).body.role, 'member')
+  t.same((await call('GET', '/members', { headers: bearer(bob) })).body.map((m: { email: string }) => m.email), ['ada@acme.test', 'bob@acme.test'])
+
+  const note = await call('POST', '/notes', { headers: bearer(bob), payload: { title: 'Plan', body: 'ship it' } })
+  t.equal(note.status, 201)
+  t.match(note.body, { title: 'Plan', body: 'ship it', authorId: String })
+  const id = note.body.id
+  t.equal((await call('GET', `/notes/${id}`, { headers: bearer(owner) })).body.title, 'Plan')
+  t.equal((await call('PATCH', `/notes/${id}`, { headers: bearer(owner), payload: { title: 'Plan B' } })).body.title, 'Plan B')
+  t.same((await call('GET', '/notes', { headers: bearer(bob) })).body.map((n: { title: string }) => n.title), ['Plan B'])
+  const ownersNote = await call('POST', '/notes', { headers: bearer(owner), payload: { title: 'Owner only' } })
+  t.equal((await call('DELETE', `/notes/${ownersNote.body.id}`, { headers: bearer(bob) })).status, 403, 'a member cannot delete another\'s note')
+  t.equal((await call('DELETE', `/notes/${id}`, { headers: bearer(bob) })).status, 204)
+  t.equal((await call('GET', `/notes/${id}`, { headers: bearer(bob) })).status, 404)
+
+  const refreshed = await call('POST', '/refresh', { payload: { refreshToken: login.body.refreshToken } })
+  t.equal(refreshed.status, 200)
+  t.not(refreshed.body.refreshToken, login.body.refreshToken, 'rotated')
+  const reused = await call('POST', '/refresh', { payload: { refreshToken: login.body.refreshToken } })
+  t.same([reused.status, reused.body.code], [401, 'REFRESH_TOKEN_REUSED'])
+  const afterReuse = await call('POST', '/refresh', { payload: { refreshToken: refreshed.body.refreshToken } })
+  t.equal(afterReuse.status, 401, 'the reuse revoked the whole family, the newest token too')
+
+  const ownerLogin = await call('POST', '/login', { payload: { tenantId, email: 'ada@acme.test', password: 'correct horse battery' } })
+  t.equal((await call('POST', '/logout', { payload: { refreshToken: ownerLogin.body.refreshToken } })).status, 204)
+  t.equal((await call('POST', '/refresh', { payload: { refreshToken: ownerLogin.body.refreshToken } })).status, 401, 'logout revoked it')
+
+  const health = await call('GET', '/health')
+  t.match(health.body, { status: 'ok', pool: { active: 0 } })
+}
+
+t.test('the whole flow through fastify.inject', async (t) => {
+  const { app, db } = await startService(t)
+  await walkThrough(t, viaInject(app))
+  t.equal(await db.idleInTransaction(), 0)
+})
+
+t.test('the whole flow through a real listening server', async (t) => {
+  const { app, db } = await startService(t)
+  const base = await app.listen({ host: '127.0.0.1', port: 0 })
+  await walkThrough(t, viaHttp(base))
+  const metrics = await (await fetch(base + '/metrics')).text()
+  t.match(metrics, /db_pool_commits_total\{pool="app"\} \d+/)
+  t.equal(await db.idleInTransaction(), 0)
+})
+
+t.test('a new tenant whose owner email is taken is not created', async (t) => {
+  const { app, db } = await startService(t)
+  const first = await signUp(app)
+  const res = await app.inject({ method: 'POST', url: '/tenants', payload: { name: 'Copycat', email: first.email, password: 'another password' } })
+  t.same([res.statusCode, res.json().code], [409, 'EMAIL_TAKEN'])
+  t.same((await db.query('SELECT name FROM tenants WHERE name = $1', ['Copycat'])).rows, [], 'the tenant insert was rolled back')
+  t.same((await app.inject({ method: 'GET', url: '/me', headers: bearer(first) })).json().role, 'owner')
+})

@@ -1,0 +1,63 @@
+// Short-lived access tokens (HMAC-signed claims) and opaque refresh tokens (stored hashed).
+import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
+import type { Role } from './schema.js'
+
+export interface AccessClaims {
+  /** user id */
+  sub: string
+  /** tenant id */
+  tid: string
+  role: Role
+  /** expiry, seconds since the epoch */
+  exp: number
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+const ROLES = new Set(['owner', 'admin', 'member'])
+
+function sign (secret: Buffer, payload: string): Buffer {
+  return createHmac('sha256', secret).update('v1.' + payload).digest()
+}
+
+export function signAccessToken (secret: Buffer, claims: Omit<AccessClaims, 'exp'>, ttlSeconds: number): string {
+  const payload = Buffer.from(JSON.stringify({ ...claims, exp: Math.floor(Date.now() / 1000) + ttlSeconds })).toString('base64url')
+  return `v1.${payload}.${sign(secret, payload).toString('base64url')}`
+}
+
+/** The claims of a genuine, unexpired token; null for anything else. */
+export function verifyAccessToken (secret: Buffer, token: string): AccessClaims | null {
+  const [version, payload, signature, extra] = token.split('.')
+  if (version !== 'v1' || payload === undefined || signature === undefined || extra !== undefined) return null
+  const given = Buffer.from(signature, 'base64url')
+  const expected = sign(secret, payload)
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null
+  let claims: AccessClaims
+  try {
+    claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'))
+  } catch {
+    return null
+  }
+  const valid = typeof claims === 'object' && claims !== null &&
+    typeof claims.sub === 'string' && UUID.test(claims.sub) &&
+    typeof claims.tid === 'string' && UUID.test(claims.tid) &&
+    ROLES.has(claims.role) && Number.isInteger(claims.exp)
+  return valid && claims.exp > Date.now() / 1000 ? claims : null
+}
+
+/** `<tenant id>.<random>`: the tenant tells which tenant's rows to look in; only the hash is stored. */
+export function newRefreshToken (tenantId: string): { token: string, hash: Buffer } {
+  const token = `${tenantId}.${randomBytes(32).toString('base64url')}`
+  return { token, hash: hashRefreshToken(token) }
+}
+
+export function hashRefreshToken (token: string): Buffer {
+  return createHash('sha256').update(token).digest()
+}
+
+export function parseRefreshToken (token: string): { tenantId: string, hash: Buffer } | null {
+  const [tenantId, secret, extra] = token.split('.')
+  if (!UUID.test(tenantId) || secret === undefined || !/^[A-Za-z0-9_-]{43}$/.test(secret) || extra !== undefined) return null
+  return { tenantId, hash: hashRefreshToken(token) }
+}
+
+export const newFamilyId = randomUUID
