@@ -19,9 +19,9 @@ export type RegisteredDatabase = DbSessionRegister extends { database: infer DB 
 
 /** Transaction settings used for a request's transaction. */
 export interface DbTransactionSettings {
-  /** `SET TRANSACTION ISOLATION LEVEL`; PostgreSQL's own default (read committed) when unset. */
+  /** Sent with BEGIN; when unset, the server's `default_transaction_isolation` (read committed unless changed). */
   isolationLevel?: Exclude<IsolationLevel, 'snapshot'>
-  /** `'read write'` (default) or `'read only'`. */
+  /** `'read write'` or `'read only'`, sent with BEGIN; when unset, the server's `default_transaction_read_only`. */
   accessMode?: AccessMode
 }
 
@@ -58,7 +58,7 @@ export interface FastifyDbSessionOptions extends DbTransactionSettings {
   maxLifetimeSeconds?: number
   /** How long `fastify.close()` waits for open transactions to roll back before destroying their connections. Default 5000 ms. */
   closeTimeoutMillis?: number
-  /** Decides whether a request's transaction commits. Default: `reply.statusCode < 400`. */
+  /** Decides, synchronously, whether a request's transaction commits. Default: `reply.statusCode < 400`. */
   commitWhen?: (request: FastifyRequest, reply: FastifyReply) => boolean
   /** Kysely plugins applied to `request.db` and `fastify.db.kysely`. */
   plugins?: KyselyPlugin[]
@@ -99,7 +99,7 @@ export interface DbPoolStats {
   acquireTimeouts: number
   /** Connections destroyed instead of returned because their state was in doubt. */
   destroyed: number
-  /** Transactions still open when `fastify.close()` had to end them. */
+  /** Connections still checked out when `fastify.close()` had to destroy them. */
   leaks: number
 }
 

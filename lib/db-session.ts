@@ -2,7 +2,7 @@ import { Transaction } from 'kysely'
 import type { ConnectionProvider, DatabaseConnection, KyselyProps, QueryExecutor } from 'kysely'
 import { ignore, logWarning } from './callbacks.js'
 import type { ConnectionSource, Lease } from './connection-lease.js'
-import { commitError, ConnectionFailedError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
+import { ClosingError, commitError, ConnectionFailedError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
 import type { BeginSettings } from './transaction-settings.js'
 
 /** What every unit of work of one plugin instance shares. */
@@ -30,6 +30,8 @@ export class DbSession implements ConnectionProvider {
   #queue: Promise<unknown> = Promise.resolve()
   #finishing: Promise<Error | null> | null = null
   #finishReason = ''
+  /** Why the work was ended for its owner (close()): reported, once, to whoever then asks to commit. */
+  #interruption: Error | null = null
   /** Called once when the finish starts (the request uses it to stop listening to its socket). */
   onFinish: () => void = ignore
 
@@ -85,8 +87,24 @@ export class DbSession implements ConnectionProvider {
       this.#finishReason = reason
       this.onFinish()
       this.#finishing = this.#queue.then(() => this.#end(commit))
+    } else if (commit && this.#interruption !== null) {
+      // Its owner still means to commit, but the work was rolled back for it: say so.
+      return this.#finishing.then(() => this.takeInterruption())
     }
     return this.#finishing
+  }
+
+  /** Rolls back on the owner's behalf (the server is closing); a later commit gets `error`. */
+  interrupt (error: Error): Promise<Error | null> {
+    this.#interruption ??= error
+    return this.finish(false, error.message)
+  }
+
+  /** The interruption not yet reported, once. */
+  takeInterruption (): Error | null {
+    const error = this.#interruption
+    this.#interruption = null
+    return error
   }
 
   async #end (commit: boolean): Promise<Error | null> {
@@ -98,7 +116,8 @@ export class DbSession implements ConnectionProvider {
       return null // it never opened; the query that tried has already thrown
     }
     this.#runtime.live.delete(this)
-    if (lease.released) return null // close() destroyed it
+    // close() destroyed the connection: PostgreSQL rolled back; a commit cannot be had.
+    if (lease.released) return commit ? new ClosingError() : null
     return commit ? this.#commit(lease) : this.#rollback(lease)
   }
 

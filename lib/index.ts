@@ -9,11 +9,11 @@ import { ConnectionSource } from './connection-lease.js'
 import { checkSettingNames, contextStatement } from './context-settings.js'
 import { DbSession } from './db-session.js'
 import type { SessionRuntime } from './db-session.js'
-import { errors, InvalidOptionError } from './errors.js'
+import { ClosingError, errors, InvalidOptionError } from './errors.js'
 import { resolveOptions } from './options.js'
 import { PoolCounters, poolStats } from './pool-stats.js'
 import { installRequestHooks } from './request-hooks.js'
-import { beginSettings, routeSettingsResolver } from './transaction-settings.js'
+import { beginSettings, routeSettingsResolver, withDefaults } from './transaction-settings.js'
 
 async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOptions): Promise<void> {
   const resolved = resolveOptions(options)
@@ -39,7 +39,7 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
   async function transaction<T> (fn: (trx: any) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
     if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
     const { context, ...settings } = options ?? {}
-    const begin = beginSettings({ ...defaults, ...settings }, 'fastify.db.transaction: ')
+    const begin = beginSettings(withDefaults(defaults, settings), 'fastify.db.transaction: ')
     let statement: (() => string) | null = null
     if (context !== undefined) {
       checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
@@ -84,7 +84,8 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
       lease.release(true)
     }
     if (pids.length === 0) return
-    const control = new pg.Client(pool.options)
+    const control = new pg.Client({ ...pool.options, connectionTimeoutMillis: closeTimeoutMillis })
+    control.on('error', ignore)
     await control.connect()
       .then(() => control.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [pids]))
       .catch(logWarning(fastify.log, 'fastify-db-session: could not terminate the backends of stuck connections'))
@@ -101,7 +102,7 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
   fastify.addHook('onClose', async () => {
     clearTimeout(closeTimer)
     source.close()
-    const rollbacks = [...runtime.live].map((session) => session.finish(false, 'the server closed'))
+    const rollbacks = [...runtime.live].map((session) => session.interrupt(new ClosingError()))
     await within(closeTimeoutMillis, Promise.all(rollbacks))
     await within(closeTimeoutMillis, destroyCheckedOut())
     if (resolved.ownsPool) {

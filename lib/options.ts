@@ -67,6 +67,9 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   if (typeof commitWhen !== 'function') {
     throw new InvalidOptionError(`commitWhen must be a function (request, reply) => boolean; instead got '${String(commitWhen)}'`)
   }
+  if (commitWhen.constructor.name === 'AsyncFunction') {
+    throw new InvalidOptionError('commitWhen must be synchronous: it decides while the response is being sent, and a Promise would always count as true')
+  }
   if (!Array.isArray(plugins)) {
     throw new InvalidOptionError(`plugins must be an array of Kysely plugins; instead got '${String(plugins)}'`)
   }
@@ -76,27 +79,29 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   const contextFor = requestContextResolver(options.context)
   const common = { closeTimeoutMillis, commitWhen, plugins, isolationLevel: options.isolationLevel, accessMode: options.accessMode, contextFor }
 
-  if (pool instanceof pg.Pool) {
+  // Any pool with connect() is the user's: pg-pool's own class, or another copy of pg's.
+  if (typeof (pool as { connect?: unknown } | undefined)?.connect === 'function') {
+    const userPool = pool as pg.Pool
     // The user's pool is theirs to size; only the acquire deadline is ours to add.
     const given = POOL_SIZING.filter((name) => options[name] !== undefined)
     if (connectionString !== undefined) given.unshift('connectionString' as never)
     if (given.length > 0) {
       throw new InvalidOptionError(`${given.join(', ')} cannot apply to an existing pg.Pool; set them on the pool, or pass a pg.PoolConfig as pool`)
     }
-    const poolDeadline = pool.options.connectionTimeoutMillis ?? 0
+    const poolDeadline = userPool.options.connectionTimeoutMillis ?? 0
     if (poolDeadline > 0 && options.acquireTimeoutMillis !== undefined) {
       throw new InvalidOptionError(`acquireTimeoutMillis conflicts with the pool's connectionTimeoutMillis (${poolDeadline}); set only one`)
     }
     return {
       ...common,
-      pool,
+      pool: userPool,
       ownsPool: false,
       acquireTimeoutMillis: poolDeadline > 0 ? 0 : acquireTimeoutMillis,
       reportedAcquireTimeoutMillis: poolDeadline > 0 ? poolDeadline : acquireTimeoutMillis
     }
   }
 
-  const config: pg.PoolConfig = { ...pool }
+  const config: pg.PoolConfig = { ...pool as pg.PoolConfig }
   for (const name of POOL_SIZING) {
     if (options[name] !== undefined && config[pgName(name)] !== undefined) {
       throw new InvalidOptionError(`${name} and pool.${pgName(name)} are both set; set only one`)
@@ -106,7 +111,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     if (config.connectionString !== undefined) throw new InvalidOptionError('connectionString and pool.connectionString are both set; set only one')
     config.connectionString = connectionString
   }
-  if (config.connectionTimeoutMillis !== undefined && options.acquireTimeoutMillis !== undefined) {
+  if (config.connectionTimeoutMillis && options.acquireTimeoutMillis !== undefined) {
     throw new InvalidOptionError('acquireTimeoutMillis and pool.connectionTimeoutMillis are both set; set only one')
   }
   config.max ??= wholeNumber(options, 'maxConnections', 1)

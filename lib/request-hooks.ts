@@ -1,7 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { DbSession } from './db-session.js'
 import type { SessionRuntime } from './db-session.js'
-import { DbDisabledError } from './errors.js'
+import { ignore } from './callbacks.js'
+import { DbDisabledError, InvalidOptionError } from './errors.js'
 import type { routeSettingsResolver } from './transaction-settings.js'
 
 const kSession = Symbol('fastify-db-session.session')
@@ -36,10 +37,19 @@ export function installRequestHooks (
     return session
   }
 
-  /** The user's commitWhen, unless the client is gone: then nobody would learn of the commit. */
-  function shouldCommit (request: FastifyRequest, reply: FastifyReply): boolean {
-    return !reply.raw.destroyed && commitWhen(request, reply)
+  /** The user's commitWhen, checked: a Promise (an async commitWhen) would always be truthy. */
+  function decide (request: FastifyRequest, reply: FastifyReply): boolean {
+    const commit = commitWhen(request, reply)
+    if (typeof commit !== 'boolean') {
+      throw new InvalidOptionError(`commitWhen must return a boolean; it returned '${String(commit)}' (it must not be async)`)
+    }
+    return commit
   }
+
+  // Stands in for the session of a request whose response is out: request.db first touched after
+  // that (in onResponse, or by work left running) throws instead of holding a connection forever.
+  const responded = new DbSession(runtime, { beginSql: 'BEGIN' })
+  responded.finish(false, 'the response was already sent')
 
   fastify.decorateRequest(kSession, null)
   fastify.decorateRequest('db', {
@@ -53,25 +63,38 @@ export function installRequestHooks (
     settings.check(route.config?.db, route.url)
   })
 
+  // Plain functions, not async: a request that never touched request.db costs no promise. One
+  // that did returns a promise, which Fastify awaits, catching what its continuation throws.
   fastify.addHook('onSend', function (request, reply, payload, done) {
     const session = (request as SessionRequest)[kSession]
-    if (session === null || session.finished) {
+    if (session === null) {
+      (request as SessionRequest)[kSession] = responded
       done(null, payload)
       return
     }
-    let commit: boolean
-    try {
-      commit = shouldCommit(request, reply)
-    } catch (error) {
-      session.finish(false, 'commitWhen threw').then(() => { done(error as Error) })
+    if (session.finished) {
+      const interruption = session.takeInterruption()
+      if (interruption === null) done(null, payload)
+      else done(interruption)
       return
     }
-    // A failed COMMIT becomes the response: the client never hears "200 OK" for lost work.
-    session.finish(commit, 'the response was sent').then((error) => {
-      if (error === null) done(null, payload)
-      else done(error)
-    })
+    return finishBeforeSending(session, request, reply, payload)
   })
+
+  async function finishBeforeSending (session: DbSession, request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
+    let commit: boolean
+    try {
+      // Nobody would learn of a commit made for a client that is gone.
+      commit = !reply.raw.destroyed && decide(request, reply)
+    } catch (error) {
+      await session.finish(false, 'commitWhen threw')
+      throw error
+    }
+    // A failed COMMIT becomes the response: the client never hears "200 OK" for lost work.
+    const failure = await session.finish(commit, 'the response was sent')
+    if (failure !== null) throw failure
+    return payload
+  }
 
   fastify.addHook('onError', function (request, _reply, _error, done) {
     const session = (request as SessionRequest)[kSession]
@@ -79,7 +102,7 @@ export function installRequestHooks (
       done()
       return
     }
-    session.finish(false, 'the request failed').then(() => { done() })
+    return session.finish(false, 'the request failed').then(ignore)
   })
 
   fastify.addHook('onResponse', function (request, reply, done) {
@@ -88,19 +111,22 @@ export function installRequestHooks (
       done()
       return
     }
-    // Only a hijacked reply gets here unfinished, and its response is already out: commit what
-    // it reported as a success, and log what could not be told to the client. (Node marks a
-    // finished response destroyed a tick later, so reply.raw.destroyed says nothing here; a
-    // hang-up was handled by the socket's close.)
+    return finishHijacked(session, request, reply)
+  })
+
+  /**
+   * Only a reply that skipped onSend gets here unfinished: a hijacked one, whose response is out,
+   * or an HTTP/2 stream reset while the handler still runs (its response was never ended).
+   * Commit only what was really sent as a success, and log what could not be told.
+   */
+  async function finishHijacked (session: DbSession, request: FastifyRequest, reply: FastifyReply): Promise<void> {
     let commit = false
     try {
-      commit = commitWhen(request, reply)
+      commit = reply.raw.writableEnded && decide(request, reply)
     } catch (error) {
       request.log.error({ err: error }, 'fastify-db-session: commitWhen threw; rolled back')
     }
-    session.finish(commit, 'the hijacked response ended').then((error) => {
-      if (error !== null) request.log.error({ err: error }, 'fastify-db-session: COMMIT failed after a hijacked response was sent')
-      done()
-    })
-  })
+    const failure = await session.finish(commit, 'the hijacked response ended')
+    if (failure !== null) request.log.error({ err: failure }, 'fastify-db-session: COMMIT failed after a hijacked response was sent')
+  }
 }

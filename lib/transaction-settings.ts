@@ -24,6 +24,14 @@ export function beginSettings (settings: DbTransactionSettings, where: string): 
   return { beginSql }
 }
 
+/** Settings over defaults, where an explicit `undefined` keeps the default. */
+export function withDefaults (defaults: DbTransactionSettings, settings: DbTransactionSettings): DbTransactionSettings {
+  return {
+    isolationLevel: settings.isolationLevel ?? defaults.isolationLevel,
+    accessMode: settings.accessMode ?? defaults.accessMode
+  }
+}
+
 /**
  * Resolves a route's `config.db` against the plugin defaults: `null` when the route opted out.
  * Results are cached per route config object, so each route pays for this once.
@@ -38,7 +46,7 @@ export function routeSettingsResolver (defaults: DbTransactionSettings) {
     if (routeConfig === null || typeof routeConfig !== 'object') {
       throw new InvalidOptionError(`${where}db must be false or an object like { isolationLevel, accessMode }; instead got '${String(routeConfig)}'`)
     }
-    return beginSettings({ ...defaults, ...routeConfig }, where + 'db.')
+    return beginSettings(withDefaults(defaults, routeConfig), where + 'db.')
   }
 
   return {

@@ -1,0 +1,49 @@
+// The README's walk-through, run as written (bash and curl) against `npm start`'s server.
+import t from 'tap'
+import { execFile, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
+import { promisify } from 'node:util'
+import { freePort } from '../examples/embedded-postgres.mjs'
+import { testDatabase } from './helpers/database.js'
+
+t.test('the README walk-through works as written', async (t) => {
+  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8')
+  const block = /<!-- walkthrough -->\n```sh\n([\s\S]*?)```\n<!-- \/walkthrough -->/.exec(readme)
+  t.ok(block, 'the README has the walk-through block')
+  const db = await testDatabase(t)
+  const role = 'mt_app_' + db.name
+  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${role}`))
+  const port = await freePort()
+  const server = spawn(process.execPath, ['--import', 'tsx', 'examples/multi-tenant-auth/server.ts'], {
+    env: { ...process.env, DATABASE_URL: db.url, PORT: String(port), APP_DB_ROLE: role },
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
+  t.teardown(async () => {
+    if (server.exitCode === null) {
+      server.kill('SIGTERM')
+      await once(server, 'exit')
+    }
+  })
+  let output = ''
+  for await (const chunk of server.stdout) {
+    output += chunk
+    if (output.includes('listening on')) break
+  }
+  t.match(output, `multi-tenant-auth listening on http://127.0.0.1:${port}`)
+
+  const { stdout } = await promisify(execFile)('bash', ['-euo', 'pipefail', '-c', block![1]], {
+    env: { ...process.env, BASE: `http://127.0.0.1:${port}` }
+  })
+  const lines = stdout.trim().split('\n')
+  t.match(lines[0], /^tenant [0-9a-f-]{36}$/)
+  t.match(JSON.parse(lines[1]), { email: 'bob@acme.test', role: 'member' })
+  t.match(JSON.parse(lines[2]), { title: 'Plan', body: 'ship it' })
+  t.match(JSON.parse(lines[3]), [{ title: 'Plan', body: 'ship it' }])
+  t.same(JSON.parse(lines[4]), [], 'Globex sees none of Acme\'s notes')
+  t.equal(lines[5], 'refresh: 200')
+  t.match(JSON.parse(lines[6]), { code: 'REFRESH_TOKEN_REUSED' })
+  t.match(JSON.parse(lines[7]), { statusCode: 400, message: "body must have required property 'title'" })
+  t.match(JSON.parse(lines[8]), { status: 'ok', pool: { active: 0 } })
+  t.equal(lines.length, 9)
+})
