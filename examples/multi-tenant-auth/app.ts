@@ -1,7 +1,7 @@
 // The multi-tenant auth service: accounts, tenants, memberships and notes, isolated by
 // PostgreSQL row-level security keyed on fastify-db-session's per-request context.
 import Fastify from 'fastify'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import rateLimit from '@fastify/rate-limit'
 import dbSession from 'fastify-db-session'
@@ -55,9 +55,27 @@ declare module 'fastify' {
 
 export type App = FastifyInstance<any, any, any, any, TypeBoxTypeProvider>
 
+/** Ajv's messages, naming the unknown property that "must NOT have additional properties" leaves out. */
+function formatSchemaErrors (errors: FastifySchemaValidationError[], dataVar: string): Error {
+  const message = errors.map((error) => {
+    const path = dataVar + error.instancePath
+    const extra = (error.params as { additionalProperty?: string }).additionalProperty
+    return extra === undefined ? `${path} ${error.message}` : `${path} must NOT have additional property '${extra}'`
+  }).join(', ')
+  return new Error(message)
+}
+
 export async function buildApp (options: AppOptions): Promise<App> {
   if (options.tokenSecret.length < 32) throw new Error('tokenSecret must be at least 32 bytes')
-  const app = Fastify({ logger: options.logger ?? false, bodyLimit: 16 * 1024 }).withTypeProvider<TypeBoxTypeProvider>()
+  const app = Fastify({
+    logger: options.logger ?? false,
+    // A 10,000-character note body, JSON-escaped, fits.
+    bodyLimit: 64 * 1024,
+    // Refuse what the schemas do not allow, instead of Fastify's defaults of silently dropping
+    // unknown properties and coercing types ({"title": 42} is not a title).
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+    schemaErrorFormatter: formatSchemaErrors
+  }).withTypeProvider<TypeBoxTypeProvider>()
   const passwordCost = options.passwordCost ?? PRODUCTION_COST
   app.decorate('settings', {
     tokenSecret: options.tokenSecret,

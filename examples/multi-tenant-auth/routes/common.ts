@@ -3,8 +3,16 @@ import { Type } from '@sinclair/typebox'
 import type { FastifyReply } from 'fastify'
 
 export const Uuid = Type.String({ format: 'uuid' })
+
+/**
+ * Text PostgreSQL can store as sent: no NUL (it refuses those) and no lone surrogate halves
+ * (they would come back changed).
+ */
+export function Text (options: { minLength?: number, maxLength: number }) {
+  return Type.String({ ...options, pattern: '^[^\\u0000\\uD800-\\uDFFF]*$' })
+}
 export const Email = Type.String({ format: 'email', minLength: 3, maxLength: 254 })
-export const Password = Type.String({ minLength: 10, maxLength: 200 })
+export const Password = Text({ minLength: 10, maxLength: 200 })
 export const Problem = Type.Object({ code: Type.String(), message: Type.String() })
 
 export const Tokens = Type.Object({

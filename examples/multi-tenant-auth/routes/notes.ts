@@ -5,7 +5,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { Transaction } from 'kysely'
 import type { Database } from '../schema.js'
 import type { AccessClaims } from '../tokens.js'
-import { Problem, problem, Uuid } from './common.js'
+import { Problem, problem, Text, Uuid } from './common.js'
 
 // Serialized as ISO strings; Kysely hands back Dates.
 const DateTime = Type.Unsafe<Date>(Type.String({ format: 'date-time' }))
@@ -29,7 +29,7 @@ const noteRoutes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/notes', {
     schema: {
-      body: Type.Object({ title: Type.String({ minLength: 1, maxLength: 200 }), body: Type.Optional(Type.String({ maxLength: 10_000 })) }, { additionalProperties: false }),
+      body: Type.Object({ title: Text({ minLength: 1, maxLength: 200 }), body: Type.Optional(Text({ maxLength: 10_000 })) }, { additionalProperties: false }),
       response: { 201: Note }
     }
   }, async (request, reply) => {
@@ -55,7 +55,7 @@ const noteRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.patch('/notes/:id', {
     schema: {
       params: NoteParams,
-      body: Type.Object({ title: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })), body: Type.Optional(Type.String({ maxLength: 10_000 })) }, { additionalProperties: false, minProperties: 1 }),
+      body: Type.Object({ title: Type.Optional(Text({ minLength: 1, maxLength: 200 })), body: Type.Optional(Text({ maxLength: 10_000 })) }, { additionalProperties: false, minProperties: 1 }),
       response: { 200: Note, 403: Problem, 404: Problem }
     }
   }, async (request, reply) => {
