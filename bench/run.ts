@@ -1,0 +1,184 @@
+// npm run bench: every variant as its own server process on 127.0.0.1, driven by autocannon in
+// another process, pairs run alternately (A B A B ...) after a warm-up. Only ratios measured in
+// the same run count; absolute figures depend on the machine and on what else it is doing.
+import { spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { writeFile } from 'node:fs/promises'
+import { cpus } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import pg from 'pg'
+import { freePort, startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
+import { inProcessOverhead } from './in-process.js'
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 4)
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32)
+const root = fileURLToPath(new URL('..', import.meta.url))
+
+const VARIANTS = {
+  1: 'bare',
+  2: 'plugin-untouched',
+  3: 'kysely-transaction',
+  4: 'fastify-postgres',
+  5: 'plugin-select',
+  6: 'kysely-tenant',
+  7: 'plugin-tenant'
+} as const
+type VariantNumber = keyof typeof VARIANTS
+const PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
+  [2, 1, 'plugin registered, route untouched / bare Fastify'],
+  [5, 3, 'plugin select / hand-written Kysely transaction'],
+  [5, 4, 'plugin select / @fastify/postgres transact'],
+  [7, 6, 'plugin with tenant context / hand-written tenant transaction']
+]
+const TARGETS: Record<string, number> = { '2/1': 0.98, '5/3': 1.10, '5/4': 1.00, '7/6': 1.20 }
+
+interface Run { rps: number, p50: number, p99: number, max: number, errors: number, non2xx: number, requests: number, cpuMicrosPerRequest: number }
+interface Server { process: ChildProcess, port: number }
+
+const started = Date.now()
+const plannedSeconds = PAIRS.length * (ROUNDS + 1) * 2 * (SECONDS + 0.5) + 2 * (SECONDS + 1) + 25
+function progress (what: string): void {
+  const elapsed = (Date.now() - started) / 1000
+  const left = Math.max(0, plannedSeconds - elapsed)
+  process.stdout.write(`[${elapsed.toFixed(0).padStart(4)} s, ~${left.toFixed(0)} s left] ${what}\n`)
+}
+
+async function startServer (variant: string, databaseUrl: string, extra: string[] = []): Promise<Server> {
+  const port = await freePort()
+  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/server.ts', variant, String(port), databaseUrl, ...extra], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+  for await (const chunk of child.stdout!) if (String(chunk).includes('ready')) break
+  return { process: child, port }
+}
+
+async function cpuMicros (server: Server): Promise<number> {
+  return (await (await fetch(`http://127.0.0.1:${server.port}/__cpu`)).json()).micros
+}
+
+/** autocannon in its own process, JSON out. */
+async function load (server: Server, seconds: number, connections: number, headers: Record<string, string> = {}): Promise<Run> {
+  const before = await cpuMicros(server)
+  const args = [fileURLToPath(import.meta.resolve('autocannon/autocannon.js')), '--json', '-c', String(connections), '-d', String(seconds)]
+  for (const [name, value] of Object.entries(headers)) args.push('-H', `${name}=${value}`)
+  args.push(`http://127.0.0.1:${server.port}/`)
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'ignore'] })
+  let out = ''
+  child.stdout.on('data', (chunk) => { out += chunk })
+  await once(child, 'exit')
+  const result = JSON.parse(out)
+  const after = await cpuMicros(server)
+  const requests = result.requests.total
+  return {
+    rps: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    max: result.latency.max,
+    errors: result.errors + result.timeouts,
+    non2xx: result.non2xx,
+    requests,
+    cpuMicrosPerRequest: requests > 0 ? (after - before) / requests : Infinity
+  }
+}
+
+function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}
+
+const embedded = process.env.DATABASE_URL ? null : await startEmbeddedPostgres()
+const databaseUrl = process.env.DATABASE_URL ?? embedded!.url
+const servers = new Map<VariantNumber, Server>()
+try {
+  const seed = new pg.Client({ connectionString: databaseUrl })
+  await seed.connect()
+  await seed.query('DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)')
+  await seed.query("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 1000) AS i")
+  await seed.end()
+  progress(`PostgreSQL ready; starting ${Object.keys(VARIANTS).length} servers`)
+  for (const [number, variant] of Object.entries(VARIANTS)) {
+    servers.set(Number(number) as VariantNumber, await startServer(variant, databaseUrl))
+  }
+
+  const runs = new Map<VariantNumber, Run[]>()
+  const ratios: Record<string, { rps: number[], cpu: number[] }> = {}
+  const headers = { 'x-tenant': 'tenant-42' }
+  for (const [a, b, label] of PAIRS) {
+    const key = `${a}/${b}`
+    ratios[key] = { rps: [], cpu: [] }
+    for (let round = 0; round <= ROUNDS; round++) {
+      progress(`pair ${key} (${label}): ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`}`)
+      const runA = await load(servers.get(a)!, SECONDS, CONNECTIONS, headers)
+      const runB = await load(servers.get(b)!, SECONDS, CONNECTIONS, headers)
+      if (round === 0) continue
+      runs.set(a, [...(runs.get(a) ?? []), runA])
+      runs.set(b, [...(runs.get(b) ?? []), runB])
+      ratios[key].rps.push(runA.rps / runB.rps)
+      ratios[key].cpu.push(runB.cpuMicrosPerRequest / runA.cpuMicrosPerRequest)
+    }
+  }
+
+  progress('saturation: 200 clients, pool of 10, generous acquire timeout (5000 ms)')
+  const generous = await startServer('saturation', databaseUrl, ['5000'])
+  const generousRun = await load(generous, SECONDS + 1, 200)
+  generous.process.kill('SIGTERM')
+  progress('saturation: 200 clients, pool of 10, short acquire timeout (100 ms)')
+  const short = await startServer('saturation', databaseUrl, ['100'])
+  const shortRun = await load(short, SECONDS + 1, 200)
+  short.process.kill('SIGTERM')
+
+  progress('in-process overhead: fastify.inject on an untouched route, with and without the plugin')
+  const inProcess = await inProcessOverhead(databaseUrl)
+
+  const table = Object.entries(VARIANTS).map(([number, variant]) => {
+    const list = runs.get(Number(number) as VariantNumber) ?? []
+    return {
+      variant: `${number}. ${variant}`,
+      rounds: list.length,
+      rps: Math.round(median(list.map((r) => r.rps))),
+      p50: median(list.map((r) => r.p50)),
+      p99: median(list.map((r) => r.p99)),
+      errors: list.reduce((sum, r) => sum + r.errors + r.non2xx, 0),
+      cpuMicrosPerRequest: Number(median(list.map((r) => r.cpuMicrosPerRequest)).toFixed(1))
+    }
+  })
+  const ratioRows = Object.entries(ratios).map(([key, { rps, cpu }]) => ({
+    ratio: key,
+    target: TARGETS[key],
+    rpsRatio: Number(median(rps).toFixed(3)),
+    cpuRatio: Number(median(cpu).toFixed(3)),
+    rounds: rps.map((r) => Number(r.toFixed(3))),
+    met: median(rps) >= TARGETS[key] || median(cpu) >= TARGETS[key]
+  }))
+  const saturation = {
+    generous: { acquireTimeoutMillis: 5000, ...generousRun },
+    short: { acquireTimeoutMillis: 100, ...shortRun, noneHung: shortRun.max <= 100 + 1000 }
+  }
+  const report = {
+    machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version },
+    settings: { rounds: ROUNDS, seconds: SECONDS, connections: CONNECTIONS, pool: 10 },
+    variants: table,
+    ratios: ratioRows,
+    saturation,
+    inProcess,
+    date: new Date().toISOString()
+  }
+  await writeFile(new URL('./results.json', import.meta.url), JSON.stringify(report, null, 2) + '\n')
+
+  console.log('\nVariants (medians over rounds):')
+  console.table(table)
+  console.log('Ratios (median of per-round ratios; rps = A/B throughput, cpu = B/A server CPU per request):')
+  console.table(ratioRows.map(({ rounds, ...row }) => row))
+  console.log('Saturation (200 clients, pool of 10, 20 ms per request):')
+  console.table({
+    'generous (5000 ms)': { rps: Math.round(generousRun.rps), p99: generousRun.p99, max: generousRun.max, errors: generousRun.errors, non2xx: generousRun.non2xx },
+    'short (100 ms)': { rps: Math.round(shortRun.rps), p99: shortRun.p99, max: shortRun.max, errors: shortRun.errors, non2xx: shortRun.non2xx }
+  })
+  console.log('In-process overhead (fastify.inject, untouched route):')
+  console.table(inProcess)
+  console.log(`bench: done in ${((Date.now() - started) / 1000).toFixed(0)} s; report in bench/results.json`)
+} finally {
+  for (const server of servers.values()) server.process.kill('SIGTERM')
+  await embedded?.stop()
+}

@@ -1,0 +1,83 @@
+// One benchmark variant as its own process: `tsx bench/server.ts <variant> <port> <databaseUrl> [acquireTimeoutMillis]`.
+// GET / is the measured route; GET /__cpu reports this process's CPU time, read between runs.
+import Fastify from 'fastify'
+import type { FastifyInstance } from 'fastify'
+import { Kysely, PostgresDialect, sql } from 'kysely'
+import pg from 'pg'
+import fastifyPostgres from '@fastify/postgres'
+import dbSession from '../lib/index.js'
+
+const [variant, portText, databaseUrl, acquireTimeout] = process.argv.slice(2)
+const POOL = 10
+const ROWS = 1000
+const id = () => 1 + Math.floor(Math.random() * ROWS)
+
+interface Database { items: { id: number, name: string } }
+
+async function build (): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false })
+  switch (variant) {
+    case 'bare':
+      app.get('/', async () => ({ ok: true }))
+      break
+    case 'plugin-untouched':
+      await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL })
+      app.get('/', async () => ({ ok: true }))
+      break
+    case 'kysely-transaction': {
+      const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: databaseUrl, max: POOL }) }) })
+      app.get('/', async () => db.transaction().execute((trx) =>
+        trx.selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst()))
+      break
+    }
+    case 'fastify-postgres':
+      await app.register(fastifyPostgres, { connectionString: databaseUrl, max: POOL })
+      app.get('/', { pg: { transact: true } }, async (request) => {
+        const { rows } = await request.pg!.query('SELECT id, name FROM items WHERE id = $1', [id()])
+        return rows[0]
+      })
+      break
+    case 'plugin-select':
+      await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL })
+      app.get('/', async (request) => (request.db as unknown as Kysely<Database>)
+        .selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst())
+      break
+    case 'kysely-tenant': {
+      const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: databaseUrl, max: POOL }) }) })
+      app.get('/', async (request) => db.transaction().execute(async (trx) => {
+        await sql`SELECT set_config('app.tenant_id', ${request.headers['x-tenant'] as string}, true)`.execute(trx)
+        return trx.selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst()
+      }))
+      break
+    }
+    case 'plugin-tenant':
+      await app.register(dbSession, {
+        connectionString: databaseUrl,
+        maxConnections: POOL,
+        context: { 'app.tenant_id': (request) => request.headers['x-tenant'] as string }
+      })
+      app.get('/', async (request) => (request.db as unknown as Kysely<Database>)
+        .selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst())
+      break
+    case 'saturation':
+      // Each request holds its connection ~20 ms: 200 clients against 10 connections must queue.
+      await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL, acquireTimeoutMillis: Number(acquireTimeout) })
+      app.get('/', async (request) => {
+        await sql`SELECT pg_sleep(0.02)`.execute(request.db)
+        return { ok: true }
+      })
+      break
+    default:
+      throw new Error(`unknown variant '${variant}'`)
+  }
+  app.get('/__cpu', { config: { db: false } }, async () => {
+    const { user, system } = process.cpuUsage()
+    return { micros: user + system }
+  })
+  return app
+}
+
+const app = await build()
+await app.listen({ host: '127.0.0.1', port: Number(portText) })
+console.log('ready')
+process.once('SIGTERM', () => { app.close().then(() => process.exit(0), () => process.exit(1)) })
