@@ -9,15 +9,8 @@ import type { Test } from 'tap'
 import { sql } from 'kysely'
 import type { FastifyInstance } from 'fastify'
 import { eventually, testDatabase } from './helpers/database.js'
+import { deferred, itemNames } from './helpers/util.js'
 import type { TestDatabase } from './helpers/database.js'
-
-interface Deferred<T> { promise: Promise<T>, resolve: (value: T) => void }
-
-function deferred<T = void> (): Deferred<T> {
-  let resolve!: (value: T) => void
-  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
-}
 
 /** Sends one raw HTTP/1.1 request to 127.0.0.1 and keeps the socket for the test to destroy. */
 async function rawRequest (app: FastifyInstance, method: string, url: string, body?: string): Promise<{ socket: Socket, received: () => string }> {
@@ -35,11 +28,6 @@ async function rawRequest (app: FastifyInstance, method: string, url: string, bo
   if (body !== undefined) headers.push('Content-Type: application/json', `Content-Length: ${Buffer.byteLength(body)}`)
   socket.write(headers.join('\r\n') + '\r\n\r\n' + (body ?? ''))
   return { socket, received: () => data }
-}
-
-async function rows (db: TestDatabase): Promise<string[]> {
-  const result = await db.query('SELECT name FROM items ORDER BY id')
-  return result.rows.map((row: { name: string }) => row.name)
 }
 
 /** Connections of this database running a pg_sleep right now. */
@@ -109,7 +97,7 @@ async function hangUpMidRequest (t: Test, method: 'GET' | 'POST'): Promise<void>
   t.equal(stats.active, 0, 'the connection went back to the pool while the handler still waits')
   t.equal(stats.destroyed, 0, 'the rolled-back connection was clean and returned, not destroyed')
   t.equal(await db.idleInTransaction(), 0, 'no backend is left idle in transaction')
-  t.same(await rows(db), [], 'the row is absent')
+  t.same(await itemNames(db), [], 'the row is absent')
 
   route.go.resolve()
   const outcome = await route.done.promise
@@ -118,7 +106,7 @@ async function hangUpMidRequest (t: Test, method: 'GET' | 'POST'): Promise<void>
 
   // Let the handler's reply go through onSend/onResponse before looking again.
   await new Promise((resolve) => setTimeout(resolve, 50))
-  t.same(await rows(db), [], 'neither the first row nor the later one exists: nothing was autocommitted')
+  t.same(await itemNames(db), [], 'neither the first row nor the later one exists: nothing was autocommitted')
   const after = app.db.stats()
   t.equal(after.commits, 0, 'the handler returning 200 afterwards did not commit')
   t.equal(after.rollbacks, 1, 'the transaction finished once')
@@ -184,13 +172,13 @@ t.test('a hang-up during a running query rolls back once that query ends', async
   t.equal(stats.active, 0, 'the connection went back to the pool')
   t.equal(await sleeping(db), 0)
   t.equal(await db.idleInTransaction(), 0, 'no backend is left idle in transaction')
-  t.same(await rows(db), [], 'the row inserted before the query is absent')
+  t.same(await itemNames(db), [], 'the row inserted before the query is absent')
 
   const outcome = await done.promise
   t.ok(outcome.sleepResolved, 'the running query itself completed')
   t.equal(outcome.laterError?.code, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'the next query is refused')
   await new Promise((resolve) => setTimeout(resolve, 50))
-  t.same(await rows(db), [], 'nothing was committed or autocommitted afterwards')
+  t.same(await itemNames(db), [], 'nothing was committed or autocommitted afterwards')
   t.equal(app.db.stats().commits, 0)
   t.equal(app.db.stats().rollbacks, 1)
   t.equal(app.db.stats().active, 0)

@@ -7,15 +7,10 @@ import pg from 'pg'
 import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { eventually, testDatabase } from './helpers/database.js'
+import { deferred } from './helpers/util.js'
 import type { TestDatabase } from './helpers/database.js'
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
-
-function deferred (): { promise: Promise<void>, resolve: () => void } {
-  let resolve!: () => void
-  const promise = new Promise<void>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
-}
 
 /** GET /hold queries, then keeps its transaction (and the pool's only connection) until released. */
 function addRoutes (app: FastifyInstance) {

@@ -8,17 +8,12 @@ import pg from 'pg'
 import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { eventually, testDatabase } from './helpers/database.js'
+import { deferred } from './helpers/util.js'
 import type { TestDatabase } from './helpers/database.js'
 
 const CLOSE_TIMEOUT = 300
 /** Room for the ROLLBACK, the pool's end and a loaded CI machine. */
 const MARGIN = 700
-
-function deferred (): { promise: Promise<void>, resolve: () => void } {
-  let resolve!: () => void
-  const promise = new Promise<void>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
-}
 
 async function itemNames (db: TestDatabase): Promise<string[]> {
   const { rows } = await db.query('SELECT name FROM items ORDER BY id')

@@ -5,6 +5,7 @@ import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import dbSession from '../lib/index.js'
 import { eventually, testDatabase } from './helpers/database.js'
+import { deferred } from './helpers/util.js'
 import type { TestDatabase } from './helpers/database.js'
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
@@ -21,12 +22,6 @@ function capturedLogs (): { lines: LogLine[], options: { logger: { level: string
     }
   })
   return { lines, options: { logger: { level: 'warn', stream } } }
-}
-
-function deferred (): { promise: Promise<void>, resolve: () => void } {
-  let resolve!: () => void
-  const promise = new Promise<void>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
 }
 
 /** Kills this database's backends in `state` from the helper's connection; returns how many. */

@@ -8,20 +8,7 @@ import Fastify from 'fastify'
 import type { Test } from 'tap'
 import dbSession from '../lib/index.js'
 import { eventually, testDatabase } from './helpers/database.js'
-import type { TestDatabase } from './helpers/database.js'
-
-interface Deferred<T> { promise: Promise<T>, resolve: (value: T) => void }
-
-function deferred<T = void> (): Deferred<T> {
-  let resolve!: (value: T) => void
-  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
-}
-
-async function rows (db: TestDatabase): Promise<string[]> {
-  const result = await db.query('SELECT name FROM items ORDER BY id')
-  return result.rows.map((row: { name: string }) => row.name)
-}
+import { deferred, itemNames } from './helpers/util.js'
 
 async function setup (t: Test) {
   const db = await testDatabase(t)
@@ -44,7 +31,7 @@ t.test('inject: a hijacked 200 commits once the response has ended', async (t) =
   t.equal(res.statusCode, 200)
   t.equal(res.body, 'ok')
   // The commit follows the response (onResponse), so poll for it.
-  t.same(await eventually(() => rows(db), (names) => names.length > 0), ['apple'], 'the row is present')
+  t.same(await eventually(() => itemNames(db), (names) => names.length > 0), ['apple'], 'the row is present')
   t.equal(onResponseRan(), 1, 'onResponse ran for the hijacked reply under inject')
   const stats = await eventually(async () => app.db.stats(), (s) => s.active === 0)
   t.equal(stats.commits, 1, 'committed')
@@ -70,7 +57,7 @@ t.test('inject: a hijacked 500 rolls back', async (t) => {
   t.equal(stats.commits, 0)
   t.equal(stats.active, 0, 'the connection went back to the pool')
   t.equal(await db.idleInTransaction(), 0)
-  t.same(await rows(db), [], 'the row is absent')
+  t.same(await itemNames(db), [], 'the row is absent')
 })
 
 t.test('real server: a hijacked 200 commits, a hijacked 500 rolls back', async (t) => {
@@ -88,7 +75,7 @@ t.test('real server: a hijacked 200 commits, a hijacked 500 rolls back', async (
   const ok = await post({ name: 'apple', status: 200 })
   t.equal(ok.status, 200)
   t.equal(await ok.text(), 'done')
-  t.same(await eventually(() => rows(db), (names) => names.length > 0), ['apple'], 'the 200 committed')
+  t.same(await eventually(() => itemNames(db), (names) => names.length > 0), ['apple'], 'the 200 committed')
 
   const failed = await post({ name: 'pear', status: 500 })
   t.equal(failed.status, 500)
@@ -98,7 +85,7 @@ t.test('real server: a hijacked 200 commits, a hijacked 500 rolls back', async (
   t.equal(stats.rollbacks, 1, 'the 500 rolled back')
   t.equal(stats.active, 0)
   t.equal(await db.idleInTransaction(), 0)
-  t.same(await rows(db), ['apple'], 'only the 200\'s row is present')
+  t.same(await itemNames(db), ['apple'], 'only the 200\'s row is present')
 })
 
 t.test('a hijacked 200 commits even when an async onResponse hook runs before the plugin\'s', async (t) => {
@@ -126,7 +113,7 @@ t.test('a hijacked 200 commits even when an async onResponse hook runs before th
   t.equal(earlierHookRan, 1, 'the earlier onResponse hook ran')
   t.equal(stats.rollbacks, 0, 'inject: the 200 was not rolled back')
   t.equal(stats.commits, 1, 'inject: the 200 committed')
-  t.same(await rows(db), ['apple'], 'inject: the row is present')
+  t.same(await itemNames(db), ['apple'], 'inject: the row is present')
 
   const viaServer = await fetch(`${base}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'pear' }) })
   t.equal(viaServer.status, 200)
@@ -136,7 +123,7 @@ t.test('a hijacked 200 commits even when an async onResponse hook runs before th
   t.equal(stats.commits, 2, 'real server: the 200 committed')
   t.equal(stats.active, 0)
   t.equal(await db.idleInTransaction(), 0)
-  t.same(await rows(db), ['apple', 'pear'], 'real server: the row is present')
+  t.same(await itemNames(db), ['apple', 'pear'], 'real server: the row is present')
 })
 
 t.test('real server: a client hanging up on a hijacked reply rolls back', async (t) => {
@@ -179,12 +166,12 @@ t.test('real server: a client hanging up on a hijacked reply rolls back', async 
   t.equal(stats.rollbacks, 1, 'the hang-up rolled back, before the handler wrote its response')
   t.equal(stats.active, 0)
   t.equal(await db.idleInTransaction(), 0)
-  t.same(await rows(db), [])
+  t.same(await itemNames(db), [])
 
   go.resolve()
   t.equal((await done.promise)?.code, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'a query after the hang-up is refused')
   await new Promise((resolve) => setTimeout(resolve, 50))
-  t.same(await rows(db), [], 'the row is absent, and the later one too')
+  t.same(await itemNames(db), [], 'the row is absent, and the later one too')
   t.equal(app.db.stats().commits, 0, 'the 200 written after the hang-up did not commit')
   t.equal(app.db.stats().rollbacks, 1)
   t.equal(app.db.stats().active, 0)
@@ -234,5 +221,5 @@ t.test('real server: a client gone before a hijacked handler\'s first query: tha
   t.equal(stats.active, 0, 'the connection went back to the pool')
   t.equal(stats.commits, 0, 'nothing was committed for a client that was gone')
   t.equal(await db.idleInTransaction(), 0, 'no backend is left idle in transaction')
-  t.same(await rows(db), [], 'the row is absent')
+  t.same(await itemNames(db), [], 'the row is absent')
 })

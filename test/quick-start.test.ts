@@ -1,28 +1,12 @@
 // The quick start as a user runs it: `npm start`'s server as its own process, over HTTP.
 import t from 'tap'
-import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { freePort } from '../examples/embedded-postgres.mjs'
 import { testDatabase } from './helpers/database.js'
+import { startScript } from './helpers/util.js'
 
 t.test('the quick-start server commits, rolls back a duplicate, and reports its pool', async (t) => {
   const db = await testDatabase(t)
-  const port = await freePort()
-  const server = spawn(process.execPath, ['--import', 'tsx', 'examples/quick-start/server.ts'], {
-    env: { ...process.env, DATABASE_URL: db.url, PORT: String(port) },
-    stdio: ['ignore', 'pipe', 'inherit']
-  })
-  t.teardown(async () => {
-    if (server.exitCode === null) {
-      server.kill('SIGTERM')
-      await once(server, 'exit')
-    }
-  })
-  let output = ''
-  for await (const chunk of server.stdout) {
-    output += chunk
-    if (output.includes('listening on')) break
-  }
+  const { server, port, output } = await startScript(t, 'examples/quick-start/server.ts', { DATABASE_URL: db.url })
   t.match(output, `quick-start listening on http://127.0.0.1:${port}`)
   const base = `http://127.0.0.1:${port}`
   const post = (name: string) => fetch(`${base}/items`, {

@@ -1,11 +1,10 @@
 // The README's walk-through, run as written (bash and curl) against `npm start`'s server.
 import t from 'tap'
-import { execFile, spawn } from 'node:child_process'
-import { once } from 'node:events'
+import { execFile } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import { promisify } from 'node:util'
-import { freePort } from '../examples/embedded-postgres.mjs'
 import { testDatabase } from './helpers/database.js'
+import { startScript } from './helpers/util.js'
 
 t.test('the README walk-through works as written', async (t) => {
   const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8')
@@ -14,22 +13,7 @@ t.test('the README walk-through works as written', async (t) => {
   const db = await testDatabase(t)
   const role = 'mt_app_' + db.name
   db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${role}`))
-  const port = await freePort()
-  const server = spawn(process.execPath, ['--import', 'tsx', 'examples/multi-tenant-auth/server.ts'], {
-    env: { ...process.env, DATABASE_URL: db.url, PORT: String(port), APP_DB_ROLE: role },
-    stdio: ['ignore', 'pipe', 'inherit']
-  })
-  t.teardown(async () => {
-    if (server.exitCode === null) {
-      server.kill('SIGTERM')
-      await once(server, 'exit')
-    }
-  })
-  let output = ''
-  for await (const chunk of server.stdout) {
-    output += chunk
-    if (output.includes('listening on')) break
-  }
+  const { port, output } = await startScript(t, 'examples/multi-tenant-auth/server.ts', { DATABASE_URL: db.url, APP_DB_ROLE: role })
   t.match(output, `multi-tenant-auth listening on http://127.0.0.1:${port}`)
 
   const { stdout } = await promisify(execFile)('bash', ['-euo', 'pipefail', '-c', block![1]], {

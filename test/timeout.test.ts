@@ -5,20 +5,7 @@ import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { eventually, testDatabase } from './helpers/database.js'
-import type { TestDatabase } from './helpers/database.js'
-
-interface Deferred<T> { promise: Promise<T>, resolve: (value: T) => void }
-
-function deferred<T = void> (): Deferred<T> {
-  let resolve!: (value: T) => void
-  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
-}
-
-async function rows (db: TestDatabase): Promise<string[]> {
-  const result = await db.query('SELECT name FROM items ORDER BY id')
-  return result.rows.map((row: { name: string }) => row.name)
-}
+import { deferred, itemNames } from './helpers/util.js'
 
 async function laterInsert (request: { db: any }): Promise<{ code?: string } | null> {
   try {
@@ -54,13 +41,13 @@ t.test('handlerTimeout: the 503 rolls back, the late handler cannot commit', asy
   t.equal(stats.commits, 0)
   t.equal(stats.active, 0, 'the connection is back in the pool while the handler still waits')
   t.equal(await db.idleInTransaction(), 0, 'no backend is left idle in transaction')
-  t.same(await rows(db), [])
+  t.same(await itemNames(db), [])
 
   go.resolve()
   const laterError = await done.promise
   t.equal(laterError?.code, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'the handler\'s query after the timeout is refused')
   await new Promise((resolve) => setTimeout(resolve, 50))
-  t.same(await rows(db), [], 'after the handler finished: neither row exists')
+  t.same(await itemNames(db), [], 'after the handler finished: neither row exists')
   stats = app.db.stats()
   t.equal(stats.commits, 0, 'the handler returning did not commit')
   t.equal(stats.rollbacks, 1, 'the transaction finished once')
@@ -107,13 +94,13 @@ t.test('connectionTimeout: the server destroying the idle socket rolls back', as
   t.equal(stats.commits, 0)
   t.equal(stats.active, 0, 'the connection is back in the pool while the handler still stalls')
   t.equal(await db.idleInTransaction(), 0, 'no backend is left idle in transaction')
-  t.same(await rows(db), [])
+  t.same(await itemNames(db), [])
 
   go.resolve()
   const laterError = await done.promise
   t.equal(laterError?.code, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'the handler\'s query after the timeout is refused')
   await new Promise((resolve) => setTimeout(resolve, 50))
-  t.same(await rows(db), [], 'after the handler finished: neither row exists')
+  t.same(await itemNames(db), [], 'after the handler finished: neither row exists')
   t.equal(app.db.stats().commits, 0, 'the handler returning 200 did not commit')
   t.equal(app.db.stats().rollbacks, 1)
   t.equal(app.db.stats().active, 0)

@@ -1,0 +1,47 @@
+// Small things many tests need: a promise resolved from outside, the rows of an `items` table,
+// and an example server started as its own process.
+import { spawn } from 'node:child_process'
+import type { ChildProcessByStdio } from 'node:child_process'
+import { once } from 'node:events'
+import type { Readable } from 'node:stream'
+import type { Test } from 'tap'
+import { freePort } from '../../examples/embedded-postgres.mjs'
+import type { TestDatabase } from './database.js'
+
+export interface Deferred<T> { promise: Promise<T>, resolve: (value: T) => void }
+
+export function deferred<T = void> (): Deferred<T> {
+  let resolve!: (value: T) => void
+  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
+  return { promise, resolve }
+}
+
+/** The `name` column of an `items` table, in id order. */
+export async function itemNames (db: TestDatabase): Promise<string[]> {
+  const result = await db.query('SELECT name FROM items ORDER BY id')
+  return result.rows.map((row: { name: string }) => row.name)
+}
+
+/**
+ * Starts `script` with tsx on a free port, waits for its "listening on" line, and stops it (by
+ * its own pid) when the test ends.
+ */
+export async function startScript (t: Test, script: string, env: Record<string, string>): Promise<{ server: ChildProcessByStdio<null, Readable, null>, port: number, output: string }> {
+  const port = await freePort()
+  const server = spawn(process.execPath, ['--import', 'tsx', script], {
+    env: { ...process.env, ...env, PORT: String(port) },
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
+  t.teardown(async () => {
+    if (server.exitCode === null) {
+      server.kill('SIGTERM')
+      await once(server, 'exit')
+    }
+  })
+  let output = ''
+  for await (const chunk of server.stdout) {
+    output += chunk
+    if (output.includes('listening on')) break
+  }
+  return { server, port, output }
+}
