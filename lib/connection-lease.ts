@@ -39,6 +39,11 @@ export class ConnectionSource {
     } catch (cause) {
       throw this.#acquireError(cause as Error)
     }
+    // A caller that waited in the pool's queue while close() ran gets no connection after it.
+    if (this.#closed) {
+      client.release()
+      throw new ClosingError()
+    }
     this.counters.acquires++
     const lease = new Lease(client, this)
     this.leases.add(lease)

@@ -37,3 +37,34 @@ t.test('fastify.db.kysely.destroy() does not end the plugin\'s pool', async (t) 
   app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
   t.same((await app.inject('/')).json(), { one: 1 })
 })
+
+t.test('a query still waiting for a connection when close() starts gets FST_DB_SESSION_CLOSING, not the connection', async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (name text)')
+  const app = await db.app({ maxConnections: 1, acquireTimeoutMillis: 5000, closeTimeoutMillis: 1000 })
+  let release: () => void = () => {}
+  const holding = new Promise<void>((resolve) => { release = resolve })
+  app.post('/hold', async (request) => {
+    await request.db.insertInto('items').values({ name: 'holder' }).execute()
+    await holding
+    return { ok: true }
+  })
+  app.post('/wait', async (request) => {
+    await request.db.insertInto('items').values({ name: 'waiter' }).execute()
+    return { ok: true }
+  })
+  const holder = app.inject({ method: 'POST', url: '/hold' })
+  await eventually(async () => app.db.stats(), (s) => s.active === 1)
+  const waiter = app.inject({ method: 'POST', url: '/wait' })
+  await eventually(async () => app.db.stats(), (s) => s.waiting === 1)
+  // close() rolls the holder back, which hands its connection to the waiter's queued acquire.
+  await app.close()
+  release()
+  const [held, waited] = await Promise.all([holder, waiter])
+  t.equal(held.statusCode, 503, 'the holder was rolled back by close(), and told so')
+  t.equal(held.json().code, 'FST_DB_SESSION_CLOSING')
+  t.equal(waited.statusCode, 503)
+  t.equal(waited.json().code, 'FST_DB_SESSION_CLOSING')
+  t.same((await db.query('SELECT name FROM items')).rows, [])
+  t.equal(await eventually(() => db.connections(), (n) => n === 0), 0, 'nothing is left open')
+})
