@@ -1,0 +1,135 @@
+// Many app instances behind a real PgBouncer in transaction pooling mode: the plugin's finish
+// rules and its transaction-local context hold there, and nothing leaks on either side.
+import t from 'tap'
+import { connect } from 'node:net'
+import { sql } from 'kysely'
+import { eventually, testDatabase } from './helpers/database.js'
+import { pgbouncerBinary, startPgBouncer } from './helpers/pgbouncer.js'
+import { deferred, itemNames, startScript } from './helpers/util.js'
+
+// Without the binary these tests say so and are skipped on a developer's machine; under CI,
+// which installs it, its absence is a failure.
+const missing = pgbouncerBinary() === null
+if (missing && process.env.CI) throw new Error('CI is set but pgbouncer is not installed: .ci/run must apt-get install -y pgbouncer')
+const skip = missing ? 'pgbouncer is not installed (apt-get install -y pgbouncer); PgBouncer tests not run' : false
+if (skip !== false) t.comment(skip)
+
+t.test('every finish rule holds through PgBouncer in transaction mode', { skip }, async (t) => {
+  const db = await testDatabase(t)
+  const bouncer = await startPgBouncer(t, db.url, 2)
+  await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, CONSTRAINT unique_name UNIQUE (name) DEFERRABLE INITIALLY DEFERRED)')
+  const app = await db.app({ connectionString: bouncer.urlFor(db.url), maxConnections: 6 })
+  const insert = (request: { db: any }, name: string) => request.db.insertInto('items').values({ name }).execute()
+  app.post('/ok', async (request, reply) => { await insert(request, 'committed'); return reply.code(201).send() })
+  app.post('/throw', async (request) => { await insert(request, 'thrown'); throw new Error('boom') })
+  app.post('/status', async (request, reply) => { await insert(request, 'error status'); return reply.code(500).send() })
+  app.post('/deferred', async (request) => { await insert(request, 'twin'); await insert(request, 'twin'); return { ok: true } })
+  app.post('/read-only', { config: { db: { accessMode: 'read only' } } }, async (request) => { await insert(request, 'read only'); return { ok: true } })
+  const handlerWaits = deferred()
+  const inserted = deferred()
+  app.post('/hang-up', async (request) => { await insert(request, 'hung up'); inserted.resolve(); await handlerWaits.promise; return { ok: true } })
+  app.post('/late', async (request) => {
+    await insert(request, 'on time')
+    setTimeout(() => { insert(request, 'late').catch((error: { code: string }) => lateError.resolve(error.code)) }, 50)
+    return { ok: true }
+  })
+  const lateError = deferred<string>()
+
+  t.equal((await app.inject({ method: 'POST', url: '/ok' })).statusCode, 201)
+  t.equal((await app.inject({ method: 'POST', url: '/throw' })).statusCode, 500)
+  t.equal((await app.inject({ method: 'POST', url: '/status' })).statusCode, 500)
+  const deferredRes = await app.inject({ method: 'POST', url: '/deferred' })
+  t.same([deferredRes.statusCode, deferredRes.json().code], [500, 'FST_DB_SESSION_COMMIT_FAILED'])
+  const readOnly = await app.inject({ method: 'POST', url: '/read-only' })
+  t.same([readOnly.statusCode, readOnly.json().code], [500, '25006'], 'BEGIN READ ONLY reached the server')
+  t.equal((await app.inject({ method: 'POST', url: '/late' })).statusCode, 200)
+  t.equal(await lateError.promise, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'a query after the finish never runs in autocommit')
+
+  // A client hang-up, on a real listening server.
+  const address = await app.listen({ host: '127.0.0.1', port: 0 })
+  const socket = connect(Number(new URL(address).port), '127.0.0.1')
+  socket.on('error', () => {})
+  socket.write('POST /hang-up HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n')
+  await inserted.promise
+  socket.destroy()
+  // Rolled back at the hang-up, while the handler still waits (4 rollbacks came before).
+  t.equal((await eventually(async () => app.db.stats(), (s) => s.rollbacks === 5)).rollbacks, 5)
+  handlerWaits.resolve()
+
+  t.same(await itemNames(db), ['committed', 'on time'])
+  const stats = await eventually(async () => app.db.stats(), (s) => s.active === 0)
+  t.match(stats, { commits: 2, rollbacks: 5, commitFailures: 1, active: 0 })
+  t.equal(await db.idleInTransaction(), 0, 'no server connection is left inside a transaction')
+  const [pool] = await bouncer.pools(db.name)
+  t.match(pool, { cl_waiting: '0', sv_active: '0' }, 'PgBouncer has no client waiting and no server connection busy')
+})
+
+t.test('the tenant context holds through PgBouncer and never reaches the next transaction', { skip }, async (t) => {
+  const db = await testDatabase(t)
+  // One server connection behind many client connections: every transaction shares it.
+  const bouncer = await startPgBouncer(t, db.url, 1)
+  const app = await db.app({
+    connectionString: bouncer.urlFor(db.url),
+    maxConnections: 8,
+    context: { 'app.tenant_id': (request) => request.headers['x-tenant'] as string | undefined }
+  })
+  const setting = (request: { db: any }, name: string) => sql<{ value: string | null, pid: number }>`
+    SELECT current_setting(${name}, true) AS value, pg_backend_pid() AS pid`.execute(request.db).then((r) => r.rows[0])
+  app.get('/', async (request) => {
+    const first = await setting(request, 'app.tenant_id')
+    await new Promise((resolve) => setTimeout(resolve, Math.random() * 10))
+    const again = await setting(request, 'app.tenant_id')
+    return { first: first.value, again: again.value, pid: first.pid }
+  })
+  // What the plugin avoids: a session-level SET outlives its transaction on the shared server connection.
+  app.post('/session-set', async (request) => { await sql`SET app.leaky = 'from an earlier client'`.execute(request.db) })
+  app.get('/leaky', async (request) => setting(request, 'app.leaky'))
+
+  const requests = Array.from({ length: 60 }, (_, i) => (i % 5 === 0 ? undefined : `tenant-${i % 7}`))
+  const answers = await Promise.all(requests.map((tenant) =>
+    app.inject({ url: '/', headers: tenant === undefined ? {} : { 'x-tenant': tenant } }).then((res) => res.json())))
+  for (const [i, answer] of answers.entries()) {
+    const expected = requests[i] ?? ''
+    if (answer.first !== expected || answer.again !== expected) t.fail(`request ${i} asked for '${expected}' and saw '${answer.first}'/'${answer.again}'`)
+  }
+  t.equal(new Set(answers.map((a) => a.pid)).size, 1, 'all 60 transactions ran on one server connection')
+  t.pass('every request saw exactly its own tenant, or the empty setting when it had none')
+
+  await app.inject({ method: 'POST', url: '/session-set' })
+  t.equal((await app.inject('/leaky')).json().value, 'from an earlier client', 'a session-level SET does leak through transaction pooling')
+  t.equal((await app.inject('/')).json().first, '', 'while the plugin\'s transaction-local context does not')
+})
+
+t.test('four app processes share a PgBouncer smaller than their pools: all answered, nothing leaked', { skip }, async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE writes (id serial PRIMARY KEY, asked text NOT NULL, seen text, instance int NOT NULL)')
+  const serverPool = 4
+  const bouncer = await startPgBouncer(t, db.url, serverPool)
+  const instances = await Promise.all(Array.from({ length: 4 }, () =>
+    startScript(t, 'test/fixtures/tenant-app.ts', { DATABASE_URL: bouncer.urlFor(db.url), POOL_SIZE: '10' })))
+  const tenants = ['acme', 'globex', 'initech', 'umbrella', 'hooli']
+  let ok = 0
+  let overloaded = 0
+  const wrong: string[] = []
+  // 4 instances x 10 app connections = 40 client connections for 4 server connections.
+  await Promise.all(instances.flatMap(({ port }) => Array.from({ length: 16 }, async (_, worker) => {
+    for (let i = 0; i < 12; i++) {
+      const tenant = tenants[(worker + i) % tenants.length]
+      const res = await fetch(`http://127.0.0.1:${port}/write`, { method: 'POST', headers: { 'x-tenant': tenant } })
+      const body = await res.json()
+      if (res.status === 200 && body.seen === tenant) ok++
+      else if (res.status === 503 && body.code === 'FST_DB_SESSION_ACQUIRE_TIMEOUT') overloaded++
+      else wrong.push(`${res.status} ${JSON.stringify(body)} for ${tenant}`)
+    }
+  })))
+  t.same(wrong, [], 'every answer was a success with its own tenant, or the coded overload error')
+  t.equal(ok + overloaded, 4 * 16 * 12)
+  t.ok(ok > 0, `${ok} writes succeeded, ${overloaded} got 503`)
+  const { rows } = await db.query('SELECT count(*)::int AS n, count(*) FILTER (WHERE seen IS DISTINCT FROM asked)::int AS mismatched, count(DISTINCT instance)::int AS instances FROM writes')
+  t.same(rows[0], { n: ok, mismatched: 0, instances: 4 }, 'one row per success, each written under its own tenant, from all four instances')
+  t.equal(await db.idleInTransaction(), 0)
+  const backends = await db.connections()
+  t.ok(backends <= serverPool, `PostgreSQL saw at most PgBouncer's ${serverPool} server connections (${backends})`)
+  const [pool] = await eventually(() => bouncer.pools(db.name), ([p]) => p?.sv_active === '0' && p?.cl_waiting === '0')
+  t.match(pool, { cl_waiting: '0', sv_active: '0' }, 'PgBouncer: no client waiting, no server connection left busy')
+})
