@@ -145,6 +145,7 @@ export declare const errors: {
   readonly FST_DB_SESSION_CLOSING: FastifyErrorConstructor
   readonly FST_DB_SESSION_STREAM_UNSUPPORTED: FastifyErrorConstructor
   readonly FST_DB_SESSION_INVALID_CONTEXT: FastifyErrorConstructor
+  readonly FST_DB_SESSION_TOO_EARLY: FastifyErrorConstructor
 }
 
 type FastifyErrorConstructor = new (...args: any[]) => FastifyError

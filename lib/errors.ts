@@ -74,6 +74,12 @@ export const InvalidContextError = createError(
   500
 )
 
+export const TooEarlyError = createError(
+  'FST_DB_SESSION_TOO_EARLY',
+  'request.db was used in a hook that runs before fastify-db-session\'s own onRequest hook; register the plugin before that hook',
+  500
+)
+
 export const errors = {
   FST_DB_SESSION_INVALID_OPTION: InvalidOptionError,
   FST_DB_SESSION_DISABLED: DbDisabledError,
@@ -86,7 +92,8 @@ export const errors = {
   FST_DB_SESSION_DEADLOCK: DeadlockError,
   FST_DB_SESSION_CLOSING: ClosingError,
   FST_DB_SESSION_STREAM_UNSUPPORTED: StreamUnsupportedError,
-  FST_DB_SESSION_INVALID_CONTEXT: InvalidContextError
+  FST_DB_SESSION_INVALID_CONTEXT: InvalidContextError,
+  FST_DB_SESSION_TOO_EARLY: TooEarlyError
 } as const
 
 type DatabaseError = Error & { code?: string }

@@ -2,18 +2,19 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { DbSession } from './db-session.js'
 import type { SessionRuntime } from './db-session.js'
 import { ignore } from './callbacks.js'
-import { DbDisabledError, InvalidOptionError } from './errors.js'
+import { DbDisabledError, InvalidOptionError, TooEarlyError } from './errors.js'
 import type { routeSettingsResolver } from './transaction-settings.js'
 
 const kSession = Symbol('fastify-db-session.session')
+const kReply = Symbol('fastify-db-session.reply')
 
 type CommitWhen = (request: FastifyRequest, reply: FastifyReply) => boolean
-type SessionRequest = FastifyRequest & { [kSession]: DbSession | null }
+type SessionRequest = FastifyRequest & { [kSession]: DbSession | null, [kReply]: FastifyReply | null }
 
 /**
- * `request.db` and the hooks that finish its transaction on every way a request can end:
- * onSend (before the response leaves), onError (a thrown error), onResponse (a hijacked reply),
- * and the socket's close (a client hang-up or a socket timeout, where no hook may run).
+ * `request.db` and what finishes its transaction on every way a request can end: onSend (before
+ * the response leaves), onError (a thrown error), and the response's close, which is all that
+ * happens for a client hang-up, a socket timeout, an HTTP/2 stream reset or a hijacked reply.
  */
 export function installRequestHooks (
   fastify: FastifyInstance,
@@ -26,14 +27,17 @@ export function installRequestHooks (
     const { config } = request.routeOptions
     const beginSettings = settings.forConfig(config)
     if (beginSettings === null) throw new DbDisabledError(config.method, config.url)
+    const reply = request[kReply]
+    if (reply === null) throw new TooEarlyError()
     const session = new DbSession(runtime, beginSettings, contextFor === null ? null : () => contextFor(request))
     request[kSession] = session
-    const socket = request.raw.socket
-    const onGone = (): void => { session.finish(false, 'the client went away') }
-    socket.once('close', onGone)
-    session.onFinish = () => { socket.removeListener('close', onGone) }
-    // A client gone before the first query: its close event has passed already.
-    if (socket.destroyed) onGone()
+    // Listened to only by requests that use the database: others pay nothing for it.
+    const response = reply.raw
+    const onClose = (): void => { finishOnClose(session, request, reply) }
+    response.once('close', onClose)
+    session.onFinish = () => { response.removeListener('close', onClose) }
+    // A client gone before the first query: the close has passed already.
+    if (response.destroyed) onClose()
     return session
   }
 
@@ -52,6 +56,12 @@ export function installRequestHooks (
   responded.finish(false, 'the response was already sent')
 
   fastify.decorateRequest(kSession, null)
+  fastify.decorateRequest(kReply, null)
+  // The reply, for a session to listen to its response; a plain assignment for every request.
+  fastify.addHook('onRequest', function (request, reply, done) {
+    (request as SessionRequest)[kReply] = reply
+    done()
+  })
   fastify.decorateRequest('db', {
     getter (this: FastifyRequest) {
       const request = this as SessionRequest
@@ -105,28 +115,25 @@ export function installRequestHooks (
     return session.finish(false, 'the request failed').then(ignore)
   })
 
-  fastify.addHook('onResponse', function (request, reply, done) {
-    const session = (request as SessionRequest)[kSession]
-    if (session === null || session.finished) {
-      done()
+  /**
+   * The response closed before the session finished: onSend never ran for it. If it ended (a
+   * hijacked reply the handler wrote itself), commit what was sent as a success, after the fact,
+   * and log what could not be told; if it never ended (a hang-up, a socket timeout, an HTTP/2
+   * stream reset while the handler runs), roll back at once.
+   */
+  function finishOnClose (session: DbSession, request: FastifyRequest, reply: FastifyReply): void {
+    if (!reply.raw.writableEnded) {
+      session.finish(false, 'the client went away')
       return
     }
-    return finishHijacked(session, request, reply)
-  })
-
-  /**
-   * Only a reply that skipped onSend gets here unfinished: a hijacked one, whose response is out,
-   * or an HTTP/2 stream reset while the handler still runs (its response was never ended).
-   * Commit only what was really sent as a success, and log what could not be told.
-   */
-  async function finishHijacked (session: DbSession, request: FastifyRequest, reply: FastifyReply): Promise<void> {
     let commit = false
     try {
-      commit = reply.raw.writableEnded && decide(request, reply)
+      commit = decide(request, reply)
     } catch (error) {
       request.log.error({ err: error }, 'fastify-db-session: commitWhen threw; rolled back')
     }
-    const failure = await session.finish(commit, 'the hijacked response ended')
-    if (failure !== null) request.log.error({ err: failure }, 'fastify-db-session: COMMIT failed after a hijacked response was sent')
+    session.finish(commit, 'the hijacked response ended').then((failure) => {
+      if (failure !== null) request.log.error({ err: failure }, 'fastify-db-session: COMMIT failed after a hijacked response was sent')
+    })
   }
 }

@@ -80,3 +80,20 @@ t.test('routes declared before the plugin still get their settings', async (t) =
   t.same((await app.inject('/early')).json(), { isolation: 'read committed', readOnly: 'on' })
   t.same((await app.inject('/early-off')).json(), { code: 'FST_DB_SESSION_DISABLED' })
 })
+
+t.test('request.db in an onRequest hook added before the plugin fails with a coded error', async (t) => {
+  const db = await testDatabase(t)
+  const { default: Fastify } = await import('fastify')
+  const { default: dbSession } = await import('../lib/index.js')
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.addHook('onRequest', async (request) => {
+    if (request.headers['x-early'] !== undefined) await request.db.selectNoFrom((eb) => eb.val(1).as('one')).execute()
+  })
+  await app.register(dbSession, { connectionString: db.url })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const early = await app.inject({ url: '/', headers: { 'x-early': '1' } })
+  t.same([early.statusCode, early.json().code], [500, 'FST_DB_SESSION_TOO_EARLY'])
+  t.same((await app.inject('/')).json(), { one: 1 }, 'in the handler it works')
+  t.equal(app.db.stats().acquires, 1)
+})
