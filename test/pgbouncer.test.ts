@@ -28,6 +28,17 @@ t.test('every finish rule holds through PgBouncer in transaction mode', { skip }
   const handlerWaits = deferred()
   const inserted = deferred()
   app.post('/hang-up', async (request) => { await insert(request, 'hung up'); inserted.resolve(); await handlerWaits.promise; return { ok: true } })
+  app.post('/timeout', { handlerTimeout: 100 }, async (request) => {
+    await insert(request, 'timed out')
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    return { ok: true }
+  })
+  app.post('/hijacked', async (request, reply) => {
+    await insert(request, 'hijacked')
+    reply.hijack()
+    reply.raw.writeHead(200)
+    reply.raw.end('ok')
+  })
   app.post('/late', async (request) => {
     await insert(request, 'on time')
     setTimeout(() => { insert(request, 'late').catch((error: { code: string }) => lateError.resolve(error.code)) }, 50)
@@ -42,6 +53,10 @@ t.test('every finish rule holds through PgBouncer in transaction mode', { skip }
   t.same([deferredRes.statusCode, deferredRes.json().code], [500, 'FST_DB_SESSION_COMMIT_FAILED'])
   const readOnly = await app.inject({ method: 'POST', url: '/read-only' })
   t.same([readOnly.statusCode, readOnly.json().code], [500, '25006'], 'BEGIN READ ONLY reached the server')
+  const timedOut = await app.inject({ method: 'POST', url: '/timeout' })
+  t.same([timedOut.statusCode, timedOut.json().code], [503, 'FST_ERR_HANDLER_TIMEOUT'])
+  t.equal((await app.inject({ method: 'POST', url: '/hijacked' })).statusCode, 200)
+  await eventually(async () => app.db.stats(), (s) => s.commits === 2)
   t.equal((await app.inject({ method: 'POST', url: '/late' })).statusCode, 200)
   t.equal(await lateError.promise, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'a query after the finish never runs in autocommit')
 
@@ -52,13 +67,14 @@ t.test('every finish rule holds through PgBouncer in transaction mode', { skip }
   socket.write('POST /hang-up HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n')
   await inserted.promise
   socket.destroy()
-  // Rolled back at the hang-up, while the handler still waits (4 rollbacks came before).
-  t.equal((await eventually(async () => app.db.stats(), (s) => s.rollbacks === 5)).rollbacks, 5)
+  // Rolled back at the hang-up, while the handler still waits (5 rollbacks came before).
+  t.equal((await eventually(async () => app.db.stats(), (s) => s.rollbacks === 6)).rollbacks, 6)
   handlerWaits.resolve()
 
-  t.same(await itemNames(db), ['committed', 'on time'])
+  await new Promise((resolve) => setTimeout(resolve, 300)) // the timed-out handler's own end
+  t.same(await itemNames(db), ['committed', 'hijacked', 'on time'])
   const stats = await eventually(async () => app.db.stats(), (s) => s.active === 0)
-  t.match(stats, { commits: 2, rollbacks: 5, commitFailures: 1, active: 0 })
+  t.match(stats, { commits: 3, rollbacks: 6, commitFailures: 1, active: 0 })
   t.equal(await db.idleInTransaction(), 0, 'no server connection is left inside a transaction')
   const [pool] = await bouncer.pools(db.name)
   t.match(pool, { cl_waiting: '0', sv_active: '0' }, 'PgBouncer has no client waiting and no server connection busy')
