@@ -32,7 +32,7 @@ export class DbSession implements ConnectionProvider {
   #finishReason = ''
   /** Why the work was ended for its owner (close()): reported, once, to whoever then asks to commit. */
   #interruption: Error | null = null
-  /** Called once when the finish starts (the request uses it to stop listening to its socket). */
+  /** Called once when the finish starts (a request uses it to stop listening to its response). */
   onFinish: () => void = ignore
 
   constructor (runtime: SessionRuntime, settings: BeginSettings, context: (() => string) | null = null) {
