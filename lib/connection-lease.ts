@@ -120,6 +120,7 @@ export class Lease implements DatabaseConnection {
     try {
       result = await this.client.query(compiledQuery.sql, compiledQuery.parameters as unknown[])
     } catch (error) {
+      this.noteFailure(error as Error)
       throw conflictError(error as Error) ?? error
     }
     const { command, rowCount, rows } = result
@@ -135,6 +136,14 @@ export class Lease implements DatabaseConnection {
     throw new StreamUnsupportedError()
   }
 
+  /**
+   * Remembers a query error that leaves the connection unusable, so that release() destroys it:
+   * the backend's FATAL answer (it was terminated) can arrive before the socket closes.
+   */
+  noteFailure (error: Error): void {
+    if (this.#error === null && breaksConnection(error)) this.#error = error
+  }
+
   /** Gives the client back, or destroys it when asked to, when it failed, or when it is still inside a transaction. */
   release (discard = false): void {
     if (this.#released) return
@@ -143,9 +152,22 @@ export class Lease implements DatabaseConnection {
     this.client.removeListener('error', this.#onError)
     // pg keeps the backend's transaction status from its last ReadyForQuery ('I' is idle). A failed
     // query rejects before its ReadyForQuery arrives; pg then queues the next user's query until it does.
-    const { readyForQuery, _txStatus: status } = this.client as unknown as { readyForQuery: boolean, _txStatus: string }
-    const inDoubt = discard || this.#error !== null || (readyForQuery && status !== 'I')
+    // pg-pool itself drops a client that is no longer queryable; count it as destroyed too.
+    const { readyForQuery, _txStatus: status, _queryable: queryable } = this.client as unknown as PgClientState
+    const inDoubt = discard || this.#error !== null || !queryable || (readyForQuery && status !== 'I')
     if (inDoubt) this.#source.counters.destroyed++
     this.client.release(inDoubt ? (this.#error ?? new Error('fastify-db-session: connection state in doubt')) : undefined)
   }
+}
+
+/** pg's private connection state, read (as pg-pool does) to decide whether a client can be reused. */
+interface PgClientState { readyForQuery: boolean, _txStatus: string, _queryable: boolean }
+
+/**
+ * True for errors after which the connection cannot be trusted: a FATAL or PANIC from the server,
+ * a connection exception (class 08), or an error raised by the driver itself (no SQLSTATE).
+ */
+export function breaksConnection (error: Error): boolean {
+  const { severity, code } = error as { severity?: string, code?: string }
+  return code === undefined || code.startsWith('08') || severity === 'FATAL' || severity === 'PANIC'
 }

@@ -129,6 +129,7 @@ export class DbSession implements ConnectionProvider {
       const { command } = await lease.client.query('COMMIT')
       if (command !== 'COMMIT') error = new TransactionAbortedError()
     } catch (cause) {
+      lease.noteFailure(cause as Error)
       error = commitError(cause as Error)
     }
     if (error === null) {
