@@ -23,6 +23,16 @@ export interface DbTransactionSettings {
   isolationLevel?: Exclude<IsolationLevel, 'snapshot'>
   /** `'read write'` or `'read only'`, sent with BEGIN; when unset, the server's `default_transaction_read_only`. */
   accessMode?: AccessMode
+  /**
+   * `SET LOCAL statement_timeout` for the transaction: a query running longer is canceled and
+   * fails with `FST_DB_SESSION_STATEMENT_TIMEOUT` (503). 0 turns it off; unset keeps the server's.
+   */
+  statementTimeoutMillis?: number
+  /**
+   * `SET LOCAL idle_in_transaction_session_timeout`: PostgreSQL ends the connection of a
+   * transaction left idle this long (the request then fails and rolls back). 0 turns it off; unset keeps the server's.
+   */
+  idleInTransactionTimeoutMillis?: number
 }
 
 /** A context value; `null` and `undefined` set the empty string. */
@@ -73,9 +83,45 @@ export interface FastifyDbSessionOptions extends DbTransactionSettings {
    * ```
    */
   context?: Record<string, (request: FastifyRequest) => DbContextValue>
+  /** The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`. */
+  name?: string
+  /** Serves `metrics()` on this GET path, e.g. `'/metrics'`. Default: no route. */
+  metricsRoute?: string
+  /**
+   * Logs a warning (once, with route, request id, age and where the first query was issued) for a
+   * transaction that holds its connection longer than this, and counts it in `leaks`. Default 0 (off).
+   */
+  leakDetectionMillis?: number
+  /**
+   * Rolls back a transaction that holds its connection this long, destroying the connection and
+   * terminating its backend; the request fails with `FST_DB_SESSION_HOLD_TIMEOUT`. Default 0 (off).
+   */
+  leakTimeoutMillis?: number
+  /**
+   * Fails acquires at once with `FST_DB_SESSION_DATABASE_UNAVAILABLE` (503) after
+   * `failureThreshold` connection failures in a row, for `coolDownMillis`, then lets one probe
+   * through. `true` uses `{ failureThreshold: 5, coolDownMillis: 5000 }`. Default `false`.
+   */
+  circuitBreaker?: boolean | { failureThreshold?: number, coolDownMillis?: number }
+  /**
+   * Connects once at register time, retrying `retries` times with a delay that starts at
+   * `delayMillis` and doubles; registration then fails with `FST_DB_SESSION_STARTUP_FAILED`.
+   * Default `true`: `{ retries: 4, delayMillis: 250 }`. `false` skips the check.
+   */
+  startupCheck?: boolean | { retries?: number, delayMillis?: number }
 }
 
-/** Pool gauges and lifetime counters; every field is a number. */
+/** A histogram of durations in seconds, with cumulative buckets as Prometheus defines them. */
+export interface DbHistogram {
+  /** Observations made. */
+  count: number
+  /** Their sum, in seconds. */
+  sum: number
+  /** How many observations were at most `le` seconds; the `+Inf` bucket is `count`. */
+  buckets: Array<{ le: number, count: number }>
+}
+
+/** Pool gauges, lifetime counters and histograms. */
 export interface DbPoolStats {
   /** Connections open (idle + active). */
   total: number
@@ -99,8 +145,24 @@ export interface DbPoolStats {
   acquireTimeouts: number
   /** Connections destroyed instead of returned because their state was in doubt. */
   destroyed: number
-  /** Connections still checked out when `fastify.close()` had to destroy them. */
+  /** Transactions held past `leakDetectionMillis`/`leakTimeoutMillis`, and connections still checked out when `fastify.close()` had to destroy them. */
   leaks: number
+  /** Transactions rolled back because the client went away or the socket timed out. */
+  aborts: number
+  /** Errors reported by idle pooled connections (the pool dropped them). */
+  idleErrors: number
+  /** Connections the pool opened. */
+  connectionsCreated: number
+  /** Connections the pool closed (idle timeout, lifetime, destroyed, errors). */
+  connectionsRemoved: number
+  /** True while the circuit breaker fails acquires fast. */
+  circuitOpen: boolean
+  /** Acquires refused at once by the open circuit breaker. */
+  circuitRejections: number
+  /** Time from asking for a connection to having it (successful acquires). */
+  acquireWaitSeconds: DbHistogram
+  /** Time each connection stayed checked out. */
+  holdSeconds: DbHistogram
 }
 
 /** The `fastify.db` decorator. */
@@ -114,9 +176,21 @@ export interface FastifyDbSession<DB = RegisteredDatabase> {
    * resolves, rollback when it throws, the connection always returned.
    */
   transaction<T>(fn: (trx: Transaction<DB>) => Promise<T>, options?: DbTransactionOptions): Promise<T>
-  /** Pool gauges and counters. */
+  /** The `name` option: the `pool` label of the metrics. */
+  readonly name: string
+  /** Pool gauges, counters and histograms. */
   stats(): DbPoolStats
+  /** `stats()` in Prometheus' text exposition format (0.0.4), labelled with `pool`. */
+  metrics(): string
+  /**
+   * Runs `SELECT 1` on a pooled connection; resolves to the round trip in milliseconds, or
+   * rejects with `FST_DB_SESSION_PING_FAILED` (503) after `timeoutMillis` (default 2000).
+   */
+  ping(options?: { timeoutMillis?: number }): Promise<number>
 }
+
+/** Several registrations' metrics in one exposition, for one scrape endpoint; their names must differ. */
+export declare function combineMetrics (...dbs: Array<Pick<FastifyDbSession<any>, 'name' | 'stats'>>): string
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -146,11 +220,19 @@ export declare const errors: {
   readonly FST_DB_SESSION_STREAM_UNSUPPORTED: FastifyErrorConstructor
   readonly FST_DB_SESSION_INVALID_CONTEXT: FastifyErrorConstructor
   readonly FST_DB_SESSION_TOO_EARLY: FastifyErrorConstructor
+  readonly FST_DB_SESSION_DATABASE_UNAVAILABLE: FastifyErrorConstructor
+  readonly FST_DB_SESSION_STARTUP_FAILED: FastifyErrorConstructor
+  readonly FST_DB_SESSION_PING_FAILED: FastifyErrorConstructor
+  readonly FST_DB_SESSION_STATEMENT_TIMEOUT: FastifyErrorConstructor
+  readonly FST_DB_SESSION_HOLD_TIMEOUT: FastifyErrorConstructor
 }
 
 type FastifyErrorConstructor = new (...args: any[]) => FastifyError
 
-declare const fastifyDbSession: FastifyPluginAsync<FastifyDbSessionOptions>
+declare const fastifyDbSession: FastifyPluginAsync<FastifyDbSessionOptions> & {
+  readonly errors: typeof errors
+  readonly combineMetrics: typeof combineMetrics
+}
 
 export { fastifyDbSession }
 export default fastifyDbSession

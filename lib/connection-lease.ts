@@ -2,7 +2,8 @@ import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
 import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
 import { ignore } from './callbacks.js'
-import { AcquireTimeoutError, ClosingError, conflictError, ConnectionFailedError, StreamUnsupportedError } from './errors.js'
+import { AcquireTimeoutError, ClosingError, ConnectionFailedError, knownQueryError, StreamUnsupportedError, withRetryAfter } from './errors.js'
+import type { CircuitBreaker } from './circuit-breaker.js'
 import type { PoolCounters } from './pool-stats.js'
 
 // pg-pool reports its own connectionTimeoutMillis this way (it has no error code); ours matches it.
@@ -17,14 +18,20 @@ export class ConnectionSource {
   readonly leases = new Set<Lease>()
   readonly #deadline: number
   readonly #reportedDeadline: number
+  readonly #breaker: CircuitBreaker | null
   #closed = false
 
-  constructor (pool: pg.Pool, counters: PoolCounters, log: FastifyBaseLogger, deadline: number, reportedDeadline: number) {
+  constructor (pool: pg.Pool, counters: PoolCounters, log: FastifyBaseLogger, deadlines: { own: number, reported: number }, breaker: CircuitBreaker | null) {
     this.pool = pool
     this.counters = counters
     this.log = log
-    this.#deadline = deadline
-    this.#reportedDeadline = reportedDeadline
+    this.#deadline = deadlines.own
+    this.#reportedDeadline = deadlines.reported
+    this.#breaker = breaker
+  }
+
+  get circuitOpen (): boolean {
+    return this.#breaker?.open ?? false
   }
 
   close (): void {
@@ -33,30 +40,47 @@ export class ConnectionSource {
 
   async acquire (): Promise<Lease> {
     if (this.#closed) throw new ClosingError()
+    this.#admit()
+    const asked = performance.now()
     let client: pg.PoolClient
     try {
       client = this.#deadline > 0 ? await connectWithin(this.pool, this.#deadline) : await this.pool.connect()
     } catch (cause) {
       throw this.#acquireError(cause as Error)
     }
+    this.#breaker?.succeeded()
     // A caller that waited in the pool's queue while close() ran gets no connection after it.
     if (this.#closed) {
       client.release()
       throw new ClosingError()
     }
+    const acquired = performance.now()
     this.counters.acquires++
-    const lease = new Lease(client, this)
+    this.counters.acquireWait.observe((acquired - asked) / 1000)
+    const lease = new Lease(client, this, acquired)
     this.leases.add(lease)
     return lease
   }
 
+  #admit (): void {
+    try {
+      this.#breaker?.admit()
+    } catch (error) {
+      this.counters.circuitRejections++
+      throw error
+    }
+  }
+
   #acquireError (cause: Error): Error {
-    if (cause.message !== PG_TIMEOUT_MESSAGE) return new ConnectionFailedError(cause.message, { cause })
+    if (cause.message !== PG_TIMEOUT_MESSAGE) {
+      this.#breaker?.failed()
+      return new ConnectionFailedError(cause.message, { cause })
+    }
+    // A full pool says nothing about the database's health.
+    this.#breaker?.inconclusive()
     this.counters.acquireTimeouts++
-    const error = new AcquireTimeoutError(this.#reportedDeadline, { cause })
-    // Fastify's error handler sends these; a load balancer or client can back off.
-    ;(error as { headers?: object }).headers = { 'retry-after': String(Math.ceil(this.#reportedDeadline / 1000)) }
-    return error
+    // Fastify's error handler sends the header; a load balancer or client can back off.
+    return withRetryAfter(new AcquireTimeoutError(this.#reportedDeadline, { cause }), Math.ceil(this.#reportedDeadline / 1000))
   }
 }
 
@@ -84,6 +108,8 @@ async function connectWithin (pool: pg.Pool, millis: number): Promise<pg.PoolCli
 export class Lease implements DatabaseConnection {
   readonly client: pg.PoolClient
   readonly #source: ConnectionSource
+  /** performance.now() when it was checked out. */
+  readonly acquiredAt: number
   #error: Error | null = null
   #released = false
   readonly #onError = (error: Error): void => {
@@ -91,9 +117,10 @@ export class Lease implements DatabaseConnection {
     this.#source.log.warn({ err: error }, 'fastify-db-session: a checked-out database connection failed; it will be destroyed')
   }
 
-  constructor (client: pg.PoolClient, source: ConnectionSource) {
+  constructor (client: pg.PoolClient, source: ConnectionSource, acquiredAt: number) {
     this.client = client
     this.#source = source
+    this.acquiredAt = acquiredAt
     client.on('error', this.#onError)
   }
 
@@ -121,7 +148,7 @@ export class Lease implements DatabaseConnection {
       result = await this.client.query(compiledQuery.sql, compiledQuery.parameters as unknown[])
     } catch (error) {
       this.noteFailure(error as Error)
-      throw conflictError(error as Error) ?? error
+      throw knownQueryError(error as Error) ?? error
     }
     const { command, rowCount, rows } = result
     return {
@@ -149,6 +176,7 @@ export class Lease implements DatabaseConnection {
     if (this.#released) return
     this.#released = true
     this.#source.leases.delete(this)
+    this.#source.counters.hold.observe((performance.now() - this.acquiredAt) / 1000)
     this.client.removeListener('error', this.#onError)
     // pg keeps the backend's transaction status from its last ReadyForQuery ('I' is idle). A failed
     // query rejects before its ReadyForQuery arrives; pg then queues the next user's query until it does.

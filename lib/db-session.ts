@@ -2,8 +2,9 @@ import { Transaction } from 'kysely'
 import type { ConnectionProvider, DatabaseConnection, KyselyProps, QueryExecutor } from 'kysely'
 import { ignore, logWarning } from './callbacks.js'
 import type { ConnectionSource, Lease } from './connection-lease.js'
-import { ClosingError, commitError, ConnectionFailedError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
+import { ClosingError, commitError, ConnectionFailedError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
 import type { BeginSettings } from './transaction-settings.js'
+import type { LeakOwner, LeakWatch } from './leak-watch.js'
 
 /** What every unit of work of one plugin instance shares. */
 export interface SessionRuntime {
@@ -13,6 +14,10 @@ export interface SessionRuntime {
   readonly props: Omit<KyselyProps, 'executor'>
   /** Sessions holding or opening a connection, so that close() can end them. */
   readonly live: Set<DbSession>
+  /** Watches how long sessions hold their connections; null when leak detection is off. */
+  readonly leakWatch: LeakWatch | null
+  /** Destroys leases and terminates their backends, so that PostgreSQL rolls back what they held. */
+  readonly destroy: (leases: Lease[]) => Promise<void>
 }
 
 /**
@@ -32,13 +37,19 @@ export class DbSession implements ConnectionProvider {
   #finishReason = ''
   /** Why the work was ended for its owner (close()): reported, once, to whoever then asks to commit. */
   #interruption: Error | null = null
+  /** Describes the owner for a leak report; only called when leak detection is on. */
+  readonly #owner: (() => LeakOwner) | null
+  /** Where the first query was issued, kept for a leak report. */
+  #firstQuery: Error | null = null
+  #stopWatching: () => void = ignore
   /** Called once when the finish starts (a request uses it to stop listening to its response). */
   onFinish: () => void = ignore
 
-  constructor (runtime: SessionRuntime, settings: BeginSettings, context: (() => string) | null = null) {
+  constructor (runtime: SessionRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null) {
     this.#runtime = runtime
     this.#settings = settings
     this.#context = context
+    this.#owner = owner
   }
 
   /** The Kysely transaction users query through; nothing is sent until its first query. */
@@ -56,6 +67,8 @@ export class DbSession implements ConnectionProvider {
 
   provideConnection<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
     if (this.#finishing !== null) return Promise.reject(new TransactionFinishedError(this.#finishReason))
+    // Captured here, while the caller's frames are still on the stack.
+    if (this.#opening === null && this.#runtime.leakWatch !== null) this.#firstQuery = new Error('the first query was issued here')
     const run = async (): Promise<T> => consumer(await (this.#opening ??= this.#open()))
     const result = this.#queue.then(run, run)
     this.#queue = result.then(ignore, ignore)
@@ -74,7 +87,17 @@ export class DbSession implements ConnectionProvider {
       lease.release(true)
       throw new ConnectionFailedError((cause as Error).message, { cause })
     }
+    const { leakWatch } = this.#runtime
+    if (leakWatch !== null && this.#owner !== null) {
+      this.#stopWatching = leakWatch.watch(this.#owner(), this.#firstQuery as Error, () => { this.#abandon(lease) })
+    }
     return lease
+  }
+
+  /** Past the hold limit: the work is rolled back by destroying its connection, whatever it is doing. */
+  #abandon (lease: Lease): void {
+    this.interrupt(new HoldTimeoutError(this.#runtime.leakWatch?.timeoutMillis))
+    if (!lease.released) this.#runtime.destroy([lease]).catch(ignore)
   }
 
   /**
@@ -116,8 +139,12 @@ export class DbSession implements ConnectionProvider {
       return null // it never opened; the query that tried has already thrown
     }
     this.#runtime.live.delete(this)
-    // close() destroyed the connection: PostgreSQL rolled back; a commit cannot be had.
-    if (lease.released) return commit ? new ClosingError() : null
+    this.#stopWatching()
+    // close() or the hold limit destroyed the connection: PostgreSQL rolled back; a commit cannot be had.
+    if (lease.released) {
+      this.#runtime.source.counters.rollbacks++
+      return commit ? new ClosingError() : null
+    }
     return commit ? this.#commit(lease) : this.#rollback(lease)
   }
 

@@ -80,6 +80,36 @@ export const TooEarlyError = createError(
   500
 )
 
+export const DatabaseUnavailableError = createError(
+  'FST_DB_SESSION_DATABASE_UNAVAILABLE',
+  'The database is unreachable (%d connection attempts in a row failed); failing fast for the next %d s, then trying again',
+  503
+)
+
+export const StartupFailedError = createError(
+  'FST_DB_SESSION_STARTUP_FAILED',
+  'Could not connect to PostgreSQL %s: %s. Check that it runs and that host, port and credentials are right',
+  500
+)
+
+export const PingFailedError = createError(
+  'FST_DB_SESSION_PING_FAILED',
+  'The database did not answer a ping: %s',
+  503
+)
+
+export const StatementTimeoutError = createError(
+  'FST_DB_SESSION_STATEMENT_TIMEOUT',
+  'A query ran longer than statementTimeoutMillis and was canceled; raise the limit for this route or make the query faster',
+  503
+)
+
+export const HoldTimeoutError = createError(
+  'FST_DB_SESSION_HOLD_TIMEOUT',
+  'The transaction held its connection longer than leakTimeoutMillis (%d ms): it was rolled back and the connection destroyed',
+  500
+)
+
 export const errors = {
   FST_DB_SESSION_INVALID_OPTION: InvalidOptionError,
   FST_DB_SESSION_DISABLED: DbDisabledError,
@@ -93,19 +123,35 @@ export const errors = {
   FST_DB_SESSION_CLOSING: ClosingError,
   FST_DB_SESSION_STREAM_UNSUPPORTED: StreamUnsupportedError,
   FST_DB_SESSION_INVALID_CONTEXT: InvalidContextError,
-  FST_DB_SESSION_TOO_EARLY: TooEarlyError
+  FST_DB_SESSION_TOO_EARLY: TooEarlyError,
+  FST_DB_SESSION_DATABASE_UNAVAILABLE: DatabaseUnavailableError,
+  FST_DB_SESSION_STARTUP_FAILED: StartupFailedError,
+  FST_DB_SESSION_PING_FAILED: PingFailedError,
+  FST_DB_SESSION_STATEMENT_TIMEOUT: StatementTimeoutError,
+  FST_DB_SESSION_HOLD_TIMEOUT: HoldTimeoutError
 } as const
 
 type DatabaseError = Error & { code?: string }
 
-/** A serialization failure or deadlock, which a client should retry: 409, with the database error as cause. */
-export function conflictError (cause: DatabaseError): Error | null {
+/**
+ * Database errors with a coded error of ours, the database error as cause: a serialization
+ * failure or deadlock (409, retry), a statement timeout (503); null for the rest.
+ */
+export function knownQueryError (cause: DatabaseError): Error | null {
   if (cause.code === '40001') return new SerializationFailureError({ cause })
   if (cause.code === '40P01') return new DeadlockError({ cause })
+  // 57014 is also a query canceled by pg_cancel_backend(); only the timeout is ours to name.
+  if (cause.code === '57014' && cause.message.includes('statement timeout')) return new StatementTimeoutError({ cause })
   return null
 }
 
 /** Maps a failed COMMIT to the error the client should see, keeping the database error as cause. */
 export function commitError (cause: DatabaseError): Error {
-  return conflictError(cause) ?? new CommitFailedError(cause.message, { cause })
+  return knownQueryError(cause) ?? new CommitFailedError(cause.message, { cause })
+}
+
+/** Adds a Retry-After header, which Fastify's error handler sends with the error's status. */
+export function withRetryAfter<E extends Error> (error: E, seconds: number): E {
+  (error as { headers?: object }).headers = { 'retry-after': String(seconds) }
+  return error
 }

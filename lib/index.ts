@@ -1,17 +1,21 @@
 import fp from 'fastify-plugin'
-import pg from 'pg'
 import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
 import type { FastifyInstance } from 'fastify'
-import type { DbTransactionOptions, DbTransactionSettings, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
-import { ignore, logWarning } from './callbacks.js'
+import type { DbTransactionOptions, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
+import { CircuitBreaker } from './circuit-breaker.js'
 import { ConnectionSource } from './connection-lease.js'
+import type { Lease } from './connection-lease.js'
 import { checkSettingNames, contextStatement } from './context-settings.js'
 import { DbSession } from './db-session.js'
 import type { SessionRuntime } from './db-session.js'
 import { ClosingError, errors, InvalidOptionError } from './errors.js'
 import { resolveOptions } from './options.js'
+import { checkStartup, ping } from './health.js'
+import { LeakWatch } from './leak-watch.js'
 import { PoolCounters, poolStats } from './pool-stats.js'
+import { prometheusText } from './prometheus.js'
+import { terminateBackends } from './terminate-backends.js'
 import { installRequestHooks } from './request-hooks.js'
 import { beginSettings, routeSettingsResolver, withDefaults } from './transaction-settings.js'
 
@@ -19,7 +23,10 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
   const resolved = resolveOptions(options)
   const { pool, closeTimeoutMillis } = resolved
   const counters = new PoolCounters()
-  const source = new ConnectionSource(pool, counters, fastify.log, resolved.acquireTimeoutMillis, resolved.reportedAcquireTimeoutMillis)
+  const breaker = resolved.circuitBreaker === null ? null : new CircuitBreaker(resolved.circuitBreaker)
+  const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis }
+  const source = new ConnectionSource(pool, counters, fastify.log, deadlines, breaker)
+  if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
 
   // fastify.db.kysely runs on Kysely's own driver, fed by our leases: same deadline, listening and release rules.
   const leasingPool = { connect: () => source.acquire(), end: async () => {}, options: pool.options }
@@ -29,10 +36,19 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
     source,
     executor: kysely.getExecutor(),
     props: { config: { dialect }, dialect, driver: new DummyDriver() },
-    live: new Set()
+    live: new Set(),
+    leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, counters),
+    destroy
   }
 
-  const defaults: DbTransactionSettings = { isolationLevel: resolved.isolationLevel, accessMode: resolved.accessMode }
+  /** Destroys leases and terminates their backends: PostgreSQL then rolls back what they held. */
+  async function destroy (leases: Lease[]): Promise<void> {
+    const pids = leases.map((lease) => lease.processID)
+    for (const lease of leases) lease.release(true)
+    if (pids.length > 0) await terminateBackends(pool.options, pids, closeTimeoutMillis, fastify.log)
+  }
+
+  const defaults = resolved.transactionDefaults
   const routeSettings = routeSettingsResolver(defaults)
   installRequestHooks(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
 
@@ -45,7 +61,8 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
       checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
       statement = () => contextStatement(context)
     }
-    const session = new DbSession(runtime, begin, statement)
+    const owner = runtime.leakWatch === null ? null : () => ({ log: fastify.log, route: 'fastify.db.transaction' })
+    const session = new DbSession(runtime, begin, statement, owner)
     let result: T
     try {
       result = await fn(session.transaction)
@@ -58,38 +75,38 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
     return result
   }
 
+  const stats = () => poolStats(pool, counters, source.circuitOpen)
   const db: FastifyDbSession<any> = {
     kysely,
     pool,
+    name: resolved.name,
     transaction,
-    stats: () => poolStats(pool, counters)
+    stats,
+    metrics: () => prometheusText([{ name: resolved.name, stats: stats() }]),
+    ping: async (options) => ping(source, pingTimeout(options))
   }
   fastify.decorate('db', db)
+  if (resolved.metricsRoute !== null) {
+    fastify.get(resolved.metricsRoute, { config: { db: false } }, async (_request, reply) => {
+      return reply.type('text/plain; version=0.0.4; charset=utf-8').send(db.metrics())
+    })
+  }
 
   // A checked-out client is listened to by its lease; an idle one that fails must not crash the process.
   const onIdleError = (error: Error): void => {
+    counters.idleErrors++
     fastify.log.warn({ err: error }, 'fastify-db-session: an idle database connection failed; the pool dropped it')
   }
+  const onConnect = (): void => { counters.connectionsCreated++ }
+  const onRemove = (): void => { counters.connectionsRemoved++ }
   pool.on('error', onIdleError)
+  pool.on('connect', onConnect)
+  pool.on('remove', onRemove)
 
-  /**
-   * Ends every connection still checked out. Closing a socket does not stop a statement running
-   * in PostgreSQL, so their backends are terminated too: that rolls back what they held.
-   */
+  /** Ends every connection still checked out; each one counts as a leak. */
   async function destroyCheckedOut (): Promise<void> {
-    const pids: number[] = []
-    for (const lease of source.leases) {
-      counters.leaks++
-      pids.push(lease.processID)
-      lease.release(true)
-    }
-    if (pids.length === 0) return
-    const control = new pg.Client({ ...pool.options, connectionTimeoutMillis: closeTimeoutMillis })
-    control.on('error', ignore)
-    await control.connect()
-      .then(() => control.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [pids]))
-      .catch(logWarning(fastify.log, 'fastify-db-session: could not terminate the backends of stuck connections'))
-    await control.end().catch(ignore)
+    counters.leaks += source.leases.size
+    await destroy([...source.leases])
   }
 
   let closeTimer: NodeJS.Timeout | undefined
@@ -110,8 +127,18 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
       await within(closeTimeoutMillis, pool.end())
     } else {
       pool.removeListener('error', onIdleError)
+      pool.removeListener('connect', onConnect)
+      pool.removeListener('remove', onRemove)
     }
   })
+}
+
+function pingTimeout (options: { timeoutMillis?: number } | undefined): number {
+  const timeout = options?.timeoutMillis ?? 2000
+  if (!Number.isSafeInteger(timeout) || timeout < 1) {
+    throw new InvalidOptionError(`fastify.db.ping: timeoutMillis must be an integer of at least 1; instead got '${String(timeout)}'`)
+  }
+  return timeout
 }
 
 /** Waits for `work`, but never longer than `millis`. */
@@ -122,7 +149,16 @@ async function within (millis: number, work: Promise<unknown>): Promise<void> {
   clearTimeout(timer)
 }
 
-const fastifyDbSession = Object.assign(fp(dbSession, { fastify: '5.x', name: 'fastify-db-session' }), { errors })
+/** Several pools' metrics in one exposition (each metric's HELP and TYPE once, a sample per pool). */
+function combineMetrics (...dbs: Array<Pick<FastifyDbSession<any>, 'name' | 'stats'>>): string {
+  const names = new Set(dbs.map((db) => db.name))
+  if (names.size !== dbs.length) {
+    throw new InvalidOptionError(`combineMetrics: pool names must differ (give each plugin registration its own name option); got ${dbs.map((db) => db.name).join(', ')}`)
+  }
+  return prometheusText(dbs.map((db) => ({ name: db.name, stats: db.stats() })))
+}
+
+const fastifyDbSession = Object.assign(fp(dbSession, { fastify: '5.x', name: 'fastify-db-session' }), { errors, combineMetrics })
 
 export default fastifyDbSession
-export { fastifyDbSession, errors, fastifyDbSession as 'module.exports' }
+export { fastifyDbSession, errors, combineMetrics, fastifyDbSession as 'module.exports' }

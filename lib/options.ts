@@ -1,18 +1,26 @@
 import pg from 'pg'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { KyselyPlugin } from 'kysely'
-import type { FastifyDbSessionOptions } from '../index.js'
+import type { DbTransactionSettings, FastifyDbSessionOptions } from '../index.js'
 import { InvalidOptionError } from './errors.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings } from './transaction-settings.js'
+import type { CircuitBreakerSettings } from './circuit-breaker.js'
+import type { StartupCheckSettings } from './health.js'
+import type { LeakSettings } from './leak-watch.js'
 
 export const DEFAULTS = {
   maxConnections: 10,
   acquireTimeoutMillis: 5000,
   idleTimeoutMillis: 10000,
   maxLifetimeSeconds: 1800,
-  closeTimeoutMillis: 5000
+  closeTimeoutMillis: 5000,
+  leakDetectionMillis: 0,
+  leakTimeoutMillis: 0
 } as const
+
+export const STARTUP_CHECK_DEFAULTS: StartupCheckSettings = { retries: 4, delayMillis: 250 }
+export const CIRCUIT_BREAKER_DEFAULTS: CircuitBreakerSettings = { failureThreshold: 5, coolDownMillis: 5000 }
 
 export interface ResolvedOptions {
   pool: pg.Pool
@@ -24,15 +32,23 @@ export interface ResolvedOptions {
   closeTimeoutMillis: number
   commitWhen: (request: FastifyRequest, reply: FastifyReply) => boolean
   plugins: KyselyPlugin[]
-  isolationLevel: FastifyDbSessionOptions['isolationLevel']
-  accessMode: FastifyDbSessionOptions['accessMode']
+  /** Transaction settings every unit of work starts from. */
+  transactionDefaults: DbTransactionSettings
+  /** The `pool` label of the metrics. */
+  name: string
+  metricsRoute: string | null
+  leak: LeakSettings | null
+  circuitBreaker: CircuitBreakerSettings | null
+  startupCheck: StartupCheckSettings | null
   /** Builds a request's set_config statement; null without a context option. */
   contextFor: ((request: FastifyRequest) => string) | null
 }
 
 const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
-  'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode', 'context'
+  'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode', 'context',
+  'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck'
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -41,9 +57,43 @@ function commitBelow400 (_request: FastifyRequest, reply: FastifyReply): boolean
 }
 
 function wholeNumber (options: FastifyDbSessionOptions, name: keyof typeof DEFAULTS, min: number): number {
-  const value = options[name] ?? DEFAULTS[name]
-  if (!Number.isSafeInteger(value) || value < min) {
+  return integerAtLeast(options[name] ?? DEFAULTS[name], name, min)
+}
+
+function integerAtLeast (value: unknown, name: string, min: number): number {
+  if (!Number.isSafeInteger(value) || (value as number) < min) {
     throw new InvalidOptionError(`${name} must be an integer of at least ${min}; instead got '${String(value)}'`)
+  }
+  return value as number
+}
+
+/** `false`, `true` (the defaults) or an object overriding some of them, checked field by field. */
+function toggled<T extends object> (value: unknown, name: string, defaults: T, minimums: { [K in keyof T]: number }): T | null {
+  if (value === false) return null
+  if (value === true) return { ...defaults }
+  if (value === null || typeof value !== 'object') {
+    throw new InvalidOptionError(`${name} must be true, false or an object like ${JSON.stringify(defaults)}; instead got '${String(value)}'`)
+  }
+  const result = { ...defaults }
+  for (const [key, given] of Object.entries(value)) {
+    if (!(key in defaults)) throw new InvalidOptionError(`unknown option '${name}.${key}'; known are ${Object.keys(defaults).join(', ')}`)
+    if (given !== undefined) (result as Record<string, number>)[key] = integerAtLeast(given, `${name}.${key}`, minimums[key as keyof T])
+  }
+  return result
+}
+
+function metricsRouteOption (value: unknown): string | null {
+  if (value === undefined || value === false) return null
+  if (typeof value !== 'string' || !value.startsWith('/')) {
+    throw new InvalidOptionError(`metricsRoute must be a path starting with '/', like '/metrics'; instead got '${String(value)}'`)
+  }
+  return value
+}
+
+function nameOption (value: unknown): string {
+  if (value === undefined) return 'default'
+  if (typeof value !== 'string' || value === '') {
+    throw new InvalidOptionError(`name must be a non-empty string (the metrics' pool label); instead got '${String(value)}'`)
   }
   return value
 }
@@ -73,11 +123,24 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   if (!Array.isArray(plugins)) {
     throw new InvalidOptionError(`plugins must be an array of Kysely plugins; instead got '${String(plugins)}'`)
   }
-  beginSettings(options, '')
+  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis } = options
+  const transactionDefaults = { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis }
+  beginSettings(transactionDefaults, '')
   const closeTimeoutMillis = wholeNumber(options, 'closeTimeoutMillis', 1)
   const acquireTimeoutMillis = wholeNumber(options, 'acquireTimeoutMillis', 1)
-  const contextFor = requestContextResolver(options.context)
-  const common = { closeTimeoutMillis, commitWhen, plugins, isolationLevel: options.isolationLevel, accessMode: options.accessMode, contextFor }
+  const leak = { warnMillis: wholeNumber(options, 'leakDetectionMillis', 0), timeoutMillis: wholeNumber(options, 'leakTimeoutMillis', 0) }
+  const common = {
+    closeTimeoutMillis,
+    commitWhen,
+    plugins,
+    transactionDefaults,
+    contextFor: requestContextResolver(options.context),
+    name: nameOption(options.name),
+    metricsRoute: metricsRouteOption(options.metricsRoute),
+    leak: leak.warnMillis > 0 || leak.timeoutMillis > 0 ? leak : null,
+    circuitBreaker: toggled(options.circuitBreaker ?? false, 'circuitBreaker', CIRCUIT_BREAKER_DEFAULTS, { failureThreshold: 1, coolDownMillis: 1 }),
+    startupCheck: toggled(options.startupCheck ?? true, 'startupCheck', STARTUP_CHECK_DEFAULTS, { retries: 0, delayMillis: 0 })
+  }
 
   // Any pool with connect() is the user's: pg-pool's own class, or another copy of pg's.
   if (typeof (pool as { connect?: unknown } | undefined)?.connect === 'function') {

@@ -1,7 +1,8 @@
 import type pg from 'pg'
 import type { DbPoolStats } from '../index.js'
+import { Histogram } from './histogram.js'
 
-/** Lifetime counters; plain fields so that counting costs one increment. */
+/** Lifetime counters and histograms; plain fields so that counting costs one increment. */
 export class PoolCounters {
   acquires = 0
   commits = 0
@@ -10,10 +11,19 @@ export class PoolCounters {
   acquireTimeouts = 0
   destroyed = 0
   leaks = 0
+  aborts = 0
+  idleErrors = 0
+  connectionsCreated = 0
+  connectionsRemoved = 0
+  circuitRejections = 0
+  /** Seconds from asking for a connection to having it. */
+  readonly acquireWait = new Histogram()
+  /** Seconds a connection stayed checked out. */
+  readonly hold = new Histogram()
 }
 
 /** The pool's gauges, read now, beside the counters. */
-export function poolStats (pool: pg.Pool, counters: PoolCounters): DbPoolStats {
+export function poolStats (pool: pg.Pool, counters: PoolCounters, circuitOpen: boolean): DbPoolStats {
   const total = pool.totalCount
   const idle = pool.idleCount
   return {
@@ -28,6 +38,14 @@ export function poolStats (pool: pg.Pool, counters: PoolCounters): DbPoolStats {
     commitFailures: counters.commitFailures,
     acquireTimeouts: counters.acquireTimeouts,
     destroyed: counters.destroyed,
-    leaks: counters.leaks
+    leaks: counters.leaks,
+    aborts: counters.aborts,
+    idleErrors: counters.idleErrors,
+    connectionsCreated: counters.connectionsCreated,
+    connectionsRemoved: counters.connectionsRemoved,
+    circuitOpen,
+    circuitRejections: counters.circuitRejections,
+    acquireWaitSeconds: counters.acquireWait.snapshot(),
+    holdSeconds: counters.hold.snapshot()
   }
 }

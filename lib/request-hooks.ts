@@ -29,7 +29,8 @@ export function installRequestHooks (
     if (beginSettings === null) throw new DbDisabledError(config.method, config.url)
     const reply = request[kReply]
     if (reply === null) throw new TooEarlyError()
-    const session = new DbSession(runtime, beginSettings, contextFor === null ? null : () => contextFor(request))
+    const owner = runtime.leakWatch === null ? null : () => ({ log: request.log, route: `${config.method} ${config.url}` })
+    const session = new DbSession(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner)
     request[kSession] = session
     // Listened to only by requests that use the database: others pay nothing for it.
     const response = reply.raw
@@ -123,6 +124,7 @@ export function installRequestHooks (
    */
   function finishOnClose (session: DbSession, request: FastifyRequest, reply: FastifyReply): void {
     if (!reply.raw.writableEnded) {
+      runtime.source.counters.aborts++
       session.finish(false, 'the client went away')
       return
     }

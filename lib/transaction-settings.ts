@@ -11,7 +11,7 @@ export interface BeginSettings {
 
 /** Validates transaction settings and builds their BEGIN statement, once, at register/route time. */
 export function beginSettings (settings: DbTransactionSettings, where: string): BeginSettings {
-  const { isolationLevel, accessMode } = settings
+  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis } = settings
   if (isolationLevel !== undefined && !ISOLATION_LEVELS.includes(isolationLevel)) {
     throw new InvalidOptionError(`${where}isolationLevel must be one of ${ISOLATION_LEVELS.join(', ')}; instead got '${isolationLevel}'`)
   }
@@ -21,14 +21,31 @@ export function beginSettings (settings: DbTransactionSettings, where: string): 
   let beginSql = 'BEGIN'
   if (isolationLevel !== undefined) beginSql += ` ISOLATION LEVEL ${isolationLevel.toUpperCase()}`
   if (accessMode !== undefined) beginSql += ` ${accessMode.toUpperCase()}`
+  // SET LOCAL ends with the transaction: nothing carries over to the connection's next user.
+  if (statementTimeoutMillis !== undefined) {
+    beginSql += `; SET LOCAL statement_timeout = ${milliseconds(statementTimeoutMillis, where + 'statementTimeoutMillis')}`
+  }
+  if (idleInTransactionTimeoutMillis !== undefined) {
+    beginSql += `; SET LOCAL idle_in_transaction_session_timeout = ${milliseconds(idleInTransactionTimeoutMillis, where + 'idleInTransactionTimeoutMillis')}`
+  }
   return { beginSql }
+}
+
+// PostgreSQL takes these as int4 milliseconds; 0 turns the limit off.
+function milliseconds (value: unknown, name: string): number {
+  if (!Number.isSafeInteger(value) || (value as number) < 0 || (value as number) > 2147483647) {
+    throw new InvalidOptionError(`${name} must be an integer number of milliseconds from 0 (no limit) to 2147483647; instead got '${String(value)}'`)
+  }
+  return value as number
 }
 
 /** Settings over defaults, where an explicit `undefined` keeps the default. */
 export function withDefaults (defaults: DbTransactionSettings, settings: DbTransactionSettings): DbTransactionSettings {
   return {
     isolationLevel: settings.isolationLevel ?? defaults.isolationLevel,
-    accessMode: settings.accessMode ?? defaults.accessMode
+    accessMode: settings.accessMode ?? defaults.accessMode,
+    statementTimeoutMillis: settings.statementTimeoutMillis ?? defaults.statementTimeoutMillis,
+    idleInTransactionTimeoutMillis: settings.idleInTransactionTimeoutMillis ?? defaults.idleInTransactionTimeoutMillis
   }
 }
 
@@ -44,7 +61,7 @@ export function routeSettingsResolver (defaults: DbTransactionSettings) {
     if (routeConfig === undefined) return pluginSettings
     if (routeConfig === false) return null
     if (routeConfig === null || typeof routeConfig !== 'object') {
-      throw new InvalidOptionError(`${where}db must be false or an object like { isolationLevel, accessMode }; instead got '${String(routeConfig)}'`)
+      throw new InvalidOptionError(`${where}db must be false or an object like { isolationLevel, accessMode, statementTimeoutMillis }; instead got '${String(routeConfig)}'`)
     }
     return beginSettings(withDefaults(defaults, routeConfig), where + 'db.')
   }

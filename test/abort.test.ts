@@ -93,6 +93,7 @@ async function hangUpMidRequest (t: Test, method: 'GET' | 'POST'): Promise<void>
   // Rolled back by the hang-up itself: the handler is still waiting and has not returned.
   const stats = await eventually(async () => app.db.stats(), (s) => s.rollbacks === 1 && s.active === 0)
   t.equal(stats.rollbacks, 1, 'the hang-up rolled the transaction back')
+  t.equal(stats.aborts, 1, 'counted as an abort')
   t.equal(stats.commits, 0, 'nothing committed')
   t.equal(stats.active, 0, 'the connection went back to the pool while the handler still waits')
   t.equal(stats.destroyed, 0, 'the rolled-back connection was clean and returned, not destroyed')

@@ -43,7 +43,7 @@ t.test('a server that accepts but never answers: 503 at the deadline, and the la
   const pool = new pg.Pool({ connectionString: `postgres://nobody@127.0.0.1:${port}/none`, max: 1 })
   pool.on('error', () => {})
   const app = Fastify()
-  await app.register(dbSession, { pool, acquireTimeoutMillis: 150 })
+  await app.register(dbSession, { pool, acquireTimeoutMillis: 150, startupCheck: false })
   app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
   const started = Date.now()
   const res = await app.inject('/')

@@ -4,8 +4,8 @@ import Fastify from 'fastify'
 import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
 import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
-import dbSession, { errors, fastifyDbSession } from 'fastify-db-session'
-import type { DbPoolStats, DbRouteConfig, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
+import type { DbHistogram, DbPoolStats, DbRouteConfig, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
 function expectTrue<T extends true> (_proof?: T): void {}
@@ -59,7 +59,31 @@ expectTrue<Equal<typeof app.db.kysely, Kysely<Database>>>()
 expectTrue<Equal<typeof app.db.pool, pg.Pool>>()
 const stats: DbPoolStats = app.db.stats()
 expectTrue<Equal<typeof stats.active, number>>()
-expectTrue<Equal<keyof DbPoolStats, 'total' | 'idle' | 'active' | 'waiting' | 'max' | 'acquires' | 'commits' | 'rollbacks' | 'commitFailures' | 'acquireTimeouts' | 'destroyed' | 'leaks'>>()
+expectTrue<Equal<keyof DbPoolStats, 'total' | 'idle' | 'active' | 'waiting' | 'max' | 'acquires' | 'commits' | 'rollbacks' | 'commitFailures' |
+'acquireTimeouts' | 'destroyed' | 'leaks' | 'aborts' | 'idleErrors' | 'connectionsCreated' | 'connectionsRemoved' | 'circuitOpen' |
+'circuitRejections' | 'acquireWaitSeconds' | 'holdSeconds'>>()
+expectTrue<Equal<typeof stats.holdSeconds, DbHistogram>>()
+expectTrue<Equal<typeof stats.circuitOpen, boolean>>()
+expectTrue<Equal<ReturnType<typeof app.db.metrics>, string>>()
+expectTrue<Equal<typeof app.db.name, string>>()
+const pingMillis: number = await app.db.ping({ timeoutMillis: 500 })
+// @ts-expect-error ping takes an options object
+await app.db.ping(500)
+const exposition: string = combineMetrics(app.db, app.db)
+expectTrue<Equal<typeof dbSession.combineMetrics, typeof combineMetrics>>()
+const safetyNets: FastifyDbSessionOptions = {
+  statementTimeoutMillis: 5000,
+  idleInTransactionTimeoutMillis: 10000,
+  leakDetectionMillis: 2000,
+  leakTimeoutMillis: 30000,
+  circuitBreaker: { failureThreshold: 5 },
+  startupCheck: { retries: 2, delayMillis: 100 },
+  name: 'primary',
+  metricsRoute: '/metrics'
+}
+// @ts-expect-error circuitBreaker takes a boolean or settings
+const badBreaker: FastifyDbSessionOptions = { circuitBreaker: 'on' }
+const routeTimeouts: FastifyContextConfig = { db: { statementTimeoutMillis: 100, idleInTransactionTimeoutMillis: 1000 } }
 const count: number = await app.db.transaction(async (trx) => {
   expectTrue<Equal<typeof trx, Transaction<Database>>>()
   return 1
@@ -74,4 +98,4 @@ const noSuchError = errors.FST_DB_SESSION_NOPE
 function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
-export { badCommitWhen, badRouteConfig, commitWhen, count, code, noSuchError, routeConfig, stats }
+export { badBreaker, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }

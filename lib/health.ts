@@ -1,0 +1,69 @@
+import type pg from 'pg'
+import { ignore } from './callbacks.js'
+import type { ConnectionSource, Lease } from './connection-lease.js'
+import { PingFailedError, StartupFailedError } from './errors.js'
+
+export interface StartupCheckSettings {
+  /** Attempts after the first. */
+  retries: number
+  /** Wait before the first retry; each later wait doubles. */
+  delayMillis: number
+}
+
+/**
+ * Connects once with a client of its own (the pool stays empty: a route that never queries
+ * still costs no connection), retrying with exponential backoff; fails with a coded error that
+ * names the host and port, never the password.
+ */
+export async function checkStartup (pool: pg.Pool, settings: StartupCheckSettings, attemptMillis: number): Promise<void> {
+  const started = Date.now()
+  // pg-pool always sets Client (the option, or pg's): a user's pool is checked as it connects.
+  const { Client } = pool as unknown as { Client: typeof pg.Client }
+  let delay = settings.delayMillis
+  for (let attempt = 1; ; attempt++) {
+    const client = new Client({ ...pool.options, connectionTimeoutMillis: attemptMillis })
+    client.on('error', ignore)
+    try {
+      await client.connect()
+      await client.end()
+      return
+    } catch (error) {
+      await client.end().catch(ignore)
+      if (attempt > settings.retries) {
+        const { host, port } = client as unknown as { host: string, port: number }
+        throw new StartupFailedError(`at ${host}:${port} after ${attempt} attempts over ${Date.now() - started} ms`, (error as Error).message, { cause: error })
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay))
+    delay *= 2
+  }
+}
+
+/**
+ * Takes a connection and runs `SELECT 1` within `timeoutMillis`; resolves to the round trip in
+ * milliseconds. A connection that does not answer in time is destroyed, not returned.
+ */
+export async function ping (source: ConnectionSource, timeoutMillis: number): Promise<number> {
+  const started = performance.now()
+  let lease: Lease | null = null
+  let timer: NodeJS.Timeout | undefined
+  const attempt = (async () => {
+    lease = await source.acquire()
+    await lease.client.query('SELECT 1')
+  })()
+  const deadline = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMillis} ms`)), timeoutMillis)
+  })
+  try {
+    await Promise.race([attempt, deadline])
+  } catch (cause) {
+    // A lease acquired after the deadline is handed back by the attempt's own continuation.
+    attempt.then(() => (lease as Lease | null)?.release(true), ignore)
+    ;(lease as Lease | null)?.release(true)
+    throw new PingFailedError((cause as Error).message, { cause })
+  } finally {
+    clearTimeout(timer)
+  }
+  ;(lease as unknown as Lease).release()
+  return performance.now() - started
+}

@@ -1,0 +1,16 @@
+import pg from 'pg'
+import type { FastifyBaseLogger } from 'fastify'
+import { ignore, logWarning } from './callbacks.js'
+
+/**
+ * Terminates backends from a connection of its own. Closing a client's socket does not stop a
+ * statement running in PostgreSQL; terminating its backend does, and rolls back what it held.
+ */
+export async function terminateBackends (options: pg.PoolConfig, pids: number[], timeoutMillis: number, log: FastifyBaseLogger): Promise<void> {
+  const control = new pg.Client({ ...options, connectionTimeoutMillis: timeoutMillis })
+  control.on('error', ignore)
+  await control.connect()
+    .then(() => control.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [pids]))
+    .catch(logWarning(log, 'fastify-db-session: could not terminate the backends of stuck connections'))
+  await control.end().catch(ignore)
+}
