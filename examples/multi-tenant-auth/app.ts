@@ -90,6 +90,14 @@ export async function buildApp (options: AppOptions): Promise<App> {
   await app.register(dbSession, {
     connectionString: options.databaseUrl,
     maxConnections: options.maxConnections ?? 10,
+    name: 'app',
+    // Safety nets: no statement runs past 5 s, a transaction held 2 s is logged, one held 30 s is
+    // ended, and a database that is down is answered 503 at once instead of by every request.
+    statementTimeoutMillis: 5000,
+    idleInTransactionTimeoutMillis: 10000,
+    leakDetectionMillis: 2000,
+    leakTimeoutMillis: 30000,
+    circuitBreaker: true,
     // Row-level security reads these; they are set inside each request's transaction only.
     context: {
       'app.tenant_id': (request) => request.dbContext?.tenantId,

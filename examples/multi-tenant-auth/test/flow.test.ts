@@ -82,7 +82,8 @@ t.test('the whole flow through a real listening server', async (t) => {
   const base = await app.listen({ host: '127.0.0.1', port: 0 })
   await walkThrough(t, viaHttp(base))
   const metrics = await (await fetch(base + '/metrics')).text()
-  t.match(metrics, /db_pool_commits_total\{pool="app"\} \d+/)
+  t.match(metrics, /^fastify_db_session_commits_total\{pool="app"\} [1-9]\d*$/m)
+  t.match(metrics, /^fastify_db_session_acquire_wait_seconds_count\{pool="app"\} [1-9]\d*$/m)
   t.equal(await db.idleInTransaction(), 0)
 })
 
