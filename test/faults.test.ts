@@ -1,28 +1,13 @@
 // Faults in the database underneath a running app: a backend killed inside a request's
 // transaction, an idle pooled connection killed, and a ROLLBACK that cannot run.
 import t from 'tap'
-import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import dbSession from '../lib/index.js'
 import { eventually, testDatabase } from './helpers/database.js'
-import { deferred } from './helpers/util.js'
+import { capturedLogs, deferred } from './helpers/util.js'
 import type { TestDatabase } from './helpers/database.js'
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
-
-interface LogLine { level: number, msg: string }
-
-/** Fastify options whose logger keeps warnings and errors in `lines`. */
-function capturedLogs (): { lines: LogLine[], options: { logger: { level: string, stream: Writable } } } {
-  const lines: LogLine[] = []
-  const stream = new Writable({
-    write (chunk, _encoding, callback) {
-      lines.push(JSON.parse(chunk.toString()))
-      callback()
-    }
-  })
-  return { lines, options: { logger: { level: 'warn', stream } } }
-}
 
 /** Kills this database's backends in `state` from the helper's connection; returns how many. */
 async function terminate (db: TestDatabase, state: string): Promise<number> {

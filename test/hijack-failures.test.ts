@@ -1,18 +1,7 @@
 // A hijacked reply is committed after its response is out: what fails then can only be logged.
 import t from 'tap'
-import { Writable } from 'node:stream'
 import { testDatabase, eventually } from './helpers/database.js'
-
-function capturedLogs (): { stream: Writable, lines: Array<{ level: number, msg: string }> } {
-  const lines: Array<{ level: number, msg: string }> = []
-  const stream = new Writable({
-    write (chunk, _encoding, callback) {
-      lines.push(JSON.parse(String(chunk)))
-      callback()
-    }
-  })
-  return { stream, lines }
-}
+import { capturedLogs } from './helpers/util.js'
 
 t.test('a hijacked reply whose commitWhen throws rolls back and logs it', async (t) => {
   const db = await testDatabase(t)

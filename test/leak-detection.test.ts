@@ -1,25 +1,11 @@
 // Leak detection: a transaction held past leakDetectionMillis is reported once and counted; one
 // held past leakTimeoutMillis is rolled back by destroying its connection.
 import t from 'tap'
-import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { eventually, testDatabase } from './helpers/database.js'
-import { itemNames } from './helpers/util.js'
-
-interface LogLine { level: number, msg: string, reqId?: string, route?: string, heldMillis?: number, acquiredAt?: string }
-
-function capturedLogs (): { lines: LogLine[], options: { logger: { level: string, stream: Writable } } } {
-  const lines: LogLine[] = []
-  const stream = new Writable({
-    write (chunk, _encoding, callback) {
-      lines.push(JSON.parse(chunk.toString()))
-      callback()
-    }
-  })
-  return { lines, options: { logger: { level: 'warn', stream } } }
-}
+import { capturedLogs, itemNames } from './helpers/util.js'
 
 const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis))
 

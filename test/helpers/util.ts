@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process'
 import type { ChildProcessByStdio } from 'node:child_process'
 import { once } from 'node:events'
+import { Writable } from 'node:stream'
 import type { Readable } from 'node:stream'
 import type { Test } from 'tap'
 import { freePort } from '../../examples/embedded-postgres.mjs'
@@ -44,4 +45,19 @@ export async function startScript (t: Test, script: string, env: Record<string, 
     if (output.includes('listening on')) break
   }
   return { server, port, output }
+}
+
+/** A log line as pino writes it, with the fields the plugin's reports add. */
+export interface LogLine { level: number, msg: string, reqId?: string, route?: string, heldMillis?: number, acquiredAt?: string }
+
+/** Fastify options whose logger (warnings and up) keeps its lines in `lines`; `stream` alone for custom loggers. */
+export function capturedLogs (): { lines: LogLine[], stream: Writable, options: { logger: { level: string, stream: Writable } } } {
+  const lines: LogLine[] = []
+  const stream = new Writable({
+    write (chunk, _encoding, callback) {
+      lines.push(JSON.parse(String(chunk)))
+      callback()
+    }
+  })
+  return { lines, stream, options: { logger: { level: 'warn', stream } } }
 }
