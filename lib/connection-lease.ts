@@ -2,7 +2,7 @@ import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
 import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
 import { ignore } from './callbacks.js'
-import { AcquireTimeoutError, ClosingError, ConnectionFailedError, knownQueryError, StreamUnsupportedError, withRetryAfter } from './errors.js'
+import { AcquireTimeoutError, ClosingError, ConnectionFailedError, ConnectionLostError, knownQueryError, StreamUnsupportedError, withRetryAfter } from './errors.js'
 import type { CircuitBreaker } from './circuit-breaker.js'
 import type { PoolCounters } from './pool-stats.js'
 
@@ -113,8 +113,9 @@ export class Lease implements DatabaseConnection {
   #error: Error | null = null
   #released = false
   readonly #onError = (error: Error): void => {
-    this.#error = error
-    this.#source.log.warn({ err: error }, 'fastify-db-session: a checked-out database connection failed; it will be destroyed')
+    // A dying connection reports twice (the server's FATAL, then the closed socket): log the first.
+    if (this.#error === null) this.#source.log.warn({ err: error }, 'fastify-db-session: a checked-out database connection failed; it will be destroyed')
+    this.#error ??= error
   }
 
   constructor (client: pg.PoolClient, source: ConnectionSource, acquiredAt: number) {
@@ -147,7 +148,7 @@ export class Lease implements DatabaseConnection {
     try {
       result = await this.client.query(compiledQuery.sql, compiledQuery.parameters as unknown[])
     } catch (error) {
-      this.noteFailure(error as Error)
+      if (this.noteFailure(error as Error)) throw new ConnectionLostError((this.failure as Error).message, { cause: this.failure })
       throw knownQueryError(error as Error) ?? error
     }
     const { command, rowCount, rows } = result
@@ -164,11 +165,17 @@ export class Lease implements DatabaseConnection {
   }
 
   /**
-   * Remembers a query error that leaves the connection unusable, so that release() destroys it:
-   * the backend's FATAL answer (it was terminated) can arrive before the socket closes.
+   * Remembers a query error that leaves the connection unusable, so that release() destroys it
+   * (the backend's FATAL answer can arrive before the socket closes); true if the connection is lost.
    */
-  noteFailure (error: Error): void {
-    if (this.#error === null && breaksConnection(error)) this.#error = error
+  noteFailure (error: Error): boolean {
+    if (this.#error === null && breaksConnection(error, this.client)) this.#error = error
+    return this.#error !== null
+  }
+
+  /** The first error that broke the connection: the real reason later errors only echo. */
+  get failure (): Error | null {
+    return this.#error
   }
 
   /** Gives the client back, or destroys it when asked to, when it failed, or when it is still inside a transaction. */
@@ -193,9 +200,11 @@ interface PgClientState { readyForQuery: boolean, _txStatus: string, _queryable:
 
 /**
  * True for errors after which the connection cannot be trusted: a FATAL or PANIC from the server,
- * a connection exception (class 08), or an error raised by the driver itself (no SQLSTATE).
+ * a connection exception (class 08), or a driver error (no SQLSTATE) that left pg's client
+ * unqueryable. A driver error on a healthy client (a value pg cannot serialize) is not one.
  */
-export function breaksConnection (error: Error): boolean {
+function breaksConnection (error: Error, client: pg.PoolClient): boolean {
   const { severity, code } = error as { severity?: string, code?: string }
-  return code === undefined || code.startsWith('08') || severity === 'FATAL' || severity === 'PANIC'
+  if (code === undefined) return !(client as unknown as PgClientState)._queryable
+  return code.startsWith('08') || severity === 'FATAL' || severity === 'PANIC'
 }

@@ -156,8 +156,8 @@ export class DbSession implements ConnectionProvider {
       const { command } = await lease.client.query('COMMIT')
       if (command !== 'COMMIT') error = new TransactionAbortedError()
     } catch (cause) {
-      lease.noteFailure(cause as Error)
-      error = commitError(cause as Error)
+      // A connection that broke earlier fails COMMIT with "not queryable": report why it broke.
+      error = commitError(lease.noteFailure(cause as Error) ? lease.failure as Error : cause as Error)
     }
     if (error === null) {
       counters.commits++

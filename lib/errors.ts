@@ -32,6 +32,12 @@ export const ConnectionFailedError = createError(
   503
 )
 
+export const ConnectionLostError = createError(
+  'FST_DB_SESSION_CONNECTION_LOST',
+  'The database connection was lost during the transaction, which PostgreSQL rolled back: %s',
+  503
+)
+
 export const CommitFailedError = createError(
   'FST_DB_SESSION_COMMIT_FAILED',
   'COMMIT failed and the transaction was rolled back: %s',
@@ -116,6 +122,7 @@ export const errors = {
   FST_DB_SESSION_TRANSACTION_FINISHED: TransactionFinishedError,
   FST_DB_SESSION_ACQUIRE_TIMEOUT: AcquireTimeoutError,
   FST_DB_SESSION_CONNECTION_FAILED: ConnectionFailedError,
+  FST_DB_SESSION_CONNECTION_LOST: ConnectionLostError,
   FST_DB_SESSION_COMMIT_FAILED: CommitFailedError,
   FST_DB_SESSION_TRANSACTION_ABORTED: TransactionAbortedError,
   FST_DB_SESSION_SERIALIZATION_FAILURE: SerializationFailureError,

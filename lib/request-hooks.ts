@@ -107,9 +107,17 @@ export function installRequestHooks (
     return payload
   }
 
-  fastify.addHook('onError', function (request, _reply, _error, done) {
+  fastify.addHook('onError', function (request, _reply, error, done) {
     const session = (request as SessionRequest)[kSession]
     if (session === null) {
+      done()
+      return
+    }
+    // A handler timeout runs onError while the handler still runs. Held here until the rollback
+    // (behind a query still running), the 503 would wait, and the handler resuming meanwhile would
+    // reply inside onError: FST_ERR_SEND_INSIDE_ONERR, an unhandled rejection. Roll back behind it.
+    if ((error as { code?: string }).code === 'FST_ERR_HANDLER_TIMEOUT') {
+      session.finish(false, 'the handler timed out')
       done()
       return
     }

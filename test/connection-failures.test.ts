@@ -4,6 +4,7 @@ import { createServer } from 'node:net'
 import type { Socket } from 'node:net'
 import Fastify from 'fastify'
 import pg from 'pg'
+import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
 
@@ -57,4 +58,22 @@ t.test('a server that accepts but never answers: 503 at the deadline, and the la
   await app.close()
   await pool.end()
   await new Promise((resolve) => silent.close(resolve))
+})
+
+t.test('a value pg cannot serialize fails its query, but the healthy connection is kept', async (t) => {
+  const db = await testDatabase(t)
+  const app = await db.app()
+  const circular: Record<string, unknown> = {}
+  circular.self = circular
+  app.get('/bad', async (request) => sql`SELECT ${circular}::jsonb AS v`.execute(request.db))
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const bad = await app.inject('/bad')
+  t.equal(bad.statusCode, 500)
+  t.match(bad.json().message, /circular/i, 'the serialization error itself')
+  t.not(bad.json().code, 'FST_DB_SESSION_CONNECTION_LOST', 'not mistaken for a lost connection')
+  const stats = app.db.stats()
+  t.equal(stats.destroyed, 0, 'the connection was returned, not destroyed')
+  t.equal(stats.idle, 1)
+  t.same((await app.inject('/')).json(), { one: 1 }, 'and serves the next request')
+  t.equal(app.db.stats().connectionsCreated, 1, 'the same connection')
 })

@@ -88,14 +88,16 @@ t.test('a backend killed mid-transaction: the next query fails the request, the 
   proceed.resolve()
   const res = await response
 
-  t.ok(res.statusCode >= 500 && res.statusCode < 600, `a 5xx response (got ${res.statusCode})`)
+  t.equal(res.statusCode, 503, 'a lost connection is a 503: the client may retry')
+  t.equal(res.json().code, 'FST_DB_SESSION_CONNECTION_LOST')
+  t.match(res.json().message, /terminating connection due to administrator command/, 'naming why it was lost')
   t.same(await itemNames(db), [], 'the killed transaction\'s row is absent')
   const stats = app.db.stats()
   t.ok(stats.destroyed >= 1, 'the connection was destroyed, not returned')
   t.equal(stats.commits, 0)
   t.equal(stats.total, 0, 'the pool no longer holds the dead connection')
   t.equal(stats.active, 0)
-  t.ok(logs.lines.some((line) => line.level === 40 && line.msg.includes('checked-out database connection failed')), 'the failure was logged as a warning')
+  t.equal(logs.lines.filter((line) => line.level === 40 && line.msg.includes('checked-out database connection failed')).length, 1, 'the failure was logged as a warning, once')
 
   await nextRequestCommits(t, db, app, 0)
   t.same(uncaught, [], 'nothing went unhandled')
@@ -114,6 +116,7 @@ t.test('a backend killed mid-transaction: a handler that just returns gets a fai
 
   t.equal(res.statusCode, 500, 'the client is not told its work succeeded')
   t.equal(res.json().code, 'FST_DB_SESSION_COMMIT_FAILED')
+  t.match(res.json().message, /terminating connection due to administrator command/, 'the reason the connection broke, not pg\'s "not queryable"')
   t.same(await itemNames(db), [], 'the row is absent')
   const stats = app.db.stats()
   t.equal(stats.commits, 0)

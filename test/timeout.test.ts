@@ -4,6 +4,7 @@
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
+import { sql } from 'kysely'
 import { eventually, testDatabase } from './helpers/database.js'
 import { deferred, itemNames } from './helpers/util.js'
 
@@ -35,8 +36,8 @@ t.test('handlerTimeout: the 503 rolls back, the late handler cannot commit', asy
   t.equal(res.statusCode, 503)
   t.equal(res.json().code, 'FST_ERR_HANDLER_TIMEOUT')
 
-  // Rolled back on the error path, before the response went out, while the handler still waits.
-  let stats = app.db.stats()
+  // Rolled back on the error path (the 503 does not wait for it) while the handler still waits.
+  let stats = await eventually(async () => app.db.stats(), (s) => s.rollbacks === 1 && s.active === 0)
   t.equal(stats.rollbacks, 1, 'the timeout rolled the transaction back')
   t.equal(stats.commits, 0)
   t.equal(stats.active, 0, 'the connection is back in the pool while the handler still waits')
@@ -54,6 +55,39 @@ t.test('handlerTimeout: the 503 rolls back, the late handler cannot commit', asy
   t.equal(stats.active, 0)
   t.equal(stats.acquires, 1)
   t.equal(await db.idleInTransaction(), 0)
+})
+
+t.test('handlerTimeout during a running query: the 503 leaves at once, nothing crashes, the rollback follows the query', async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
+  const unhandled: unknown[] = []
+  const onUnhandled = (error: unknown): void => { unhandled.push(error) }
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => { process.removeListener('unhandledRejection', onUnhandled) })
+  const app = await db.app({}, { logger: { level: 'silent' } })
+  const done = deferred<{ code?: string } | null>()
+  app.post('/items', { handlerTimeout: 100 }, async (request) => {
+    await request.db.insertInto('items').values(request.body as { name: string }).execute()
+    await sql`SELECT pg_sleep(0.6)`.execute(request.db)
+    done.resolve(await laterInsert(request))
+    return { ok: true }
+  })
+
+  const res = await app.inject({ method: 'POST', url: '/items', payload: { name: 'apple' } })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_ERR_HANDLER_TIMEOUT')
+  const { rows } = await db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND query LIKE '%pg_sleep(0.6)%' AND state = 'active' AND pid <> pg_backend_pid()", [db.name])
+  t.equal(rows[0].n, 1, 'the 503 arrived while the query still ran: it did not wait for the rollback')
+
+  t.equal((await done.promise)?.code, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'the handler resumed, and its next query was refused')
+  const stats = await eventually(async () => app.db.stats(), (s) => s.rollbacks === 1 && s.active === 0)
+  t.equal(stats.rollbacks, 1, 'rolled back once the query ended')
+  t.equal(stats.active, 0)
+  t.equal(stats.commits, 0)
+  t.same(await itemNames(db), [], 'nothing was committed')
+  t.equal(await db.idleInTransaction(), 0)
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.same(unhandled, [], 'no unhandled rejection (a reply sent inside onError would be one)')
 })
 
 t.test('connectionTimeout: the server destroying the idle socket rolls back', async (t) => {
