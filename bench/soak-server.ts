@@ -162,6 +162,14 @@ app.post<Params>('/soak/timeout/:id', { handlerTimeout: HANDLER_TIMEOUT }, count
   return reply.sent ? reply : { id }
 }))
 
+// The timeout fires while the handler's query still runs: the plugin's onError hook waits for that
+// query, then rolls back; the handler resumes as soon as the query ends, inside that window.
+app.post<Params>('/soak/timeout-query/:id', { handlerTimeout: HANDLER_TIMEOUT }, counted(async (request, reply) => {
+  const id = await insert(request, 'timeout-query')
+  await sql`SELECT pg_sleep(${STALL / 1000})`.execute(db(request))
+  return reply.sent ? reply : { id }
+}))
+
 app.post<Params>('/soak/kill/:id', counted(async (request) => {
   const id = await insert(request, 'kill')
   const { rows: [{ pid }] } = await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(db(request))

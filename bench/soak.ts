@@ -44,7 +44,8 @@ const FATES = [
   { name: 'throw', weight: 12, expected: '500', accepts: (status: number) => status === 500 },
   { name: 'status', weight: 12, expected: '422', accepts: (status: number) => status === 422 },
   { name: 'abort', weight: 12, expected: 'hung up by the client (3 in 4 on the 103 after the insert, 1 in 4 at 0-10 ms)', accepts: (status: number) => status === ABORTED },
-  { name: 'timeout', weight: 12, expected: '503 FST_ERR_HANDLER_TIMEOUT', accepts: (status: number, code?: string) => status === 503 && code === 'FST_ERR_HANDLER_TIMEOUT' },
+  { name: 'timeout', weight: 8, expected: '503 FST_ERR_HANDLER_TIMEOUT', accepts: (status: number, code?: string) => status === 503 && code === 'FST_ERR_HANDLER_TIMEOUT' },
+  { name: 'timeout-query', weight: 4, expected: '503 FST_ERR_HANDLER_TIMEOUT', accepts: (status: number, code?: string) => status === 503 && code === 'FST_ERR_HANDLER_TIMEOUT' },
   { name: 'kill', weight: 12, expected: '5xx', accepts: (status: number) => status >= 500 && status < 600 }
 ]
 for (const part of (process.env.SOAK_MIX ?? '').split(',').filter(Boolean)) {
