@@ -4,7 +4,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import dbSession from '../lib/index.js'
 import { eventually, testDatabase } from './helpers/database.js'
-import { capturedLogs, deferred } from './helpers/util.js'
+import { capturedLogs, deferred, watchUncaught } from './helpers/util.js'
 import type { TestDatabase } from './helpers/database.js'
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
@@ -16,19 +16,6 @@ async function terminate (db: TestDatabase, state: string): Promise<number> {
     [db.name, state]
   )
   return rows.filter((row) => row.killed === true).length
-}
-
-/** Counts what would have crashed the process: an 'error' event nobody listened to ends up here. */
-function watchUncaught (t: Test): Error[] {
-  const seen: Error[] = []
-  const onError = (error: Error): void => { seen.push(error) }
-  process.on('uncaughtException', onError)
-  process.on('unhandledRejection', onError)
-  t.teardown(() => {
-    process.removeListener('uncaughtException', onError)
-    process.removeListener('unhandledRejection', onError)
-  })
-  return seen
 }
 
 async function itemNames (db: TestDatabase): Promise<string[]> {

@@ -1,5 +1,5 @@
 // Small things many tests need: a promise resolved from outside, the rows of an `items` table,
-// and an example server started as its own process.
+// what would have crashed the process, and an example server started as its own process.
 import { spawn } from 'node:child_process'
 import type { ChildProcessByStdio } from 'node:child_process'
 import { once } from 'node:events'
@@ -21,6 +21,19 @@ export function deferred<T = void> (): Deferred<T> {
 export async function itemNames (db: TestDatabase): Promise<string[]> {
   const result = await db.query('SELECT name FROM items ORDER BY id')
   return result.rows.map((row: { name: string }) => row.name)
+}
+
+/** Counts what would have crashed the process: an 'error' event nobody listened to ends up here. */
+export function watchUncaught (t: Test): Error[] {
+  const seen: Error[] = []
+  const onError = (error: Error): void => { seen.push(error) }
+  process.on('uncaughtException', onError)
+  process.on('unhandledRejection', onError)
+  t.teardown(() => {
+    process.removeListener('uncaughtException', onError)
+    process.removeListener('unhandledRejection', onError)
+  })
+  return seen
 }
 
 /**
