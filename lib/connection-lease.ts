@@ -112,10 +112,13 @@ export class Lease implements DatabaseConnection {
   readonly acquiredAt: number
   #error: Error | null = null
   #released = false
-  readonly #onError = (error: Error): void => {
-    // A dying connection reports twice (the server's FATAL, then the closed socket): log the first.
-    if (this.#error === null) this.#source.log.warn({ err: error }, 'fastify-db-session: a checked-out database connection failed; it will be destroyed')
-    this.#error ??= error
+  readonly #onError = (error: Error): void => { this.#broke(error) }
+
+  /** Keeps and logs the first error that broke the connection; a dying one reports several. */
+  #broke (error: Error): void {
+    if (this.#error !== null) return
+    this.#error = error
+    this.#source.log.warn({ err: error }, 'fastify-db-session: a checked-out database connection failed; it will be destroyed')
   }
 
   constructor (client: pg.PoolClient, source: ConnectionSource, acquiredAt: number) {
@@ -169,7 +172,7 @@ export class Lease implements DatabaseConnection {
    * (the backend's FATAL answer can arrive before the socket closes); true if the connection is lost.
    */
   noteFailure (error: Error): boolean {
-    if (this.#error === null && breaksConnection(error, this.client)) this.#error = error
+    if (breaksConnection(error, this.client)) this.#broke(error)
     return this.#error !== null
   }
 

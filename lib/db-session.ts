@@ -2,7 +2,7 @@ import { Transaction } from 'kysely'
 import type { ConnectionProvider, DatabaseConnection, KyselyProps, QueryExecutor } from 'kysely'
 import { ignore, logWarning } from './callbacks.js'
 import type { ConnectionSource, Lease } from './connection-lease.js'
-import { ClosingError, commitError, ConnectionFailedError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
+import { ClosingError, commitError, CommitOutcomeUnknownError, ConnectionFailedError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
 import type { BeginSettings } from './transaction-settings.js'
 import type { LeakOwner, LeakWatch } from './leak-watch.js'
 
@@ -150,20 +150,32 @@ export class DbSession implements ConnectionProvider {
 
   async #commit (lease: Lease): Promise<Error | null> {
     const { counters } = this.#runtime.source
+    const brokenBefore = lease.failure !== null
     let error: Error | null = null
+    let rolledBack = true
     try {
       // PostgreSQL answers COMMIT with a ROLLBACK tag when an earlier statement failed.
       const { command } = await lease.client.query('COMMIT')
       if (command !== 'COMMIT') error = new TransactionAbortedError()
     } catch (cause) {
-      // A connection that broke earlier fails COMMIT with "not queryable": report why it broke.
-      error = commitError(lease.noteFailure(cause as Error) ? lease.failure as Error : cause as Error)
+      if (!lease.noteFailure(cause as Error)) {
+        error = commitError(cause as Error)
+      } else if (brokenBefore || (cause as { code?: string }).code !== undefined) {
+        // Broken before COMMIT was sent, or the server answered COMMIT with an error (a FATAL):
+        // PostgreSQL rolled back. Report why the connection broke, not pg's "not queryable".
+        error = commitError(lease.failure as Error)
+      } else {
+        // The connection was lost with COMMIT on its way or its answer on the way back: it may
+        // have committed, and nobody can say.
+        rolledBack = false
+        error = new CommitOutcomeUnknownError((cause as Error).message, { cause })
+      }
     }
     if (error === null) {
       counters.commits++
     } else {
       counters.commitFailures++
-      counters.rollbacks++
+      if (rolledBack) counters.rollbacks++
     }
     lease.release()
     return error
@@ -172,6 +184,11 @@ export class DbSession implements ConnectionProvider {
   async #rollback (lease: Lease): Promise<null> {
     const { counters, log } = this.#runtime.source
     counters.rollbacks++
+    // A connection that already broke has nothing to roll back: PostgreSQL did it as it ended.
+    if (lease.failure !== null) {
+      lease.release(true)
+      return null
+    }
     const failed = await lease.client.query('ROLLBACK').then(
       () => false,
       (error) => {

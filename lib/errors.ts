@@ -44,6 +44,12 @@ export const CommitFailedError = createError(
   500
 )
 
+export const CommitOutcomeUnknownError = createError(
+  'FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN',
+  'The database connection was lost while COMMIT was in flight, so whether the transaction committed is unknown (%s); check before retrying work that must not run twice',
+  500
+)
+
 export const TransactionAbortedError = createError(
   'FST_DB_SESSION_TRANSACTION_ABORTED',
   'A query in this transaction failed earlier and its error was caught, so PostgreSQL rolled back instead of committing',
@@ -124,6 +130,7 @@ export const errors = {
   FST_DB_SESSION_CONNECTION_FAILED: ConnectionFailedError,
   FST_DB_SESSION_CONNECTION_LOST: ConnectionLostError,
   FST_DB_SESSION_COMMIT_FAILED: CommitFailedError,
+  FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN: CommitOutcomeUnknownError,
   FST_DB_SESSION_TRANSACTION_ABORTED: TransactionAbortedError,
   FST_DB_SESSION_SERIALIZATION_FAILURE: SerializationFailureError,
   FST_DB_SESSION_DEADLOCK: DeadlockError,

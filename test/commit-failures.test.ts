@@ -1,5 +1,8 @@
 import t from 'tap'
 import { testDatabase, eventually } from './helpers/database.js'
+import Fastify from 'fastify'
+import dbSession from '../lib/index.js'
+import { startProxy } from './helpers/tcp-proxy.js'
 
 t.test('a COMMIT that fails is the response: never a 2xx, the database error kept as cause', async (t) => {
   const db = await testDatabase(t)
@@ -93,4 +96,30 @@ t.test('a deadlock at COMMIT answers 409 FST_DB_SESSION_DEADLOCK', async (t) => 
   t.equal(failed.json().code, 'FST_DB_SESSION_DEADLOCK')
   t.equal((await db.query('SELECT sum(touched)::int AS n FROM accounts')).rows[0].n, 1, 'only the survivor committed')
   t.equal(await eventually(() => db.idleInTransaction(), (n) => n === 0), 0)
+})
+
+t.test('a connection lost while COMMIT is in flight: 500 FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN, not "rolled back"', async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
+  const proxy = await startProxy(t, db.url)
+  const app = Fastify({ logger: { level: 'silent' } })
+  t.teardown(() => app.close())
+  await app.register(dbSession, { connectionString: proxy.urlFor(db.url) })
+  app.post('/items', async (request) => {
+    await request.db.insertInto('items').values({ name: 'maybe' }).execute()
+    // COMMIT reaches PostgreSQL; its answer never reaches the app.
+    proxy.cutAfterClientSends = 'COMMIT'
+    return { ok: true }
+  })
+  const res = await app.inject({ method: 'POST', url: '/items' })
+  t.equal(res.statusCode, 500, 'never a 2xx: success was not confirmed')
+  t.equal(res.json().code, 'FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN')
+  t.match(res.json().message, /whether the transaction committed is unknown/)
+  const { rows } = await eventually(() => db.query('SELECT name FROM items'), (r) => r.rows.length === 1)
+  t.same(rows, [{ name: 'maybe' }], 'and indeed it committed: saying "rolled back" would have been a lie')
+  const stats = app.db.stats()
+  t.equal(stats.commitFailures, 1)
+  t.equal(stats.rollbacks, 0, 'not counted as a rollback')
+  t.equal(stats.commits, 0, 'nor as a commit')
+  t.equal(stats.destroyed, 1, 'the lost connection was destroyed')
 })

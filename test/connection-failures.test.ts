@@ -7,6 +7,7 @@ import pg from 'pg'
 import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
+import { capturedLogs } from './helpers/util.js'
 
 t.test('a connection that dies before BEGIN answers 503 FST_DB_SESSION_CONNECTION_FAILED and is destroyed', async (t) => {
   const db = await testDatabase(t)
@@ -76,4 +77,35 @@ t.test('a value pg cannot serialize fails its query, but the healthy connection 
   t.equal(stats.idle, 1)
   t.same((await app.inject('/')).json(), { one: 1 }, 'and serves the next request')
   t.equal(app.db.stats().connectionsCreated, 1, 'the same connection')
+})
+
+t.test('a ROLLBACK that fails on a connection thought healthy: logged, and the connection destroyed', async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (name text)')
+  // A real client whose backend is terminated just as ROLLBACK is asked for.
+  class DyingAtRollback extends pg.Client {
+    query (...args: any[]): any {
+      if (args[0] === 'ROLLBACK') {
+        return super.query('SELECT pg_terminate_backend(pg_backend_pid())')
+          .catch(() => {})
+          .then(() => super.query('ROLLBACK'))
+      }
+      return (super.query as (...a: any[]) => any)(...args)
+    }
+  }
+  const logs = capturedLogs()
+  const app = Fastify(logs.options)
+  t.teardown(() => app.close())
+  await app.register(dbSession, { pool: { connectionString: db.url, Client: DyingAtRollback } })
+  app.post('/', async (request) => {
+    await request.db.insertInto('items' as never).values({ name: 'x' } as never).execute()
+    throw new Error('the handler fails')
+  })
+  const res = await app.inject({ method: 'POST', url: '/' })
+  t.equal(res.json().message, 'the handler fails')
+  t.ok(logs.lines.some((line) => line.level === 40 && line.msg.includes('ROLLBACK failed; destroying the connection')), 'the failed ROLLBACK was logged')
+  const stats = app.db.stats()
+  t.equal(stats.destroyed, 1)
+  t.equal(stats.total, 0)
+  t.equal((await db.query('SELECT count(*)::int AS n FROM items')).rows[0].n, 0, 'nothing committed')
 })

@@ -11,6 +11,11 @@ export interface TcpProxy {
   mode: ProxyMode
   /** Connections accepted so far, whatever the mode. */
   readonly accepted: number
+  /**
+   * When a client sends a chunk containing this text: forward it, then cut the client off at once
+   * (the server still gets it and answers into the void), and the server side a moment later.
+   */
+  cutAfterClientSends: string | null
   /** A connection string to the database `url` names, through the proxy. */
   urlFor: (url: string) => string
 }
@@ -35,10 +40,18 @@ export async function startProxy (t: Teardown, targetUrl: string, mode: ProxyMod
     sockets.add(upstream)
     upstream.on('close', () => { sockets.delete(upstream); socket.destroy() })
     upstream.on('error', () => {})
-    socket.on('close', () => upstream.destroy())
+    // Left open a moment after a cut, so that the server can finish what it was sent.
+    socket.on('close', () => { if (proxy.cutAfterClientSends === null) upstream.destroy() })
     // Forwarded chunk by chunk, so that going silent also stalls connections already open.
-    socket.on('data', (chunk) => { if (proxy.mode === 'up') upstream.write(chunk) })
-    upstream.on('data', (chunk) => { if (proxy.mode === 'up') socket.write(chunk) })
+    socket.on('data', (chunk: Buffer) => {
+      if (proxy.mode !== 'up') return
+      upstream.write(chunk)
+      if (proxy.cutAfterClientSends !== null && chunk.includes(proxy.cutAfterClientSends)) {
+        socket.destroy()
+        setTimeout(() => upstream.destroy(), 300)
+      }
+    })
+    upstream.on('data', (chunk) => { if (proxy.mode === 'up' && !socket.destroyed) socket.write(chunk) })
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const { port } = server.address() as { port: number }
@@ -49,6 +62,7 @@ export async function startProxy (t: Teardown, targetUrl: string, mode: ProxyMod
   const proxy: TcpProxy = {
     port,
     mode,
+    cutAfterClientSends: null,
     get accepted () { return accepted },
     urlFor (url: string) {
       const through = new URL(url)
