@@ -212,7 +212,9 @@ export declare const errors: {
   readonly FST_DB_SESSION_TRANSACTION_FINISHED: FastifyErrorConstructor
   readonly FST_DB_SESSION_ACQUIRE_TIMEOUT: FastifyErrorConstructor
   readonly FST_DB_SESSION_CONNECTION_FAILED: FastifyErrorConstructor
+  readonly FST_DB_SESSION_CONNECTION_LOST: FastifyErrorConstructor
   readonly FST_DB_SESSION_COMMIT_FAILED: FastifyErrorConstructor
+  readonly FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN: FastifyErrorConstructor
   readonly FST_DB_SESSION_TRANSACTION_ABORTED: FastifyErrorConstructor
   readonly FST_DB_SESSION_SERIALIZATION_FAILURE: FastifyErrorConstructor
   readonly FST_DB_SESSION_DEADLOCK: FastifyErrorConstructor

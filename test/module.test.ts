@@ -37,3 +37,15 @@ t.test('the built plugin works end to end', async (t) => {
   t.same((await app.inject('/')).json(), { greeting: 'hello' })
   t.equal(app.db.stats().commits, 1)
 })
+
+t.test('every error code is in the runtime errors, the types and the README, and no other', async (t) => {
+  const { readFile } = await import('node:fs/promises')
+  const typings = await readFile(new URL('../index.d.ts', import.meta.url), 'utf8')
+  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8')
+  const runtime = Object.keys(errors).sort()
+  const typed = [...typings.matchAll(/readonly (FST_DB_SESSION_\w+): FastifyErrorConstructor/g)].map((m) => m[1]).sort()
+  const documented = [...new Set([...readme.matchAll(/^\| `(FST_DB_SESSION_\w+)` \|/gm)].map((m) => m[1]))].sort()
+  t.same(typed, runtime, 'index.d.ts lists exactly the runtime errors')
+  t.same(documented, runtime, 'the README\'s error table lists exactly the runtime errors')
+  for (const code of runtime) t.equal(new (errors as Record<string, new (...a: unknown[]) => { code: string }>)[code]('x', 'y').code, code)
+})
