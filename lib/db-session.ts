@@ -6,6 +6,8 @@ import { ClosingError, commitError, CommitOutcomeUnknownError, ConnectionFailedE
 import type { BeginSettings } from './transaction-settings.js'
 import type { LeakOwner, LeakWatch } from './leak-watch.js'
 
+const SETTLED = Promise.resolve()
+
 /** What every unit of work of one plugin instance shares. */
 export interface SessionRuntime {
   readonly source: ConnectionSource
@@ -31,8 +33,17 @@ export class DbSession implements ConnectionProvider {
   readonly #context: (() => string) | null
   #transaction: Transaction<any> | null = null
   #opening: Promise<Lease> | null = null
-  /** pg must not be handed a second query before the first ends: queries run one at a time. */
-  #queue: Promise<unknown> = Promise.resolve()
+  /** The connection, once BEGIN succeeded. */
+  #lease: Lease | null = null
+  /**
+   * pg must not be handed a second query before the first ends: queries run one at a time.
+   * While one runs, later ones wait here, in order; a plain flag and array rather than a chain
+   * of promises, so that a query nobody waits behind costs no promise for the queue.
+   */
+  #running = false
+  #waiting: Array<() => void> | null = null
+  /** Resolves a finish waiting for the running and waiting queries to end. */
+  #drained: (() => void) | null = null
   #finishing: Promise<Error | null> | null = null
   #finishReason = ''
   /** Why the work was ended for its owner (close()): reported, once, to whoever then asks to commit. */
@@ -69,10 +80,30 @@ export class DbSession implements ConnectionProvider {
     if (this.#finishing !== null) return Promise.reject(new TransactionFinishedError(this.#finishReason))
     // Captured here, while the caller's frames are still on the stack.
     if (this.#opening === null && this.#runtime.leakWatch !== null) this.#firstQuery = new Error('the first query was issued here')
-    const run = async (): Promise<T> => consumer(await (this.#opening ??= this.#open()))
-    const result = this.#queue.then(run, run)
-    this.#queue = result.then(ignore, ignore)
-    return result
+    if (!this.#running) return this.#run(consumer)
+    return new Promise<T>((resolve, reject) => {
+      (this.#waiting ??= []).push(() => { this.#run(consumer).then(resolve, reject) })
+    })
+  }
+
+  async #run<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
+    this.#running = true
+    try {
+      return await consumer(this.#lease ?? await (this.#opening ??= this.#open()))
+    } finally {
+      this.#next()
+    }
+  }
+
+  /** Starts the next waiting query, or notes that none runs. */
+  #next (): void {
+    const next = this.#waiting?.shift()
+    if (next !== undefined) {
+      next()
+      return
+    }
+    this.#running = false
+    if (this.#drained !== null) this.#drained()
   }
 
   async #open (): Promise<Lease> {
@@ -91,6 +122,7 @@ export class DbSession implements ConnectionProvider {
     if (leakWatch !== null && this.#owner !== null) {
       this.#stopWatching = leakWatch.watch(this.#owner(), this.#firstQuery as Error, () => { this.#abandon(lease) })
     }
+    this.#lease = lease
     return lease
   }
 
@@ -109,7 +141,10 @@ export class DbSession implements ConnectionProvider {
     if (this.#finishing === null) {
       this.#finishReason = reason
       this.onFinish()
-      this.#finishing = this.#queue.then(() => this.#end(commit))
+      // After the queries already issued, and never within this call: whoever finishes (the
+      // hold limit) may destroy the connection first, and then no ROLLBACK is sent.
+      const drained = this.#running ? new Promise<void>((resolve) => { this.#drained = resolve }) : SETTLED
+      this.#finishing = drained.then(() => this.#end(commit))
     } else if (commit && this.#interruption !== null) {
       // Its owner still means to commit, but the work was rolled back for it: say so.
       return this.#finishing.then(() => this.takeInterruption())
@@ -130,14 +165,11 @@ export class DbSession implements ConnectionProvider {
     return error
   }
 
+  /** Runs when no query runs or waits: the open, if one was tried, has settled. */
   async #end (commit: boolean): Promise<Error | null> {
-    if (this.#opening === null) return null
-    let lease: Lease
-    try {
-      lease = await this.#opening
-    } catch {
-      return null // it never opened; the query that tried has already thrown
-    }
+    const lease = this.#lease
+    // Never opened, or its open failed (the query that tried has already thrown).
+    if (lease === null) return null
     this.#runtime.live.delete(this)
     this.#stopWatching()
     // close() or the hold limit destroyed the connection: PostgreSQL rolled back; a commit cannot be had.

@@ -35,7 +35,8 @@ export function installRequestHooks (
     // Listened to only by requests that use the database: others pay nothing for it.
     const response = reply.raw
     const onClose = (): void => { finishOnClose(session, request, reply) }
-    response.once('close', onClose)
+    // on, not once: the finish that onClose starts removes it, as any other finish does.
+    response.on('close', onClose)
     session.onFinish = () => { response.removeListener('close', onClose) }
     // A client gone before the first query: the close has passed already.
     if (response.destroyed) onClose()
@@ -92,19 +93,20 @@ export function installRequestHooks (
     return finishBeforeSending(session, request, reply, payload)
   })
 
-  async function finishBeforeSending (session: DbSession, request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
+  // Not async: the finish's own promise, continued once, is all that Fastify waits on.
+  function finishBeforeSending (session: DbSession, request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
     let commit: boolean
     try {
       // Nobody would learn of a commit made for a client that is gone.
       commit = !reply.raw.destroyed && decide(request, reply)
     } catch (error) {
-      await session.finish(false, 'commitWhen threw')
-      throw error
+      return session.finish(false, 'commitWhen threw').then(() => { throw error })
     }
     // A failed COMMIT becomes the response: the client never hears "200 OK" for lost work.
-    const failure = await session.finish(commit, 'the response was sent')
-    if (failure !== null) throw failure
-    return payload
+    return session.finish(commit, 'the response was sent').then((failure) => {
+      if (failure !== null) throw failure
+      return payload
+    })
   }
 
   fastify.addHook('onError', function (request, _reply, error, done) {
