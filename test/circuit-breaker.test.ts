@@ -55,9 +55,9 @@ t.test('a probe that fails opens the circuit again; while the probe is out, othe
   await new Promise((resolve) => setTimeout(resolve, 220))
 
   const before = proxy.accepted
-  const [probe, other] = await Promise.all([app.inject('/'), app.inject('/')])
-  t.equal(probe.json().code, 'FST_DB_SESSION_CONNECTION_FAILED', 'the probe tried and failed')
-  t.equal(other.json().code, 'FST_DB_SESSION_DATABASE_UNAVAILABLE', 'the other request was not let through beside it')
+  const codes = (await Promise.all([app.inject('/'), app.inject('/')])).map((res) => res.json().code).sort()
+  // Whichever asked first was the probe: it tried and failed; the other was not let through beside it.
+  t.same(codes, ['FST_DB_SESSION_CONNECTION_FAILED', 'FST_DB_SESSION_DATABASE_UNAVAILABLE'])
   t.equal(proxy.accepted, before + 1, 'exactly one connect was attempted')
   t.equal(app.db.stats().circuitOpen, true, 'the failed probe opened the circuit again')
   t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_DATABASE_UNAVAILABLE', 'for a new cool-down')
