@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
+import { postItem } from './helpers/util.js'
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
 
@@ -53,14 +54,8 @@ async function holdingApp (db: TestDatabase, acquireTimeoutMillis: number): Prom
 
 async function send (base: string, name: string): Promise<Omit<Outcome, 'serverMillis'>> {
   const started = Date.now()
-  const response = await fetch(`${base}/items`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ name }),
-    signal: AbortSignal.timeout(30_000)
-  })
-  const body = await response.json() as { code?: string, message?: string }
-  return { name, status: response.status, code: body.code, message: body.message, retryAfter: response.headers.get('retry-after'), millis: Date.now() - started }
+  const answer = await postItem(base, name)
+  return { name, ...answer, millis: Date.now() - started }
 }
 
 /**

@@ -13,7 +13,7 @@ import pg from 'pg'
 import dbSession from '../lib/index.js'
 import { freePort } from '../examples/embedded-postgres.mjs'
 import { eventually } from './helpers/database.js'
-import { watchUncaught } from './helpers/util.js'
+import { postItem, watchUncaught } from './helpers/util.js'
 
 // Its own initdb, two starts and the stream: more than tap's default 30 s on a slow machine.
 t.setTimeout(180_000)
@@ -135,14 +135,8 @@ interface Outcome {
 async function send (base: string, name: string): Promise<Outcome> {
   const sentAt = Date.now()
   try {
-    const response = await fetch(`${base}/items`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ name }),
-      signal: AbortSignal.timeout(30_000)
-    })
-    const body = await response.json() as { code?: string, message?: string }
-    return { name, sentAt, answeredAt: Date.now(), status: response.status, code: body.code, message: body.message }
+    const { status, code, message } = await postItem(base, name)
+    return { name, sentAt, answeredAt: Date.now(), status, code, message }
   } catch (error) {
     return { name, sentAt, answeredAt: Date.now(), status: 0, code: undefined, message: String(error) }
   }

@@ -74,3 +74,18 @@ export function capturedLogs (): { lines: LogLine[], stream: Writable, options: 
   })
   return { lines, stream, options: { logger: { level: 'warn', stream } } }
 }
+
+/** What a client sees of POST /items. */
+export interface ItemAnswer { status: number, code: string | undefined, message: string | undefined, retryAfter: string | null }
+
+/** POSTs `{ name }` as JSON to `${base}/items` over HTTP, giving up after 30 s. */
+export async function postItem (base: string, name: string): Promise<ItemAnswer> {
+  const response = await fetch(`${base}/items`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name }),
+    signal: AbortSignal.timeout(30_000)
+  })
+  const body = await response.json() as { code?: string, message?: string }
+  return { status: response.status, code: body.code, message: body.message, retryAfter: response.headers.get('retry-after') }
+}
