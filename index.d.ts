@@ -85,8 +85,8 @@ export interface FastifyDbSessionOptions extends DbTransactionSettings {
   context?: Record<string, (request: FastifyRequest) => DbContextValue>
   /** The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`. */
   name?: string
-  /** Serves `metrics()` on this GET path, e.g. `'/metrics'`. Default: no route. */
-  metricsRoute?: string
+  /** Serves `metrics()` on this GET path, e.g. `'/metrics'`. Default (or `false`): no route. */
+  metricsRoute?: string | false
   /**
    * Logs a warning (once, with route, request id, age and where the first query was issued) for a
    * transaction that holds its connection longer than this, and counts it in `leaks`. Default 0 (off).

@@ -45,25 +45,26 @@ export async function checkStartup (pool: pg.Pool, settings: StartupCheckSetting
  */
 export async function ping (source: ConnectionSource, timeoutMillis: number): Promise<number> {
   const started = performance.now()
-  let lease: Lease | null = null
-  let timer: NodeJS.Timeout | undefined
+  // Set by the attempt once it has a connection, for the deadline to destroy.
+  const held: { lease: Lease | null } = { lease: null }
   const attempt = (async () => {
-    lease = await source.acquire()
-    await lease.client.query('SELECT 1')
+    held.lease = await source.acquire()
+    await held.lease.client.query('SELECT 1')
   })()
+  let timer: NodeJS.Timeout | undefined
   const deadline = new Promise<never>((_resolve, reject) => {
     timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMillis} ms`)), timeoutMillis)
   })
   try {
     await Promise.race([attempt, deadline])
   } catch (cause) {
-    // A lease acquired after the deadline is handed back by the attempt's own continuation.
-    attempt.then(() => (lease as Lease | null)?.release(true), ignore)
-    ;(lease as Lease | null)?.release(true)
+    held.lease?.release(true)
+    // A connection acquired after the deadline is destroyed when the attempt gets it.
+    attempt.then(() => held.lease?.release(true), ignore)
     throw new PingFailedError((cause as Error).message, { cause })
   } finally {
     clearTimeout(timer)
   }
-  ;(lease as unknown as Lease).release()
+  ;(held.lease as Lease).release()
   return performance.now() - started
 }
