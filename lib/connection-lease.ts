@@ -2,12 +2,14 @@ import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
 import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
 import { ignore } from './callbacks.js'
+import { beginWithQuery } from './begin-with-query.js'
 import { AcquireTimeoutError, ClosingError, ConnectionFailedError, ConnectionLostError, knownQueryError, StreamUnsupportedError, withRetryAfter } from './errors.js'
 import type { CircuitBreaker } from './circuit-breaker.js'
 import type { PoolCounters } from './pool-stats.js'
 
 // pg-pool reports its own connectionTimeoutMillis this way (it has no error code); ours matches it.
 const PG_TIMEOUT_MESSAGE = 'timeout exceeded when trying to connect'
+const NO_PARAMETERS: readonly unknown[] = []
 
 /** Hands out pooled connections with a deadline, and knows every one that is checked out. */
 export class ConnectionSource {
@@ -38,36 +40,45 @@ export class ConnectionSource {
     this.#closed = true
   }
 
-  async acquire (): Promise<Lease> {
-    if (this.#closed) throw new ClosingError()
-    this.#admit()
+  /** A connection from the pool, within the acquire deadline; through pg-pool's callback, which costs no promise of its own. */
+  acquire (): Promise<Lease> {
+    if (this.#closed) return Promise.reject(new ClosingError())
+    const refused = this.#admit()
+    if (refused !== null) return Promise.reject(refused)
     const asked = performance.now()
-    let client: pg.PoolClient
-    try {
-      client = this.#deadline > 0 ? await connectWithin(this.pool, this.#deadline) : await this.pool.connect()
-    } catch (cause) {
-      throw this.#acquireError(cause as Error)
-    }
-    this.#breaker?.succeeded()
-    // A caller that waited in the pool's queue while close() ran gets no connection after it.
-    if (this.#closed) {
-      client.release()
-      throw new ClosingError()
-    }
-    const acquired = performance.now()
-    this.counters.acquires++
-    this.counters.acquireWait.observe((acquired - asked) / 1000)
-    const lease = new Lease(client, this, acquired)
-    this.leases.add(lease)
-    return lease
+    return new Promise((resolve, reject) => {
+      const settle = (cause: Error | null | undefined, client?: pg.PoolClient): void => {
+        if (cause !== null && cause !== undefined) {
+          reject(this.#acquireError(cause))
+          return
+        }
+        this.#breaker?.succeeded()
+        // A caller that waited in the pool's queue while close() ran gets no connection after it.
+        if (this.#closed) {
+          (client as pg.PoolClient).release()
+          reject(new ClosingError())
+          return
+        }
+        const acquired = performance.now()
+        this.counters.acquires++
+        this.counters.acquireWait.observe((acquired - asked) / 1000)
+        const lease = new Lease(client as pg.PoolClient, this, acquired)
+        this.leases.add(lease)
+        resolve(lease)
+      }
+      if (this.#deadline > 0) connectWithin(this.pool, this.#deadline).then((client) => { settle(null, client) }, settle)
+      else this.pool.connect(settle)
+    })
   }
 
-  #admit (): void {
+  /** The circuit breaker's refusal, if it refuses. */
+  #admit (): Error | null {
     try {
       this.#breaker?.admit()
+      return null
     } catch (error) {
       this.counters.circuitRejections++
-      throw error
+      return error as Error
     }
   }
 
@@ -112,10 +123,8 @@ export class Lease implements DatabaseConnection {
   readonly acquiredAt: number
   #error: Error | null = null
   #released = false
-  readonly #onError = (error: Error): void => { this.#broke(error) }
-
   /** Keeps and logs the first error that broke the connection; a dying one reports several. */
-  #broke (error: Error): void {
+  broke (error: Error): void {
     if (this.#error !== null) return
     this.#error = error
     this.#source.log.warn({ err: error }, 'fastify-db-session: a checked-out database connection failed; it will be destroyed')
@@ -125,7 +134,10 @@ export class Lease implements DatabaseConnection {
     this.client = client
     this.#source = source
     this.acquiredAt = acquiredAt
-    client.on('error', this.#onError)
+    const listened = client as ListenedClient
+    // One listener for the client's life, rather than one added and removed per checkout.
+    if (listened[kLease] === undefined) client.on('error', toLease)
+    listened[kLease] = this
   }
 
   /** Used by Kysely's PostgresDriver for query cancellation. */
@@ -143,24 +155,45 @@ export class Lease implements DatabaseConnection {
   }
 
   /**
-   * The `DatabaseConnection` face, for `request.db`: results shaped as Kysely's PostgresDriver
-   * shapes them; a serialization failure or deadlock becomes its retryable 409 error.
+   * The `DatabaseConnection` face, for Kysely's own executor (what a session's short path leaves
+   * to it): results shaped as Kysely's PostgresDriver shapes them, errors as queryError says.
    */
   async executeQuery<R> (compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
-    let result: pg.QueryResult
     try {
-      result = await this.client.query(compiledQuery.sql, compiledQuery.parameters as unknown[])
+      return kyselyResult(await this.command(compiledQuery.sql, compiledQuery.parameters))
     } catch (error) {
-      if (this.noteFailure(error as Error)) throw new ConnectionLostError((this.failure as Error).message, { cause: this.failure })
-      throw knownQueryError(error as Error) ?? error
+      throw this.queryError(error as Error)
     }
-    const { command, rowCount, rows } = result
-    return {
-      numAffectedRows: command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE'
-        ? BigInt(rowCount as number)
-        : undefined,
-      rows
-    }
+  }
+
+  /**
+   * The query, pg's raw result; with a `prelude` (BEGIN and its settings), behind it in one round
+   * trip, and a BeginFailure then means no transaction was opened. Errors are pg's: the caller
+   * passes them through queryError where it awaits, so that their stacks lead back to it.
+   */
+  run (compiledQuery: CompiledQuery, prelude: readonly string[] | null): Promise<pg.QueryResult> {
+    const { sql, parameters } = compiledQuery
+    return prelude === null ? this.command(sql, parameters) : beginWithQuery(this.client, prelude, sql, parameters)
+  }
+
+  /** What a failed query is reported as: a lost connection, a serialization failure or deadlock (409), or pg's error. */
+  queryError (error: Error): Error {
+    if (this.noteFailure(error)) return new ConnectionLostError((this.failure as Error).message, { cause: this.failure })
+    const known = knownQueryError(error)
+    if (known !== null) return known
+    // pg's own error carries the stack of the socket's read: point it at the caller instead.
+    Error.captureStackTrace(error)
+    return error
+  }
+
+  /** One statement, through pg's callback: a promise of our own rather than pg's two. */
+  command (sql: string, parameters: readonly unknown[] = NO_PARAMETERS): Promise<pg.QueryResult> {
+    return new Promise((resolve, reject) => {
+      this.client.query(sql, parameters as unknown[], (error: Error | null, result: pg.QueryResult) => {
+        if (error === null) resolve(result)
+        else reject(error)
+      })
+    })
   }
 
   async * streamQuery<R> (): AsyncIterableIterator<QueryResult<R>> {
@@ -172,7 +205,7 @@ export class Lease implements DatabaseConnection {
    * (the backend's FATAL answer can arrive before the socket closes); true if the connection is lost.
    */
   noteFailure (error: Error): boolean {
-    if (breaksConnection(error, this.client)) this.#broke(error)
+    if (breaksConnection(error, this.client)) this.broke(error)
     return this.#error !== null
   }
 
@@ -187,7 +220,8 @@ export class Lease implements DatabaseConnection {
     this.#released = true
     this.#source.leases.delete(this)
     this.#source.counters.hold.observe((performance.now() - this.acquiredAt) / 1000)
-    this.client.removeListener('error', this.#onError)
+    const listened: ListenedClient = this.client
+    listened[kLease] = null
     // pg keeps the backend's transaction status from its last ReadyForQuery ('I' is idle). A failed
     // query rejects before its ReadyForQuery arrives; pg then queues the next user's query until it does.
     // pg-pool itself drops a client that is no longer queryable; count it as destroyed too.
@@ -195,6 +229,24 @@ export class Lease implements DatabaseConnection {
     const inDoubt = discard || this.#error !== null || !queryable || (readyForQuery && status !== 'I')
     if (inDoubt) this.#source.counters.destroyed++
     this.client.release(inDoubt ? (this.#error ?? new Error('fastify-db-session: connection state in doubt')) : undefined)
+  }
+}
+
+const kLease = Symbol('fastify-db-session.lease')
+type ListenedClient = pg.PoolClient & { [kLease]?: Lease | null }
+
+/** A client's error, to its lease while it is checked out; when idle, pg-pool's own listener reports it. */
+function toLease (this: ListenedClient, error: Error): void {
+  this[kLease]?.broke(error)
+}
+
+/** A pg result as Kysely's PostgresDriver shapes it (several statements give pg an array: no rows). */
+export function kyselyResult<R> ({ command, rowCount, rows = [] }: pg.QueryResult): QueryResult<R> {
+  return {
+    numAffectedRows: command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE'
+      ? BigInt(rowCount as number)
+      : undefined,
+    rows
   }
 }
 

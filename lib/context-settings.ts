@@ -18,12 +18,12 @@ export function checkSettingNames (names: string[], where: string): void {
 /**
  * The statement that follows BEGIN in the same round trip: one SELECT of transaction-local
  * set_config calls (never SET, which would outlive the transaction on a pooled connection).
- * Values are quoted by pg's escapeLiteral: the simple protocol that carries both statements
- * takes no parameters. null and undefined set the empty string, so a value never survives from
- * an earlier request.
+ * Values are quoted by pg's escapeLiteral, so that the statement is complete in itself: it
+ * travels as a prelude before the first query, or in a simple-protocol string with BEGIN.
+ * null and undefined set the empty string, so a value never survives from an earlier request.
  */
 export function contextStatement (values: Record<string, DbContextValue>): string {
-  let sql = '; SELECT '
+  let sql = 'SELECT '
   let first = true
   for (const name in values) {
     const value = values[name]

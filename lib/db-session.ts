@@ -1,6 +1,9 @@
 import { Transaction } from 'kysely'
-import type { ConnectionProvider, DatabaseConnection, KyselyProps, QueryExecutor } from 'kysely'
+import type { AbortableOperationOptions, AbortableQueryOptions, CompiledQuery, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
+import { BeginFailure, canFollowBegin } from './begin-with-query.js'
 import { ignore, logWarning } from './callbacks.js'
+import type pg from 'pg'
+import { kyselyResult } from './connection-lease.js'
 import type { ConnectionSource, Lease } from './connection-lease.js'
 import { ClosingError, commitError, CommitOutcomeUnknownError, ConnectionFailedError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
 import type { BeginSettings } from './transaction-settings.js'
@@ -11,7 +14,7 @@ const SETTLED = Promise.resolve()
 /** What every unit of work of one plugin instance shares. */
 export interface SessionRuntime {
   readonly source: ConnectionSource
-  /** The plugin's Kysely executor (compiler, adapter, plugins); each session swaps in itself as connection provider. */
+  /** The plugin's Kysely executor: its compiler, adapter and plugins serve every session. */
   readonly executor: QueryExecutor
   readonly props: Omit<KyselyProps, 'executor'>
   /** Sessions holding or opening a connection, so that close() can end them. */
@@ -25,15 +28,19 @@ export interface SessionRuntime {
 /**
  * One unit of work: a transaction opened by its first query, and one idempotent finish that
  * commits or rolls back, then returns the connection exactly once.
+ *
+ * It is its Kysely transaction's query executor: a query goes straight to the connection, and
+ * the first one follows BEGIN in the same round trip. Compiling and plugins are the plugin's
+ * shared executor's; only what Kysely's executor does per query (a connection-provider callback,
+ * async layers) is left out.
  */
-export class DbSession implements ConnectionProvider {
+export class DbSession implements QueryExecutor {
   readonly #runtime: SessionRuntime
   readonly #settings: BeginSettings
-  /** Builds what follows BEGIN in its round trip (the context's set_config calls), or null. */
+  /** Builds the statement that follows BEGIN in its round trip (the context's set_config calls), or null. */
   readonly #context: (() => string) | null
   #transaction: Transaction<any> | null = null
-  #opening: Promise<Lease> | null = null
-  /** The connection, once BEGIN succeeded. */
+  /** The connection, once BEGIN was sent on it and the transaction is open. */
   #lease: Lease | null = null
   /**
    * pg must not be handed a second query before the first ends: queries run one at a time.
@@ -53,8 +60,6 @@ export class DbSession implements ConnectionProvider {
   /** Where the first query was issued, kept for a leak report. */
   #firstQuery: Error | null = null
   #stopWatching: () => void = ignore
-  /** Called once when the finish starts (a request uses it to stop listening to its response). */
-  onFinish: () => void = ignore
 
   constructor (runtime: SessionRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null) {
     this.#runtime = runtime
@@ -65,10 +70,8 @@ export class DbSession implements ConnectionProvider {
 
   /** The Kysely transaction users query through; nothing is sent until its first query. */
   get transaction (): Transaction<any> {
-    this.#transaction ??= new Transaction({
-      ...this.#runtime.props,
-      executor: this.#runtime.executor.withConnectionProvider(this)
-    })
+    const { config, dialect, driver } = this.#runtime.props
+    this.#transaction ??= new Transaction({ config, dialect, driver, executor: this })
     return this.#transaction
   }
 
@@ -76,20 +79,109 @@ export class DbSession implements ConnectionProvider {
     return this.#finishing !== null
   }
 
+  // QueryExecutor: what does not run a query is the shared executor's.
+  get adapter (): DialectAdapter {
+    return this.#runtime.executor.adapter
+  }
+
+  get plugins (): readonly KyselyPlugin[] {
+    return this.#runtime.executor.plugins
+  }
+
+  transformQuery<T extends RootOperationNode> (node: T, queryId: QueryId): T {
+    return this.#runtime.executor.transformQuery(node, queryId)
+  }
+
+  compileQuery<R = unknown> (node: RootOperationNode, queryId: QueryId): CompiledQuery<R> {
+    return this.#runtime.executor.compileQuery(node, queryId)
+  }
+
+  /** Kysely's own executor on this session's connection: for what the short path does not cover. */
+  #kyselyExecutor (): QueryExecutor {
+    return this.#runtime.executor.withConnectionProvider(this)
+  }
+
+  withConnectionProvider (connectionProvider: ConnectionProvider): QueryExecutor {
+    return this.#runtime.executor.withConnectionProvider(connectionProvider)
+  }
+
+  withPlugin (plugin: KyselyPlugin): QueryExecutor {
+    return this.#kyselyExecutor().withPlugin(plugin)
+  }
+
+  withPlugins (plugins: readonly KyselyPlugin[]): QueryExecutor {
+    return this.#kyselyExecutor().withPlugins(plugins)
+  }
+
+  withPluginAtFront (plugin: KyselyPlugin): QueryExecutor {
+    return this.#kyselyExecutor().withPluginAtFront(plugin)
+  }
+
+  withoutPlugins (): QueryExecutor {
+    return this.#kyselyExecutor().withoutPlugins()
+  }
+
+  stream<R> (compiledQuery: CompiledQuery<R>, chunkSize: number, options?: AbortableOperationOptions): AsyncIterableIterator<QueryResult<R>> {
+    return this.#kyselyExecutor().stream(compiledQuery, chunkSize, options)
+  }
+
+  executeQuery<R> (compiledQuery: CompiledQuery<R>, options?: AbortableQueryOptions): Promise<QueryResult<R>> {
+    // Cancellation by AbortSignal is Kysely's own machinery: it gets Kysely's path.
+    if (options?.signal !== undefined) return this.#kyselyExecutor().executeQuery(compiledQuery, options)
+    const refused = this.#refusal()
+    if (refused !== null) return refused
+    return this.#running ? this.#later(() => this.#runQuery(compiledQuery)) : this.#runQuery(compiledQuery)
+  }
+
+  /** ConnectionProvider, for Kysely's executor: the consumer gets the open transaction's connection. */
   provideConnection<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
+    const refused = this.#refusal()
+    if (refused !== null) return refused
+    return this.#running ? this.#later(() => this.#runConsumer(consumer)) : this.#runConsumer(consumer)
+  }
+
+  /** A query after the finish is refused; a first query is remembered for a leak report. */
+  #refusal (): Promise<never> | null {
     if (this.#finishing !== null) return Promise.reject(new TransactionFinishedError(this.#finishReason))
     // Captured here, while the caller's frames are still on the stack.
-    if (this.#opening === null && this.#runtime.leakWatch !== null) this.#firstQuery = new Error('the first query was issued here')
-    if (!this.#running) return this.#run(consumer)
+    if (this.#lease === null && this.#runtime.leakWatch !== null) this.#firstQuery ??= new Error('the first query was issued here')
+    return null
+  }
+
+  /** Runs `run` once the queries before it have ended. */
+  #later<T> (run: () => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      (this.#waiting ??= []).push(() => { this.#run(consumer).then(resolve, reject) })
+      (this.#waiting ??= []).push(() => { run().then(resolve, reject) })
     })
   }
 
-  async #run<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
+  async #runQuery<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
     this.#running = true
     try {
-      return await consumer(this.#lease ?? await (this.#opening ??= this.#open()))
+      const lease = this.#lease
+      let result: QueryResult<R>
+      if (lease === null) {
+        result = await this.#openWith(compiledQuery)
+      } else {
+        try {
+          result = kyselyResult(await lease.run(compiledQuery, null))
+        } catch (error) {
+          throw lease.queryError(error as Error)
+        }
+      }
+      for (const plugin of this.#runtime.executor.plugins) {
+        result = await plugin.transformResult({ queryId: compiledQuery.queryId, result: result as QueryResult<any> }) as QueryResult<R>
+      }
+      return result
+    } finally {
+      this.#next()
+    }
+  }
+
+  async #runConsumer<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
+    this.#running = true
+    try {
+      return await consumer(this.#lease ?? await this.#open())
     } finally {
       this.#next()
     }
@@ -106,24 +198,65 @@ export class DbSession implements ConnectionProvider {
     if (this.#drained !== null) this.#drained()
   }
 
-  async #open (): Promise<Lease> {
+  /** BEGIN and the statements that go with it: the route's settings, then the request's context. */
+  #prelude (): readonly string[] {
     // Built before a connection is taken: a context function that throws costs none.
-    const begin = this.#context === null ? this.#settings.beginSql : this.#settings.beginSql + this.#context()
-    const lease = await this.#runtime.source.acquire()
-    this.#runtime.live.add(this)
+    return this.#context === null ? this.#settings.statements : [...this.#settings.statements, this.#context()]
+  }
+
+  /** Opens the transaction with its first query: one round trip for BEGIN, settings and query. */
+  async #openWith<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
+    if (!canFollowBegin(compiledQuery.sql, compiledQuery.parameters)) return (await this.#open()).executeQuery(compiledQuery)
+    const prelude = this.#prelude()
+    const lease = await this.#acquire()
+    let result: pg.QueryResult
     try {
-      await lease.client.query(begin)
-    } catch (cause) {
-      this.#runtime.live.delete(this)
-      lease.release(true)
-      throw new ConnectionFailedError((cause as Error).message, { cause })
+      result = await lease.run(compiledQuery, prelude)
+    } catch (error) {
+      if (error instanceof BeginFailure) throw this.#notOpened(lease, error.cause as Error)
+      this.#lease = lease
+      throw lease.queryError(error as Error)
     }
+    this.#lease = lease
+    return kyselyResult(result)
+  }
+
+  /** Opens the transaction on its own round trip, for a query that cannot follow BEGIN. */
+  async #open (): Promise<Lease> {
+    const prelude = this.#prelude()
+    const lease = await this.#acquire()
+    try {
+      await lease.command(prelude.join('; '))
+    } catch (cause) {
+      throw this.#notOpened(lease, cause as Error)
+    }
+    this.#lease = lease
+    return lease
+  }
+
+  async #acquire (): Promise<Lease> {
+    let lease: Lease
+    try {
+      lease = await this.#runtime.source.acquire()
+    } catch (error) {
+      // Made in a pool callback: its stack would say nothing of who asked.
+      Error.captureStackTrace(error as Error)
+      throw error
+    }
+    this.#runtime.live.add(this)
     const { leakWatch } = this.#runtime
     if (leakWatch !== null && this.#owner !== null) {
       this.#stopWatching = leakWatch.watch(this.#owner(), this.#firstQuery as Error, () => { this.#abandon(lease) })
     }
-    this.#lease = lease
     return lease
+  }
+
+  /** BEGIN failed: the connection is in doubt, and the query that tried gets a 503. */
+  #notOpened (lease: Lease, cause: Error): Error {
+    this.#runtime.live.delete(this)
+    this.#stopWatching()
+    lease.release(true)
+    return new ConnectionFailedError(cause.message, { cause })
   }
 
   /** Past the hold limit: the work is rolled back by destroying its connection, whatever it is doing. */
@@ -140,7 +273,6 @@ export class DbSession implements ConnectionProvider {
   finish (commit: boolean, reason: string): Promise<Error | null> {
     if (this.#finishing === null) {
       this.#finishReason = reason
-      this.onFinish()
       // After the queries already issued, and never within this call: whoever finishes (the
       // hold limit) may destroy the connection first, and then no ROLLBACK is sent.
       const drained = this.#running ? new Promise<void>((resolve) => { this.#drained = resolve }) : SETTLED
@@ -165,8 +297,8 @@ export class DbSession implements ConnectionProvider {
     return error
   }
 
-  /** Runs when no query runs or waits: the open, if one was tried, has settled. */
-  async #end (commit: boolean): Promise<Error | null> {
+  /** Runs when no query runs or waits: the open, if one was tried, has settled. Not async: the commit's promise is the finish's. */
+  #end (commit: boolean): Promise<Error | null> | null {
     const lease = this.#lease
     // Never opened, or its open failed (the query that tried has already thrown).
     if (lease === null) return null
@@ -175,7 +307,7 @@ export class DbSession implements ConnectionProvider {
     // close() or the hold limit destroyed the connection: PostgreSQL rolled back; a commit cannot be had.
     if (lease.released) {
       this.#runtime.source.counters.rollbacks++
-      return commit ? new ClosingError() : null
+      return commit ? Promise.resolve(new ClosingError()) : null
     }
     return commit ? this.#commit(lease) : this.#rollback(lease)
   }
@@ -187,7 +319,7 @@ export class DbSession implements ConnectionProvider {
     let rolledBack = true
     try {
       // PostgreSQL answers COMMIT with a ROLLBACK tag when an earlier statement failed.
-      const { command } = await lease.client.query('COMMIT')
+      const { command } = await lease.command('COMMIT')
       if (command !== 'COMMIT') error = new TransactionAbortedError()
     } catch (cause) {
       if (!lease.noteFailure(cause as Error)) {
@@ -221,7 +353,7 @@ export class DbSession implements ConnectionProvider {
       lease.release(true)
       return null
     }
-    const failed = await lease.client.query('ROLLBACK').then(
+    const failed = await lease.command('ROLLBACK').then(
       () => false,
       (error) => {
         logWarning(log, 'fastify-db-session: ROLLBACK failed; destroying the connection')(error)

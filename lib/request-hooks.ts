@@ -34,10 +34,12 @@ export function installRequestHooks (
     request[kSession] = session
     // Listened to only by requests that use the database: others pay nothing for it.
     const response = reply.raw
-    const onClose = (): void => { finishOnClose(session, request, reply) }
-    // on, not once: the finish that onClose starts removes it, as any other finish does.
+    const onClose = (): void => {
+      if (!session.finished) finishOnClose(session, request, reply)
+    }
+    // Left in place once the session finished, and then a no-op: removing a response's listener
+    // deletes a property of its event table, which makes every later event on it slower.
     response.on('close', onClose)
-    session.onFinish = () => { response.removeListener('close', onClose) }
     // A client gone before the first query: the close has passed already.
     if (response.destroyed) onClose()
     return session
@@ -54,7 +56,7 @@ export function installRequestHooks (
 
   // Stands in for the session of a request whose response is out: request.db first touched after
   // that (in onResponse, or by work left running) throws instead of holding a connection forever.
-  const responded = new DbSession(runtime, { beginSql: 'BEGIN' })
+  const responded = new DbSession(runtime, { statements: ['BEGIN'] })
   responded.finish(false, 'the response was already sent')
 
   fastify.decorateRequest(kSession, null)

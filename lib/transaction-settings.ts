@@ -4,9 +4,9 @@ import { InvalidOptionError } from './errors.js'
 const ISOLATION_LEVELS = ['read uncommitted', 'read committed', 'repeatable read', 'serializable']
 const ACCESS_MODES = ['read write', 'read only']
 
-/** What a unit of work needs to start: the exact BEGIN statement, built once per settings. */
+/** What a unit of work needs to start: BEGIN and the SET LOCAL statements after it, built once per settings. */
 export interface BeginSettings {
-  readonly beginSql: string
+  readonly statements: readonly string[]
 }
 
 /** Validates transaction settings and builds their BEGIN statement, once, at register/route time. */
@@ -18,17 +18,18 @@ export function beginSettings (settings: DbTransactionSettings, where: string): 
   if (accessMode !== undefined && !ACCESS_MODES.includes(accessMode)) {
     throw new InvalidOptionError(`${where}accessMode must be one of ${ACCESS_MODES.join(', ')}; instead got '${accessMode}'`)
   }
-  let beginSql = 'BEGIN'
-  if (isolationLevel !== undefined) beginSql += ` ISOLATION LEVEL ${isolationLevel.toUpperCase()}`
-  if (accessMode !== undefined) beginSql += ` ${accessMode.toUpperCase()}`
+  let begin = 'BEGIN'
+  if (isolationLevel !== undefined) begin += ` ISOLATION LEVEL ${isolationLevel.toUpperCase()}`
+  if (accessMode !== undefined) begin += ` ${accessMode.toUpperCase()}`
+  const statements = [begin]
   // SET LOCAL ends with the transaction: nothing carries over to the connection's next user.
   if (statementTimeoutMillis !== undefined) {
-    beginSql += `; SET LOCAL statement_timeout = ${milliseconds(statementTimeoutMillis, where + 'statementTimeoutMillis')}`
+    statements.push(`SET LOCAL statement_timeout = ${milliseconds(statementTimeoutMillis, where + 'statementTimeoutMillis')}`)
   }
   if (idleInTransactionTimeoutMillis !== undefined) {
-    beginSql += `; SET LOCAL idle_in_transaction_session_timeout = ${milliseconds(idleInTransactionTimeoutMillis, where + 'idleInTransactionTimeoutMillis')}`
+    statements.push(`SET LOCAL idle_in_transaction_session_timeout = ${milliseconds(idleInTransactionTimeoutMillis, where + 'idleInTransactionTimeoutMillis')}`)
   }
-  return { beginSql }
+  return { statements }
 }
 
 // PostgreSQL takes these as int4 milliseconds; 0 turns the limit off.

@@ -9,33 +9,39 @@ import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
 import { capturedLogs } from './helpers/util.js'
 
-t.test('a connection that dies before BEGIN answers 503 FST_DB_SESSION_CONNECTION_FAILED and is destroyed', async (t) => {
-  const db = await testDatabase(t)
-  // A real client whose backend is terminated just before its first BEGIN, as after a failover.
-  let killed = 0
-  class DyingClient extends pg.Client {
-    query (...args: any[]): any {
-      if (killed === 0 && typeof args[0] === 'string' && args[0].startsWith('BEGIN')) {
-        killed++
-        return super.query('SELECT pg_terminate_backend(pg_backend_pid())')
-          .catch(() => {})
-          .then(() => super.query(args[0]))
+for (const [how, signal] of [['with its first query', undefined], ['on a round trip of its own (a query with an AbortSignal)', new AbortController().signal]] as const) {
+  t.test(`a connection that dies before BEGIN, sent ${how}, answers 503 FST_DB_SESSION_CONNECTION_FAILED and is destroyed`, async (t) => {
+    const db = await testDatabase(t)
+    // A real client whose backend is terminated just before its first transaction, as after a
+    // failover: the first query of a request is the one that carries BEGIN.
+    let killed = 0
+    class DyingClient extends pg.Client {
+      query (...args: any[]): any {
+        const opens = typeof args[0]?.submit === 'function' || (typeof args[0] === 'string' && args[0].startsWith('BEGIN'))
+        if (killed === 0 && opens) {
+          killed++
+          super.query('SELECT pg_terminate_backend(pg_backend_pid())')
+            .catch(() => {})
+            .then(() => (super.query as (...a: any[]) => any)(...args))
+          return
+        }
+        return (super.query as (...a: any[]) => any)(...args)
       }
-      return (super.query as (...a: any[]) => any)(...args)
     }
-  }
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(dbSession, { pool: { connectionString: db.url, Client: DyingClient } })
-  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
-  const failed = await app.inject('/')
-  t.equal(failed.statusCode, 503)
-  t.equal(failed.json().code, 'FST_DB_SESSION_CONNECTION_FAILED')
-  t.equal(app.db.stats().destroyed, 1)
-  t.equal(app.db.stats().active, 0)
-  const next = await app.inject('/')
-  t.same(next.json(), { one: 1 }, 'the next request gets a fresh connection')
-})
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(dbSession, { pool: { connectionString: db.url, Client: DyingClient } })
+    app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst({ signal }))
+    const failed = await app.inject('/')
+    t.equal(failed.statusCode, 503)
+    t.equal(failed.json().code, 'FST_DB_SESSION_CONNECTION_FAILED')
+    t.equal(killed, 1)
+    t.equal(app.db.stats().destroyed, 1)
+    t.equal(app.db.stats().active, 0)
+    const next = await app.inject('/')
+    t.same(next.json(), { one: 1 }, 'the next request gets a fresh connection')
+  })
+}
 
 t.test('a server that accepts but never answers: 503 at the deadline, and the late failure is absorbed', async (t) => {
   const sockets = new Set<Socket>()
@@ -86,9 +92,10 @@ t.test('a ROLLBACK that fails on a connection thought healthy: logged, and the c
   class DyingAtRollback extends pg.Client {
     query (...args: any[]): any {
       if (args[0] === 'ROLLBACK') {
-        return super.query('SELECT pg_terminate_backend(pg_backend_pid())')
+        super.query('SELECT pg_terminate_backend(pg_backend_pid())')
           .catch(() => {})
-          .then(() => super.query('ROLLBACK'))
+          .then(() => (super.query as (...a: any[]) => any)(...args))
+        return
       }
       return (super.query as (...a: any[]) => any)(...args)
     }

@@ -86,13 +86,25 @@ t.test('numbers, booleans and bigints are sent as text; null and undefined as em
   t.same([await read('a'), await read('b'), await read('c'), await read('d'), await read('e')], ['42', 'true', '9007199254740993', '', ''])
 })
 
-t.test('BEGIN and the settings travel in one round trip', async (t) => {
+t.test('BEGIN, the settings and the first query travel in one round trip', async (t) => {
   const db = await testDatabase(t)
-  const sent: string[] = []
+  // Each client.query() is one round trip: one simple query, or one batch ended by one Sync.
+  const queries: number[] = []
+  const parsed: string[] = []
+  const simple: string[] = []
   class RecordingClient extends pg.Client {
     query (...args: any[]): any {
-      sent.push(typeof args[0] === 'string' ? args[0] : args[0].text)
+      queries.push(1)
       return (super.query as (...a: any[]) => any)(...args)
+    }
+
+    async connect (...args: any[]): Promise<any> {
+      const connection = (this as any).connection
+      const parse = connection.parse.bind(connection)
+      connection.parse = (query: { text: string }) => { parsed.push(query.text); parse(query) }
+      const send = connection.query.bind(connection)
+      connection.query = (text: string) => { simple.push(text); send(text) }
+      return (super.connect as (...a: any[]) => any)(...args)
     }
   }
   const app = Fastify()
@@ -100,13 +112,20 @@ t.test('BEGIN and the settings travel in one round trip', async (t) => {
   await app.register(dbSession, {
     pool: { connectionString: db.url, Client: RecordingClient },
     isolationLevel: 'repeatable read',
-    context: { 'app.tenant_id': () => 'acme', 'app.role': () => 'admin' }
+    statementTimeoutMillis: 5000,
+    context: { 'app.tenant_id': () => 'acme', 'app.role': () => 'admin' },
+    startupCheck: false
   })
   app.get('/', async (request) => readSetting(request))
   t.equal((await app.inject('/')).json().value, 'acme')
-  t.equal(sent.length, 3, 'BEGIN with settings, the query, COMMIT')
-  t.equal(sent[0], "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT set_config('app.tenant_id', 'acme', true), set_config('app.role', 'admin', true)")
-  t.equal(sent[2], 'COMMIT')
+  t.equal(queries.length, 2, 'two round trips: BEGIN with settings and the query, then COMMIT')
+  t.same(parsed, [
+    'BEGIN ISOLATION LEVEL REPEATABLE READ',
+    'SET LOCAL statement_timeout = 5000',
+    "SELECT set_config('app.tenant_id', 'acme', true), set_config('app.role', 'admin', true)",
+    'SELECT current_setting($1, true) AS value, pg_backend_pid() AS pid'
+  ], 'one statement per Parse, the query last')
+  t.same(simple, ['COMMIT'])
 })
 
 t.test('a bad context value or a throwing context function fails the request without taking a connection', async (t) => {
