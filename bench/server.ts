@@ -1,5 +1,6 @@
 // One benchmark variant as its own process: `tsx bench/server.ts <variant> <port> <databaseUrl> [acquireTimeoutMillis]`.
-// GET / is the measured route; GET /__cpu reports this process's CPU time, read between runs.
+// GET / is the measured route; GET /__cpu reports this process's CPU time, read between runs
+// (and, for the saturation variant, the longest the server took over a request).
 import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
 import { Kysely, PostgresDialect, sql } from 'kysely'
@@ -11,6 +12,7 @@ const [variant, portText, databaseUrl, acquireTimeout] = process.argv.slice(2)
 const POOL = 10
 const ROWS = 1000
 const id = () => 1 + Math.floor(Math.random() * ROWS)
+let slowestMillis = 0
 
 interface Database { items: { id: number, name: string } }
 
@@ -62,6 +64,12 @@ async function build (): Promise<FastifyInstance> {
     case 'saturation':
       // Each request holds its connection ~20 ms: 200 clients against 10 connections must queue.
       await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL, acquireTimeoutMillis: Number(acquireTimeout) })
+      // How long the server took over each request, from its arrival to the response's end: what
+      // the acquire timeout bounds (the load generator's latency adds the time requests wait to be read).
+      app.addHook('onResponse', (_request, reply, done) => {
+        slowestMillis = Math.max(slowestMillis, reply.elapsedTime)
+        done()
+      })
       app.get('/', async (request) => {
         await sql`SELECT pg_sleep(0.02)`.execute(request.db)
         return { ok: true }
@@ -72,7 +80,7 @@ async function build (): Promise<FastifyInstance> {
   }
   app.get('/__cpu', { config: { db: false } }, async () => {
     const { user, system } = process.cpuUsage()
-    return { micros: user + system }
+    return { micros: user + system, slowestMillis }
   })
   return app
 }
