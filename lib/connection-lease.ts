@@ -1,13 +1,13 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
 import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
-import { ignore } from './callbacks.js'
+import { AcquireDeadlines } from './acquire-deadlines.js'
 import { beginWithQuery } from './begin-with-query.js'
 import { AcquireTimeoutError, ClosingError, ConnectionFailedError, ConnectionLostError, knownQueryError, StreamUnsupportedError, withRetryAfter } from './errors.js'
 import type { CircuitBreaker } from './circuit-breaker.js'
 import type { PoolCounters } from './pool-stats.js'
 
-// pg-pool reports its own connectionTimeoutMillis this way (it has no error code); ours matches it.
+// pg-pool reports its own connectionTimeoutMillis this way (it has no error code); ours says the same.
 const PG_TIMEOUT_MESSAGE = 'timeout exceeded when trying to connect'
 const NO_PARAMETERS: readonly unknown[] = []
 
@@ -18,7 +18,8 @@ export class ConnectionSource {
   readonly log: FastifyBaseLogger
   /** Checked-out connections, so that close() can end what their owners never did. */
   readonly leases = new Set<Lease>()
-  readonly #deadline: number
+  /** Our acquire deadline, when the pool does not keep one (pg-pool's connectionTimeoutMillis). */
+  readonly #deadlines: AcquireDeadlines | null
   readonly #reportedDeadline: number
   readonly #breaker: CircuitBreaker | null
   #closed = false
@@ -27,7 +28,7 @@ export class ConnectionSource {
     this.pool = pool
     this.counters = counters
     this.log = log
-    this.#deadline = deadlines.own
+    this.#deadlines = deadlines.own > 0 ? new AcquireDeadlines(deadlines.own) : null
     this.#reportedDeadline = deadlines.reported
     this.#breaker = breaker
   }
@@ -47,7 +48,16 @@ export class ConnectionSource {
     if (refused !== null) return Promise.reject(refused)
     const asked = performance.now()
     return new Promise((resolve, reject) => {
-      const settle = (cause: Error | null | undefined, client?: pg.PoolClient): void => {
+      const waiter = this.#deadlines?.wait(asked, () => { reject(this.#timedOut(new Error(PG_TIMEOUT_MESSAGE))) }) ?? null
+      this.pool.connect((cause, client) => {
+        if (waiter !== null) {
+          // Already answered with the timeout: the connection goes back to whoever waits next.
+          if (waiter.expired) {
+            client?.release()
+            return
+          }
+          (this.#deadlines as AcquireDeadlines).answered(waiter)
+        }
         if (cause !== null && cause !== undefined) {
           reject(this.#acquireError(cause))
           return
@@ -65,9 +75,7 @@ export class ConnectionSource {
         const lease = new Lease(client as pg.PoolClient, this, acquired)
         this.leases.add(lease)
         resolve(lease)
-      }
-      if (this.#deadline > 0) connectWithin(this.pool, this.#deadline).then((client) => { settle(null, client) }, settle)
-      else this.pool.connect(settle)
+      })
     })
   }
 
@@ -83,33 +91,18 @@ export class ConnectionSource {
   }
 
   #acquireError (cause: Error): Error {
-    if (cause.message !== PG_TIMEOUT_MESSAGE) {
-      this.#breaker?.failed()
-      return new ConnectionFailedError(cause.message, { cause })
-    }
+    if (cause.message === PG_TIMEOUT_MESSAGE) return this.#timedOut(cause)
+    this.#breaker?.failed()
+    return new ConnectionFailedError(cause.message, { cause })
+  }
+
+  #timedOut (cause: Error): Error {
     // A full pool says nothing about the database's health.
     this.#breaker?.inconclusive()
     this.counters.acquireTimeouts++
     // Fastify's error handler sends the header; a load balancer or client can back off.
     return withRetryAfter(new AcquireTimeoutError(this.#reportedDeadline, { cause }), Math.ceil(this.#reportedDeadline / 1000))
   }
-}
-
-/** pool.connect() with a deadline, for a user's pool configured to wait forever. */
-async function connectWithin (pool: pg.Pool, millis: number): Promise<pg.PoolClient> {
-  const pending = pool.connect()
-  let timer: NodeJS.Timeout | undefined
-  const deadline = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(reject, millis, new Error(PG_TIMEOUT_MESSAGE))
-  })
-  const client = await Promise.race([pending, deadline]).catch((error: unknown) => {
-    clearTimeout(timer)
-    // The pool may still hand us a client later: give it straight back.
-    pending.then((late) => late.release(), ignore)
-    throw error
-  })
-  clearTimeout(timer)
-  return client
 }
 
 /**

@@ -180,14 +180,31 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   config.max ??= wholeNumber(options, 'maxConnections', 1)
   config.idleTimeoutMillis ??= wholeNumber(options, 'idleTimeoutMillis', 0)
   config.maxLifetimeSeconds ??= wholeNumber(options, 'maxLifetimeSeconds', 0)
-  // pg waits forever by default; a request must fail fast instead.
-  config.connectionTimeoutMillis ||= acquireTimeoutMillis
+  // pg waits forever by default; a request must fail fast instead. A connectionTimeoutMillis of
+  // the config's own is pg-pool's to keep; otherwise the deadline is ours, kept with one timer for
+  // all waiters, and new connections get it as pg's connect timeout.
+  const poolDeadline = config.connectionTimeoutMillis ?? 0
+  if (poolDeadline === 0) config.Client = withConnectTimeout(config.Client ?? pg.Client, acquireTimeoutMillis)
   return {
     ...common,
     pool: new pg.Pool(config),
     ownsPool: true,
-    acquireTimeoutMillis: 0,
-    reportedAcquireTimeoutMillis: config.connectionTimeoutMillis
+    acquireTimeoutMillis: poolDeadline > 0 ? 0 : acquireTimeoutMillis,
+    reportedAcquireTimeoutMillis: poolDeadline > 0 ? poolDeadline : acquireTimeoutMillis
+  }
+}
+
+/**
+ * pg's Client class (or the config's own) with a connect timeout. pg-pool hands every client its
+ * own options, where a connectionTimeoutMillis would also put a timer on every checkout.
+ */
+function withConnectTimeout (Client: NonNullable<pg.PoolConfig['Client']>, millis: number): typeof pg.Client {
+  const Base = Client as typeof pg.Client
+  return class ClientWithConnectTimeout extends Base {
+    constructor (config: pg.ClientConfig) {
+      // pg-pool keeps the password out of the options' enumerable properties.
+      super({ ...config, password: config.password, connectionTimeoutMillis: millis })
+    }
   }
 }
 

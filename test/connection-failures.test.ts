@@ -67,6 +67,36 @@ t.test('a server that accepts but never answers: 503 at the deadline, and the la
   await new Promise((resolve) => silent.close(resolve))
 })
 
+t.test('the owned pool and a server that never answers: 503 at the deadline, and the connect itself gives up', async (t) => {
+  const sockets = new Set<Socket>()
+  let closed = 0
+  const silent = createServer((socket) => {
+    sockets.add(socket)
+    socket.resume()
+    socket.on('close', () => { closed++ })
+  })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  const { port } = silent.address() as { port: number }
+  const app = Fastify()
+  await app.register(dbSession, { connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`, maxConnections: 1, acquireTimeoutMillis: 150, startupCheck: false })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const started = Date.now()
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  t.equal(res.headers['retry-after'], '1')
+  t.ok(Date.now() - started < 1000, 'answered at the deadline')
+  // pg's connect timeout (the same 150 ms) ends the half-open connection: the pool's one slot is free again.
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.equal(app.db.pool.totalCount, 0, 'no connection attempt is left holding the slot')
+  t.equal(sockets.size, 1)
+  t.equal(closed, 1, 'the client hung up')
+  t.equal(app.db.stats().acquireTimeouts, 1)
+  await app.close()
+  for (const socket of sockets) socket.destroy()
+  await new Promise((resolve) => silent.close(resolve))
+})
+
 t.test('a value pg cannot serialize fails its query, but the healthy connection is kept', async (t) => {
   const db = await testDatabase(t)
   const app = await db.app()

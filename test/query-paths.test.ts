@@ -120,3 +120,22 @@ t.test('a first query that fails inside the batch leaves the transaction open, a
   t.equal(stats.destroyed, 0, 'a query error is not a broken connection')
   t.equal(await db.idleInTransaction(), 0)
 })
+
+t.test('through Kysely\'s executor too: concurrent queries take turns, and a query after the finish is refused', async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text)')
+  const app = await db.app()
+  let kept: Kysely<Database> | null = null
+  app.post('/', async (request) => {
+    const camel = typed(request.db).withPlugin(new CamelCasePlugin())
+    kept = camel
+    // Both go through Kysely's executor on the session: the second waits for the first.
+    const [a, b] = await Promise.all([backendPid(camel), backendPid(camel)])
+    await camel.insertInto('items').values({ name: 'apple' }).execute()
+    return { same: a === b }
+  })
+  t.same((await app.inject({ method: 'POST', url: '/' })).json(), { same: true })
+  const late = await (kept as unknown as Kysely<Database>).selectFrom('items').selectAll().execute().then(() => null, (error: { code: string }) => error.code)
+  t.equal(late, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'never run outside the transaction')
+  t.same(await itemNames(db), ['apple'])
+})
