@@ -2,7 +2,7 @@
 // plugin registered, through fastify.inject in one process, alternating blocks.
 import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
-import dbSession from '../lib/index.js'
+import dbSession from './plugin.js'
 
 const BLOCK = 2000
 const BLOCKS = 6

@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import pg from 'pg'
 import fastifyPostgres from '@fastify/postgres'
-import dbSession from '../lib/index.js'
+import dbSession from './plugin.js'
 
 const [variant, portText, databaseUrl, acquireTimeout] = process.argv.slice(2)
 const POOL = 10
