@@ -48,12 +48,19 @@ export class ConnectionSource {
     if (refused !== null) return Promise.reject(refused)
     const asked = performance.now()
     return new Promise((resolve, reject) => {
-      const waiter = this.#deadlines?.wait(asked, () => { reject(this.#timedOut(new Error(PG_TIMEOUT_MESSAGE))) }) ?? null
-      this.pool.connect((cause, client) => {
+      const waiter = this.#deadlines?.wait(asked, () => {
+        // pg-pool's own timeout takes a waiter out of its queue the same way; one whose new
+        // connection is being made is not in it, and gets its answer late.
+        forgetWaiter(this.pool, answer)
+        reject(this.#timedOut(new Error(PG_TIMEOUT_MESSAGE)))
+      }) ?? null
+      const answer = (cause: Error | null | undefined, client?: pg.PoolClient): void => {
         if (waiter !== null) {
-          // Already answered with the timeout: the connection goes back to whoever waits next.
           if (waiter.expired) {
-            client?.release()
+            // Already answered with the timeout: a late connection goes back to the pool, and a
+            // late failure still counts against the database.
+            if (client !== undefined) client.release()
+            else this.#breaker?.failed()
             return
           }
           (this.#deadlines as AcquireDeadlines).answered(waiter)
@@ -75,7 +82,8 @@ export class ConnectionSource {
         const lease = new Lease(client as pg.PoolClient, this, acquired)
         this.leases.add(lease)
         resolve(lease)
-      })
+      }
+      this.pool.connect(answer)
     })
   }
 
@@ -103,6 +111,14 @@ export class ConnectionSource {
     // Fastify's error handler sends the header; a load balancer or client can back off.
     return withRetryAfter(new AcquireTimeoutError(this.#reportedDeadline, { cause }), Math.ceil(this.#reportedDeadline / 1000))
   }
+}
+
+/** Takes a timed-out caller out of pg-pool's queue of waiters, where there is one (pg-pool's internals). */
+function forgetWaiter (pool: pg.Pool, callback: unknown): void {
+  const queue = (pool as unknown as { _pendingQueue?: Array<{ callback: unknown }> })._pendingQueue
+  if (!Array.isArray(queue)) return
+  const index = queue.findIndex((item) => item.callback === callback)
+  if (index >= 0) queue.splice(index, 1)
 }
 
 /**

@@ -156,10 +156,10 @@ export class DbSession implements QueryExecutor {
   }
 
   async #runQuery<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
+    let result: QueryResult<R>
     this.#running = true
     try {
       const lease = this.#lease
-      let result: QueryResult<R>
       if (lease === null) {
         result = await this.#openWith(compiledQuery)
       } else {
@@ -169,13 +169,14 @@ export class DbSession implements QueryExecutor {
           throw lease.queryError(error as Error)
         }
       }
-      for (const plugin of this.#runtime.executor.plugins) {
-        result = await plugin.transformResult({ queryId: compiledQuery.queryId, result: result as QueryResult<any> }) as QueryResult<R>
-      }
-      return result
     } finally {
       this.#next()
     }
+    // As Kysely does, after the connection is free: a plugin may query the transaction itself.
+    for (const plugin of this.#runtime.executor.plugins) {
+      result = await plugin.transformResult(Object.freeze({ queryId: compiledQuery.queryId, result: result as QueryResult<any> })) as QueryResult<R>
+    }
+    return result
   }
 
   async #runConsumer<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {

@@ -21,7 +21,8 @@ export async function checkStartup (pool: pg.Pool, settings: StartupCheckSetting
   const { Client } = pool as unknown as { Client: typeof pg.Client }
   let delay = settings.delayMillis
   for (let attempt = 1; ; attempt++) {
-    const client = new Client({ ...pool.options, connectionTimeoutMillis: attemptMillis })
+    // pg-pool keeps the password out of the options' enumerable properties: a spread loses it.
+    const client = new Client({ ...pool.options, password: pool.options.password, connectionTimeoutMillis: attemptMillis })
     client.on('error', ignore)
     try {
       await client.connect()

@@ -57,7 +57,8 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
     const { context, ...settings } = options ?? {}
     const begin = beginSettings(withDefaults(defaults, settings), 'fastify.db.transaction: ')
     let statement: (() => string) | null = null
-    if (context !== undefined) {
+    // An empty context sets nothing, as for the plugin's context option.
+    if (context !== undefined && Object.keys(context).length > 0) {
       checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
       statement = () => contextStatement(context)
     }

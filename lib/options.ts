@@ -202,8 +202,9 @@ function withConnectTimeout (Client: NonNullable<pg.PoolConfig['Client']>, milli
   const Base = Client as typeof pg.Client
   return class ClientWithConnectTimeout extends Base {
     constructor (config: pg.ClientConfig) {
-      // pg-pool keeps the password out of the options' enumerable properties.
-      super({ ...config, password: config.password, connectionTimeoutMillis: millis })
+      // pg-pool keeps the password out of the options' enumerable properties. A timeout given
+      // for this one client (the startup check's) stands.
+      super({ ...config, password: config.password, connectionTimeoutMillis: config.connectionTimeoutMillis || millis })
     }
   }
 }

@@ -7,7 +7,8 @@ import { ignore, logWarning } from './callbacks.js'
  * statement running in PostgreSQL; terminating its backend does, and rolls back what it held.
  */
 export async function terminateBackends (options: pg.PoolConfig, pids: number[], timeoutMillis: number, log: FastifyBaseLogger): Promise<void> {
-  const control = new pg.Client({ ...options, connectionTimeoutMillis: timeoutMillis })
+  // pg-pool keeps the password out of the options' enumerable properties: a spread loses it.
+  const control = new pg.Client({ ...options, password: options.password, connectionTimeoutMillis: timeoutMillis })
   control.on('error', ignore)
   await control.connect()
     .then(() => control.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [pids]))

@@ -1,6 +1,7 @@
 // An exhausted pool answers 503 quickly, whoever owns the pool; an unreachable database too.
 import t from 'tap'
-import { createServer } from 'node:net'
+import { connect, createServer } from 'node:net'
+import type { Socket } from 'node:net'
 import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
@@ -153,4 +154,75 @@ t.test('an unreachable database: 503 CONNECTION_FAILED, no timeout counted', asy
 
   const plain = await app.inject({ method: 'GET', url: '/no-db' })
   t.equal(plain.statusCode, 200, 'routes that never touch request.db are unaffected')
+})
+
+t.test('callers that timed out leave the pool\'s queue: it holds only those still waiting', async (t) => {
+  const db = await testDatabase(t)
+  const app = await db.app({ maxConnections: 1, acquireTimeoutMillis: 100 })
+  const { holding, release } = addRoutes(app)
+  const a = app.inject({ method: 'GET', url: '/hold' })
+  await holding.promise
+  const timedOut = await Promise.all(Array.from({ length: 20 }, () => app.inject('/query')))
+  t.same(new Set(timedOut.map((res) => res.statusCode)), new Set([503]))
+  t.equal(app.db.stats().waiting, 0, 'no dead waiter is left in pg-pool\'s queue')
+  t.equal(app.db.stats().acquireTimeouts, 20)
+  release.resolve()
+  t.equal((await a).statusCode, 200)
+  t.same((await app.inject('/query')).json(), { one: 1 }, 'the next caller is served at once')
+})
+
+t.test('a connection that arrives after the deadline is kept for the next caller', async (t) => {
+  const db = await testDatabase(t)
+  // Connects reach PostgreSQL 300 ms late: a slow network, or a database busy accepting.
+  const target = new URL(db.url)
+  const sockets = new Set<Socket>()
+  const slow = createServer((socket) => {
+    sockets.add(socket)
+    socket.pause()
+    setTimeout(() => {
+      const upstream = connect(Number(target.port), target.hostname, () => {
+        socket.pipe(upstream).pipe(socket)
+        socket.resume()
+      })
+      sockets.add(upstream)
+      upstream.on('error', () => {})
+    }, 300)
+  })
+  await new Promise<void>((resolve) => slow.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => { for (const socket of sockets) socket.destroy(); slow.close(resolve) }))
+  const url = new URL(db.url)
+  url.port = String((slow.address() as { port: number }).port)
+  const pool = new pg.Pool({ connectionString: url.toString(), max: 1 })
+  t.teardown(() => pool.end())
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(dbSession, { pool, acquireTimeoutMillis: 100, startupCheck: false })
+  app.get('/query', async (request) => (await sql<{ one: number }>`SELECT 1 AS one`.execute(request.db)).rows[0])
+  t.equal((await app.inject('/query')).json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  await eventually(async () => pool.idleCount, (idle) => idle === 1)
+  t.equal(pool.totalCount, 1, 'the late connection went back to the pool')
+  t.same((await app.inject('/query')).json(), { one: 1 }, 'and serves the next caller')
+})
+
+t.test('a pool of your own without pg-pool\'s internals: the deadline holds all the same', async (t) => {
+  const never = {
+    options: {},
+    totalCount: 0,
+    idleCount: 0,
+    waitingCount: 0,
+    on () { return never },
+    removeListener () { return never },
+    connect () {},
+    end: async () => {}
+  }
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(dbSession, { pool: never as never, acquireTimeoutMillis: 50, startupCheck: false })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  // The deadline's timer does not keep a process alive (nor did pg-pool's); this pool holds no socket that would.
+  const alive = setInterval(() => {}, 1000)
+  const res = await app.inject('/')
+  clearInterval(alive)
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
 })

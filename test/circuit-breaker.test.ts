@@ -7,12 +7,12 @@ import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
 import { startProxy } from './helpers/tcp-proxy.js'
 
-async function breakerApp (t: Test, circuitBreaker: object | boolean) {
+async function breakerApp (t: Test, circuitBreaker: object | boolean, acquireTimeoutMillis?: number) {
   const db = await testDatabase(t)
   const proxy = await startProxy(t, db.url, 'up')
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(dbSession, { connectionString: proxy.urlFor(db.url), circuitBreaker, idleTimeoutMillis: 1 })
+  await app.register(dbSession, { connectionString: proxy.urlFor(db.url), circuitBreaker, idleTimeoutMillis: 1, acquireTimeoutMillis })
   app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
   return { app, proxy }
 }
@@ -45,6 +45,25 @@ t.test('after failureThreshold failed connects the circuit opens: 503 DATABASE_U
   t.equal(app.db.stats().circuitOpen, false, 'the circuit closed')
   const after = await Promise.all([app.inject('/'), app.inject('/')])
   t.same(after.map((r) => r.statusCode), [200, 200])
+})
+
+t.test('a database that accepts connections and never answers opens the circuit too', async (t) => {
+  const { app, proxy } = await breakerApp(t, { failureThreshold: 2, coolDownMillis: 5000 }, 150)
+  t.same((await app.inject('/')).json(), { one: 1 }, 'up: served')
+  await new Promise((resolve) => setTimeout(resolve, 20)) // the idle connection times out
+  proxy.mode = 'silent'
+  // Each request hits the acquire deadline (503); the connect behind it gives up at its own
+  // timeout a moment later, and that failure counts.
+  for (let i = 0; i < 2; i++) {
+    const res = await app.inject('/')
+    t.equal(res.statusCode, 503)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  t.equal(app.db.stats().circuitOpen, true, 'the circuit opened')
+  const attempts = proxy.accepted
+  const res = await app.inject('/')
+  t.equal(res.json().code, 'FST_DB_SESSION_DATABASE_UNAVAILABLE')
+  t.equal(proxy.accepted, attempts, 'no connection was attempted for it')
 })
 
 t.test('a probe that fails opens the circuit again; while the probe is out, others still fail fast', async (t) => {

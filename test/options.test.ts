@@ -1,9 +1,10 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import pg from 'pg'
-import { CamelCasePlugin } from 'kysely'
+import { CamelCasePlugin, sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
+import { deferred } from './helpers/util.js'
 
 /** Registers the plugin with `options` and returns the error registration failed with. */
 async function registrationError (options: unknown): Promise<{ code?: string, message: string }> {
@@ -101,4 +102,29 @@ t.test('streaming through request.db fails with a coded error instead of running
   })
   t.same((await app.inject('/')).json(), { code: 'FST_DB_SESSION_STREAM_UNSUPPORTED' })
   t.equal(app.db.stats().active, 0)
+})
+
+t.test('a PoolConfig with the password as a field: the startup check and the close-time cleanup authenticate', async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (name text)')
+  const url = new URL(db.url)
+  const app = Fastify()
+  const config = { host: url.hostname, port: Number(url.port), database: url.pathname.slice(1), user: decodeURIComponent(url.username), password: decodeURIComponent(url.password) }
+  // The startup check connects with a client of its own, from the pool's options.
+  await app.register(dbSession, { pool: config, closeTimeoutMillis: 200 })
+  const stuck = deferred()
+  app.post('/', async (request) => {
+    await request.db.insertInto('items' as never).values({ name: 'stuck' } as never).execute()
+    stuck.resolve()
+    await new Promise(() => {}) // never returns: close() must end it
+  })
+  app.inject({ method: 'POST', url: '/' }).catch(() => {})
+  await stuck.promise
+  await app.close()
+  // Close destroyed the connection and terminated its backend, which needs a login of its own.
+  t.equal(await db.connections(), 0, 'no backend is left')
+  t.equal((await db.query('SELECT count(*)::int AS n FROM items')).rows[0].n, 0)
+  // And an empty context for fastify.db.transaction sets nothing.
+  const other = await db.app()
+  t.same(await other.db.transaction(async (trx) => (await sql<{ one: number }>`SELECT 1 AS one`.execute(trx)).rows[0], { context: {} }), { one: 1 })
 })

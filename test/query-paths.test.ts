@@ -3,7 +3,7 @@
 // AbortSignal, a raw executor) still runs inside the request's transaction.
 import t from 'tap'
 import { CamelCasePlugin, sql } from 'kysely'
-import type { Kysely } from 'kysely'
+import type { Kysely, KyselyPlugin } from 'kysely'
 import { testDatabase } from './helpers/database.js'
 import { itemNames } from './helpers/util.js'
 
@@ -138,4 +138,31 @@ t.test('through Kysely\'s executor too: concurrent queries take turns, and a que
   const late = await (kept as unknown as Kysely<Database>).selectFrom('items').selectAll().execute().then(() => null, (error: { code: string }) => error.code)
   t.equal(late, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'never run outside the transaction')
   t.same(await itemNames(db), ['apple'])
+})
+
+t.test('a plugin\'s transformResult runs after the connection is free: it may query the transaction', async (t) => {
+  const db = await testDatabase(t)
+  let current: Kysely<Database> | null = null
+  let inside = false
+  // A plugin that looks something up in the same transaction for every result.
+  const lookup: KyselyPlugin = {
+    transformQuery: ({ node }) => node,
+    async transformResult ({ result }) {
+      if (inside || current === null) return result
+      inside = true
+      const { rows } = await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(current)
+      inside = false
+      return { ...result, rows: result.rows.map((row) => ({ ...row, pid: rows[0].pid })) }
+    }
+  }
+  const app = await db.app({ plugins: [lookup] })
+  app.get('/', async (request) => {
+    current = typed(request.db)
+    const row = await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid, 1 AS one`.execute(current)
+    return row.rows[0]
+  })
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 200)
+  t.equal(res.json().one, 1)
+  t.equal(typeof res.json().pid, 'number', 'the plugin\'s own query ran')
 })
