@@ -1,6 +1,7 @@
 // One benchmark variant as its own process: `tsx bench/server.ts <variant> <port> <databaseUrl> [acquireTimeoutMillis]`.
 // GET / is the measured route; GET /__cpu reports this process's CPU time, read between runs
 // (and, for the saturation variant, the longest the server took over a request).
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
 import { Kysely, PostgresDialect, sql } from 'kysely'
@@ -12,7 +13,9 @@ const [variant, portText, databaseUrl, acquireTimeout] = process.argv.slice(2)
 const POOL = 10
 const ROWS = 1000
 const id = () => 1 + Math.floor(Math.random() * ROWS)
-let slowestMillis = 0
+const slowest = { served: 0, refused: 0 }
+// How late the event loop ran callbacks (timers included): what a deadline can be late by.
+const loopDelay = monitorEventLoopDelay({ resolution: 5 })
 
 interface Database { items: { id: number, name: string } }
 
@@ -67,9 +70,11 @@ async function build (): Promise<FastifyInstance> {
       // How long the server took over each request, from its arrival to the response's end: what
       // the acquire timeout bounds (the load generator's latency adds the time requests wait to be read).
       app.addHook('onResponse', (_request, reply, done) => {
-        slowestMillis = Math.max(slowestMillis, reply.elapsedTime)
+        if (reply.statusCode === 503) slowest.refused = Math.max(slowest.refused, reply.elapsedTime)
+        else slowest.served = Math.max(slowest.served, reply.elapsedTime)
         done()
       })
+      loopDelay.enable()
       app.get('/', async (request) => {
         await sql`SELECT pg_sleep(0.02)`.execute(request.db)
         return { ok: true }
@@ -80,7 +85,7 @@ async function build (): Promise<FastifyInstance> {
   }
   app.get('/__cpu', { config: { db: false } }, async () => {
     const { user, system } = process.cpuUsage()
-    return { micros: user + system, slowestMillis }
+    return { micros: user + system, slowestServedMillis: slowest.served, slowestRefusedMillis: slowest.refused, maxLoopDelayMillis: loopDelay.max / 1e6 }
   })
   return app
 }
