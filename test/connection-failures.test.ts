@@ -9,33 +9,37 @@ import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
 import { capturedLogs } from './helpers/util.js'
 
+/** A real pg client class whose backend is terminated just before the first query `dies` picks, as after a failover. */
+function dyingClient (dies: (query: unknown) => boolean): { Client: typeof pg.Client, readonly killed: number } {
+  let killed = 0
+  class DyingClient extends pg.Client {
+    query (...args: any[]): any {
+      if (killed === 0 && dies(args[0])) {
+        killed++
+        super.query('SELECT pg_terminate_backend(pg_backend_pid())')
+          .catch(() => {})
+          .then(() => (super.query as (...a: any[]) => any)(...args))
+        return
+      }
+      return (super.query as (...a: any[]) => any)(...args)
+    }
+  }
+  return { Client: DyingClient, get killed () { return killed } }
+}
+
 for (const [how, signal] of [['with its first query', undefined], ['on a round trip of its own (a query with an AbortSignal)', new AbortController().signal]] as const) {
   t.test(`a connection that dies before BEGIN, sent ${how}, answers 503 FST_DB_SESSION_CONNECTION_FAILED and is destroyed`, async (t) => {
     const db = await testDatabase(t)
-    // A real client whose backend is terminated just before its first transaction, as after a
-    // failover: the first query of a request is the one that carries BEGIN.
-    let killed = 0
-    class DyingClient extends pg.Client {
-      query (...args: any[]): any {
-        const opens = typeof args[0]?.submit === 'function' || (typeof args[0] === 'string' && args[0].startsWith('BEGIN'))
-        if (killed === 0 && opens) {
-          killed++
-          super.query('SELECT pg_terminate_backend(pg_backend_pid())')
-            .catch(() => {})
-            .then(() => (super.query as (...a: any[]) => any)(...args))
-          return
-        }
-        return (super.query as (...a: any[]) => any)(...args)
-      }
-    }
+    // The first query of a request is the one that carries BEGIN.
+    const dying = dyingClient((query) => typeof (query as { submit?: unknown })?.submit === 'function' || (typeof query === 'string' && query.startsWith('BEGIN')))
     const app = Fastify()
     t.teardown(() => app.close())
-    await app.register(dbSession, { pool: { connectionString: db.url, Client: DyingClient } })
+    await app.register(dbSession, { pool: { connectionString: db.url, Client: dying.Client } })
     app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst({ signal }))
     const failed = await app.inject('/')
     t.equal(failed.statusCode, 503)
     t.equal(failed.json().code, 'FST_DB_SESSION_CONNECTION_FAILED')
-    t.equal(killed, 1)
+    t.equal(dying.killed, 1)
     t.equal(app.db.stats().destroyed, 1)
     t.equal(app.db.stats().active, 0)
     const next = await app.inject('/')
@@ -118,22 +122,11 @@ t.test('a value pg cannot serialize fails its query, but the healthy connection 
 t.test('a ROLLBACK that fails on a connection thought healthy: logged, and the connection destroyed', async (t) => {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (name text)')
-  // A real client whose backend is terminated just as ROLLBACK is asked for.
-  class DyingAtRollback extends pg.Client {
-    query (...args: any[]): any {
-      if (args[0] === 'ROLLBACK') {
-        super.query('SELECT pg_terminate_backend(pg_backend_pid())')
-          .catch(() => {})
-          .then(() => (super.query as (...a: any[]) => any)(...args))
-        return
-      }
-      return (super.query as (...a: any[]) => any)(...args)
-    }
-  }
+  const dying = dyingClient((query) => query === 'ROLLBACK')
   const logs = capturedLogs()
   const app = Fastify(logs.options)
   t.teardown(() => app.close())
-  await app.register(dbSession, { pool: { connectionString: db.url, Client: DyingAtRollback } })
+  await app.register(dbSession, { pool: { connectionString: db.url, Client: dying.Client } })
   app.post('/', async (request) => {
     await request.db.insertInto('items' as never).values({ name: 'x' } as never).execute()
     throw new Error('the handler fails')
