@@ -51,8 +51,8 @@ export interface FastifyDbSessionOptions extends DbTransactionSettings {
   /** A PostgreSQL connection string; the plugin creates and owns the pool. */
   connectionString?: string
   /**
-   * An existing `pg.Pool` (never ended by the plugin), or a `pg.PoolConfig` for a pool the plugin
-   * creates and owns.
+   * An existing `pg.Pool` (never ended by the plugin; pg-pool's `connect(callback)` and pg's
+   * JavaScript client, not `pg.native`), or a `pg.PoolConfig` for a pool the plugin creates and owns.
    */
   pool?: Pool | PoolConfig
   /** Most connections the owned pool opens. Default 10. */
@@ -74,8 +74,8 @@ export interface FastifyDbSessionOptions extends DbTransactionSettings {
   plugins?: KyselyPlugin[]
   /**
    * Per-request database context: setting names (`namespace.name`) to functions of the request.
-   * Each request's transaction starts with `set_config(name, value, true)` for every name, in the
-   * same round trip as BEGIN, so row-level security policies can read them with
+   * Each request's transaction starts with `set_config(name, value, true)` for every name, sent
+   * with BEGIN and the first query in one round trip, so row-level security policies can read them with
    * `current_setting(name, true)` and nothing survives into the next request on the connection.
    *
    * ```ts
