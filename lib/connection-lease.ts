@@ -20,15 +20,21 @@ export class ConnectionSource {
   readonly leases = new Set<Lease>()
   /** Our acquire deadline, when the pool does not keep one (pg-pool's connectionTimeoutMillis). */
   readonly #deadlines: AcquireDeadlines | null
+  readonly #boundedConnects: boolean
   readonly #reportedDeadline: number
   readonly #breaker: CircuitBreaker | null
   #closed = false
 
-  constructor (pool: pg.Pool, counters: PoolCounters, log: FastifyBaseLogger, deadlines: { own: number, reported: number }, breaker: CircuitBreaker | null) {
+  /**
+   * `boundedConnects`: the pool's clients have a connect timeout of the deadline's length (the
+   * owned pool's do), so a connection made at once for a caller needs no deadline of ours.
+   */
+  constructor (pool: pg.Pool, counters: PoolCounters, log: FastifyBaseLogger, deadlines: { own: number, reported: number, boundedConnects: boolean }, breaker: CircuitBreaker | null) {
     this.pool = pool
     this.counters = counters
     this.log = log
     this.#deadlines = deadlines.own > 0 ? new AcquireDeadlines(deadlines.own) : null
+    this.#boundedConnects = deadlines.boundedConnects
     this.#reportedDeadline = deadlines.reported
     this.#breaker = breaker
   }
@@ -48,12 +54,16 @@ export class ConnectionSource {
     if (refused !== null) return Promise.reject(refused)
     const asked = performance.now()
     return new Promise((resolve, reject) => {
-      const waiter = this.#deadlines?.wait(asked, () => {
+      const expire = (): void => {
         // pg-pool's own timeout takes a waiter out of its queue the same way; one whose new
         // connection is being made is not in it, and gets its answer late.
         forgetWaiter(this.pool, answer)
         reject(this.#timedOut(new Error(PG_TIMEOUT_MESSAGE)))
-      }) ?? null
+      }
+      // As with pg-pool's own deadline: a caller that waits in the pool's queue gets the timeout;
+      // one for whom a connection is made at once gets that connection's outcome (two timers of
+      // the same length would otherwise race for which error it sees).
+      const waiter = this.#deadlines === null || this.#connectsAtOnce() ? null : this.#deadlines.wait(asked, expire)
       const answer = (cause: Error | null | undefined, client?: pg.PoolClient): void => {
         if (waiter !== null) {
           if (waiter.expired) {
@@ -85,6 +95,11 @@ export class ConnectionSource {
       }
       this.pool.connect(answer)
     })
+  }
+
+  /** pg-pool makes a new connection for this caller right away, bounded by its connect timeout. */
+  #connectsAtOnce (): boolean {
+    return this.#boundedConnects && this.pool.idleCount === 0 && this.pool.totalCount < (this.pool.options.max as number)
   }
 
   /** The circuit breaker's refusal, if it refuses. */
@@ -164,8 +179,8 @@ export class Lease implements DatabaseConnection {
   }
 
   /**
-   * The `DatabaseConnection` face, for Kysely's own executor (what a session's short path leaves
-   * to it): results shaped as Kysely's PostgresDriver shapes them, errors as queryError says.
+   * The `DatabaseConnection` face (every query of an open transaction): results shaped as Kysely's
+   * PostgresDriver shapes them, errors as queryError says.
    */
   async executeQuery<R> (compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
     try {
@@ -176,13 +191,12 @@ export class Lease implements DatabaseConnection {
   }
 
   /**
-   * The query, pg's raw result; with a `prelude` (BEGIN and its settings), behind it in one round
-   * trip, and a BeginFailure then means no transaction was opened. Errors are pg's: the caller
-   * passes them through queryError where it awaits, so that their stacks lead back to it.
+   * A transaction's first query behind `prelude` (BEGIN and its settings), in one round trip;
+   * pg's raw result. A BeginFailure means no transaction was opened; other errors are pg's, for
+   * the caller to pass through queryError where it awaits, so that their stacks lead back to it.
    */
-  run (compiledQuery: CompiledQuery, prelude: readonly string[] | null): Promise<pg.QueryResult> {
-    const { sql, parameters } = compiledQuery
-    return prelude === null ? this.command(sql, parameters) : beginWithQuery(this.client, prelude, sql, parameters)
+  runAfter (prelude: readonly string[], compiledQuery: CompiledQuery): Promise<pg.QueryResult> {
+    return beginWithQuery(this.client, prelude, compiledQuery.sql, compiledQuery.parameters)
   }
 
   /** What a failed query is reported as: a lost connection, a serialization failure or deadlock (409), or pg's error. */

@@ -159,16 +159,7 @@ export class DbSession implements QueryExecutor {
     let result: QueryResult<R>
     this.#running = true
     try {
-      const lease = this.#lease
-      if (lease === null) {
-        result = await this.#openWith(compiledQuery)
-      } else {
-        try {
-          result = kyselyResult(await lease.run(compiledQuery, null))
-        } catch (error) {
-          throw lease.queryError(error as Error)
-        }
-      }
+      result = this.#lease === null ? await this.#openWith(compiledQuery) : await this.#lease.executeQuery(compiledQuery)
     } finally {
       this.#next()
     }
@@ -212,7 +203,7 @@ export class DbSession implements QueryExecutor {
     const lease = await this.#acquire()
     let result: pg.QueryResult
     try {
-      result = await lease.run(compiledQuery, prelude)
+      result = await lease.runAfter(prelude, compiledQuery)
     } catch (error) {
       if (error instanceof BeginFailure) throw this.#notOpened(lease, error.cause as Error)
       this.#lease = lease
@@ -299,7 +290,7 @@ export class DbSession implements QueryExecutor {
   }
 
   /** Runs when no query runs or waits: the open, if one was tried, has settled. Not async: the commit's promise is the finish's. */
-  #end (commit: boolean): Promise<Error | null> | null {
+  #end (commit: boolean): Promise<Error | null> | Error | null {
     const lease = this.#lease
     // Never opened, or its open failed (the query that tried has already thrown).
     if (lease === null) return null
@@ -308,7 +299,7 @@ export class DbSession implements QueryExecutor {
     // close() or the hold limit destroyed the connection: PostgreSQL rolled back; a commit cannot be had.
     if (lease.released) {
       this.#runtime.source.counters.rollbacks++
-      return commit ? Promise.resolve(new ClosingError()) : null
+      return commit ? new ClosingError() : null
     }
     return commit ? this.#commit(lease) : this.#rollback(lease)
   }

@@ -24,7 +24,7 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
   const { pool, closeTimeoutMillis } = resolved
   const counters = new PoolCounters()
   const breaker = resolved.circuitBreaker === null ? null : new CircuitBreaker(resolved.circuitBreaker)
-  const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis }
+  const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, boundedConnects: resolved.ownsPool }
   const source = new ConnectionSource(pool, counters, fastify.log, deadlines, breaker)
   if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
 

@@ -2,7 +2,10 @@
 // request's own failed connect, and service resumes by itself through a probe.
 import t from 'tap'
 import type { Test } from 'tap'
+import { createServer } from 'node:net'
+import type { Socket } from 'node:net'
 import Fastify from 'fastify'
+import pg from 'pg'
 import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
 import { startProxy } from './helpers/tcp-proxy.js'
@@ -116,4 +119,27 @@ t.test('circuitBreaker: true takes the defaults; bad values are refused', async 
     const bad = Fastify()
     await t.rejects(async () => { await bad.register(dbSession, { connectionString: 'postgres://127.0.0.1:1/none', circuitBreaker: circuitBreaker as never }).ready() }, { code: 'FST_DB_SESSION_INVALID_OPTION', message })
   }
+})
+
+t.test('a connect that fails after the acquire deadline still counts against the database', async (t) => {
+  const sockets = new Set<Socket>()
+  const silent = createServer((socket) => { sockets.add(socket) })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => silent.close(resolve)))
+  const { port } = silent.address() as { port: number }
+  // A pool of the user's: its clients have no connect timeout, so the deadline is ours alone.
+  const pool = new pg.Pool({ connectionString: `postgres://nobody@127.0.0.1:${port}/none`, max: 1 })
+  pool.on('error', () => {})
+  t.teardown(() => pool.end())
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(dbSession, { pool, acquireTimeoutMillis: 100, startupCheck: false, circuitBreaker: { failureThreshold: 1, coolDownMillis: 5000 } })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  t.equal(app.db.stats().circuitOpen, false, 'a timeout alone says nothing of the database')
+  // The connect behind the timeout now fails.
+  for (const socket of sockets) socket.destroy()
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.equal(app.db.stats().circuitOpen, true, 'its failure opened the circuit')
+  t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_DATABASE_UNAVAILABLE')
 })
