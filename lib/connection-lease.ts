@@ -9,6 +9,8 @@ import type { PoolCounters } from './pool-stats.js'
 
 // pg-pool reports its own connectionTimeoutMillis this way (it has no error code); ours says the same.
 const PG_TIMEOUT_MESSAGE = 'timeout exceeded when trying to connect'
+/** PgBouncer's error when no server connection became free in time; it then closes the client. */
+const PGBOUNCER_WAIT_TIMEOUT = 'query_wait_timeout'
 const NO_PARAMETERS: readonly unknown[] = []
 
 /** Hands out pooled connections with a deadline, and knows every one that is checked out. */
@@ -124,7 +126,17 @@ export class ConnectionSource {
     this.#breaker?.inconclusive()
     this.counters.acquireTimeouts++
     // Fastify's error handler sends the header; a load balancer or client can back off.
-    return withRetryAfter(new AcquireTimeoutError(this.#reportedDeadline, { cause }), Math.ceil(this.#reportedDeadline / 1000))
+    return withRetryAfter(new AcquireTimeoutError(`${this.#reportedDeadline} ms`, { cause }), Math.ceil(this.#reportedDeadline / 1000))
+  }
+
+  /**
+   * What a failed BEGIN is reported as. PgBouncer in transaction mode gives a server connection at
+   * BEGIN, not at connect: its query_wait_timeout is the same overload as our acquire deadline.
+   */
+  beginError (cause: Error): Error {
+    if (cause.message !== PGBOUNCER_WAIT_TIMEOUT) return new ConnectionFailedError(cause.message, { cause })
+    this.counters.acquireTimeouts++
+    return withRetryAfter(new AcquireTimeoutError('PgBouncer\'s query_wait_timeout', { cause }), 1)
   }
 }
 
@@ -147,6 +159,8 @@ export class Lease implements DatabaseConnection {
   readonly acquiredAt: number
   #error: Error | null = null
   #released = false
+  /** Why the connection is being destroyed, once it is (close(), the hold limit). */
+  #condemnation: Error | null = null
   /** Keeps and logs the first error that broke the connection; a dying one reports several. */
   broke (error: Error): void {
     if (this.#error !== null) return
@@ -164,13 +178,17 @@ export class Lease implements DatabaseConnection {
     listened[kLease] = this
   }
 
-  /** Used by Kysely's PostgresDriver for query cancellation. */
-  get processID (): number {
-    return (this.client as unknown as { processID: number }).processID
+  /** Given back, or condemned: no transaction statement may be sent on it any more. */
+  get gone (): boolean {
+    return this.#released || this.#condemnation !== null
   }
 
-  get released (): boolean {
-    return this.#released
+  /**
+   * Marks the connection for destruction before its socket is closed (its running statement is
+   * canceled first): its queries then fail with `reason`, and nothing more is sent for the transaction.
+   */
+  condemn (reason: Error): void {
+    this.#condemnation ??= reason
   }
 
   /** The `PostgresPoolClient` face, for `fastify.db.kysely`. */
@@ -201,6 +219,7 @@ export class Lease implements DatabaseConnection {
 
   /** What a failed query is reported as: a lost connection, a serialization failure or deadlock (409), or pg's error. */
   queryError (error: Error): Error {
+    if (this.#condemnation !== null) return this.#condemnation
     if (this.noteFailure(error)) return new ConnectionLostError((this.failure as Error).message, { cause: this.failure })
     const known = knownQueryError(error)
     if (known !== null) return known

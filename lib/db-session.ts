@@ -5,7 +5,7 @@ import { ignore, logWarning } from './callbacks.js'
 import type pg from 'pg'
 import { kyselyResult } from './connection-lease.js'
 import type { ConnectionSource, Lease } from './connection-lease.js'
-import { ClosingError, commitError, CommitOutcomeUnknownError, ConnectionFailedError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
+import { ClosingError, commitError, CommitOutcomeUnknownError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
 import type { BeginSettings } from './transaction-settings.js'
 import type { LeakOwner, LeakWatch } from './leak-watch.js'
 
@@ -21,8 +21,8 @@ export interface SessionRuntime {
   readonly live: Set<DbSession>
   /** Watches how long sessions hold their connections; null when leak detection is off. */
   readonly leakWatch: LeakWatch | null
-  /** Destroys leases and terminates their backends, so that PostgreSQL rolls back what they held. */
-  readonly destroy: (leases: Lease[]) => Promise<void>
+  /** Destroys leases: cancels their running statements, then closes their sockets; PostgreSQL rolls back what they held. */
+  readonly destroy: (leases: Lease[], reason: Error) => Promise<void>
 }
 
 /**
@@ -248,13 +248,14 @@ export class DbSession implements QueryExecutor {
     this.#runtime.live.delete(this)
     this.#stopWatching()
     lease.release(true)
-    return new ConnectionFailedError(cause.message, { cause })
+    return this.#runtime.source.beginError(cause)
   }
 
   /** Past the hold limit: the work is rolled back by destroying its connection, whatever it is doing. */
   #abandon (lease: Lease): void {
-    this.interrupt(new HoldTimeoutError(this.#runtime.leakWatch?.timeoutMillis))
-    if (!lease.released) this.#runtime.destroy([lease]).catch(ignore)
+    const error = new HoldTimeoutError(this.#runtime.leakWatch?.timeoutMillis)
+    this.interrupt(error)
+    if (!lease.gone) this.#runtime.destroy([lease], error).catch(ignore)
   }
 
   /**
@@ -297,7 +298,7 @@ export class DbSession implements QueryExecutor {
     this.#runtime.live.delete(this)
     this.#stopWatching()
     // close() or the hold limit destroyed the connection: PostgreSQL rolled back; a commit cannot be had.
-    if (lease.released) {
+    if (lease.gone) {
       this.#runtime.source.counters.rollbacks++
       return commit ? new ClosingError() : null
     }

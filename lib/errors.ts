@@ -22,7 +22,7 @@ export const TransactionFinishedError = createError(
 
 export const AcquireTimeoutError = createError(
   'FST_DB_SESSION_ACQUIRE_TIMEOUT',
-  'No database connection became free within %d ms; the pool is exhausted (raise the pool size or acquireTimeoutMillis, or shorten transactions)',
+  'No database connection became free within %s; the pool is exhausted (raise the pool size or acquireTimeoutMillis, or shorten transactions)',
   503
 )
 

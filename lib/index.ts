@@ -3,6 +3,7 @@ import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
 import type { FastifyInstance } from 'fastify'
 import type { DbTransactionOptions, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
+import { cancelStatement } from './cancel-statement.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { ConnectionSource } from './connection-lease.js'
 import type { Lease } from './connection-lease.js'
@@ -15,7 +16,6 @@ import { checkStartup, ping } from './health.js'
 import { LeakWatch } from './leak-watch.js'
 import { PoolCounters, poolStats } from './pool-stats.js'
 import { prometheusText } from './prometheus.js'
-import { terminateBackends } from './terminate-backends.js'
 import { installRequestHooks } from './request-hooks.js'
 import { beginSettings, routeSettingsResolver, withDefaults } from './transaction-settings.js'
 
@@ -41,11 +41,14 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
     destroy
   }
 
-  /** Destroys leases and terminates their backends: PostgreSQL then rolls back what they held. */
-  async function destroy (leases: Lease[]): Promise<void> {
-    const pids = leases.map((lease) => lease.processID)
+  /**
+   * Destroys leases: their running statements are canceled first, then their sockets closed, and
+   * PostgreSQL rolls back what they held as their backends end.
+   */
+  async function destroy (leases: Lease[], reason: Error): Promise<void> {
+    for (const lease of leases) lease.condemn(reason)
+    await Promise.all(leases.map((lease) => cancelStatement(lease.client, closeTimeoutMillis)))
     for (const lease of leases) lease.release(true)
-    if (pids.length > 0) await terminateBackends(pool.options, pids, closeTimeoutMillis, fastify.log)
   }
 
   const defaults = resolved.transactionDefaults
@@ -106,8 +109,10 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
 
   /** Ends every connection still checked out; each one counts as a leak. */
   async function destroyCheckedOut (): Promise<void> {
-    counters.leaks += source.leases.size
-    await destroy([...source.leases])
+    // Not those preClose's timer is destroying already.
+    const stuck = [...source.leases].filter((lease) => !lease.gone)
+    counters.leaks += stuck.length
+    await destroy(stuck, new ClosingError())
   }
 
   let closeTimer: NodeJS.Timeout | undefined

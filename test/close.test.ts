@@ -82,7 +82,8 @@ t.test('close() during a query that runs on: close() still returns in time and t
   t.equal(stats.total, 0)
   t.equal(stats.commits, 0)
   const res = await response
-  t.equal(res.statusCode, 500, 'the stuck request fails once its connection is gone')
+  t.equal(res.statusCode, 503, 'the stuck request fails once its connection is gone')
+  t.equal(res.json().code, 'FST_DB_SESSION_CLOSING', 'its query was canceled because the server closes')
   t.same(await itemNames(db), [], 'the row is absent')
   // Closing the client's socket does not stop PostgreSQL's side: unless the query is cancelled,
   // the backend sleeps on for the rest of pg_sleep(30), holding the transaction and its locks.
@@ -162,7 +163,7 @@ t.test('close() of a listening server with a request stuck in pg_sleep: preClose
   t.ok(stats().destroyed >= 1, 'its connection was destroyed')
 
   const status = await response
-  t.equal(status, 500, 'the stuck request was answered with an error, not left hanging')
+  t.equal(status, 503, 'the stuck request was answered with FST_DB_SESSION_CLOSING, not left hanging')
   t.same(await itemNames(db), [], 'the row is absent')
   t.equal(stats().total, 0)
   t.equal(stats().commits, 0)
