@@ -93,8 +93,9 @@ export interface FastifyDbSessionOptions extends DbTransactionSettings {
    */
   leakDetectionMillis?: number
   /**
-   * Rolls back a transaction that holds its connection this long, destroying the connection and
-   * terminating its backend; the request fails with `FST_DB_SESSION_HOLD_TIMEOUT`. Default 0 (off).
+   * Rolls back a transaction that holds its connection this long: its running statement is
+   * canceled (with the connection's own cancel key) and the connection destroyed; the request fails
+   * with `FST_DB_SESSION_HOLD_TIMEOUT`. Default 0 (off).
    */
   leakTimeoutMillis?: number
   /**
@@ -227,6 +228,7 @@ export declare const errors: {
   readonly FST_DB_SESSION_PING_FAILED: FastifyErrorConstructor
   readonly FST_DB_SESSION_STATEMENT_TIMEOUT: FastifyErrorConstructor
   readonly FST_DB_SESSION_HOLD_TIMEOUT: FastifyErrorConstructor
+  readonly FST_DB_SESSION_SESSION_STATE: FastifyErrorConstructor
 }
 
 type FastifyErrorConstructor = new (...args: any[]) => FastifyError

@@ -6,6 +6,7 @@ import { beginWithQuery } from './begin-with-query.js'
 import { AcquireTimeoutError, ClosingError, ConnectionFailedError, ConnectionLostError, knownQueryError, StreamUnsupportedError, withRetryAfter } from './errors.js'
 import type { CircuitBreaker } from './circuit-breaker.js'
 import type { PoolCounters } from './pool-stats.js'
+import { refuseSessionState } from './session-state.js'
 
 // pg-pool reports its own connectionTimeoutMillis this way (it has no error code); ours says the same.
 const PG_TIMEOUT_MESSAGE = 'timeout exceeded when trying to connect'
@@ -201,6 +202,7 @@ export class Lease implements DatabaseConnection {
    * PostgresDriver shapes them, errors as queryError says.
    */
   async executeQuery<R> (compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    refuseSessionState(compiledQuery.sql)
     try {
       return kyselyResult(await this.command(compiledQuery.sql, compiledQuery.parameters))
     } catch (error) {

@@ -1,6 +1,7 @@
 import { Transaction } from 'kysely'
 import type { AbortableOperationOptions, AbortableQueryOptions, CompiledQuery, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
 import { BeginFailure, canFollowBegin } from './begin-with-query.js'
+import { refuseSessionState } from './session-state.js'
 import { ignore, logWarning } from './callbacks.js'
 import type pg from 'pg'
 import { kyselyResult } from './connection-lease.js'
@@ -198,6 +199,8 @@ export class DbSession implements QueryExecutor {
 
   /** Opens the transaction with its first query: one round trip for BEGIN, settings and query. */
   async #openWith<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
+    // Later queries are checked by the lease; this one before a connection is taken.
+    refuseSessionState(compiledQuery.sql)
     if (!canFollowBegin(compiledQuery.sql, compiledQuery.parameters)) return (await this.#open()).executeQuery(compiledQuery)
     const prelude = this.#prelude()
     const lease = await this.#acquire()

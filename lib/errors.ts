@@ -122,6 +122,12 @@ export const HoldTimeoutError = createError(
   500
 )
 
+export const SessionStateError = createError(
+  'FST_DB_SESSION_SESSION_STATE',
+  "'%s' would change the connection's session, which outlives this transaction: the next request to take the pooled connection (behind PgBouncer in transaction mode, any client) would inherit it. Use SET LOCAL, set_config(name, value, true) or pg_advisory_xact_lock, or fastify.db.kysely for session work",
+  500
+)
+
 export const errors = {
   FST_DB_SESSION_INVALID_OPTION: InvalidOptionError,
   FST_DB_SESSION_DISABLED: DbDisabledError,
@@ -142,7 +148,8 @@ export const errors = {
   FST_DB_SESSION_STARTUP_FAILED: StartupFailedError,
   FST_DB_SESSION_PING_FAILED: PingFailedError,
   FST_DB_SESSION_STATEMENT_TIMEOUT: StatementTimeoutError,
-  FST_DB_SESSION_HOLD_TIMEOUT: HoldTimeoutError
+  FST_DB_SESSION_HOLD_TIMEOUT: HoldTimeoutError,
+  FST_DB_SESSION_SESSION_STATE: SessionStateError
 } as const
 
 type DatabaseError = Error & { code?: string }

@@ -115,3 +115,27 @@ t.test('leak options are checked', async (t) => {
     })
   }
 })
+
+t.test('leakTimeoutMillis on a pool connected through a Unix socket: the statement is canceled there too', async (t) => {
+  const db = await testDatabase(t)
+  const directory = (await db.query<{ dirs: string }>('SELECT current_setting(\'unix_socket_directories\') AS dirs')).rows[0].dirs.split(',')[0].trim()
+  const url = new URL(db.url)
+  const app = await db.app({
+    connectionString: undefined,
+    pool: { host: directory, port: Number(url.port), database: db.name, user: decodeURIComponent(url.username), password: decodeURIComponent(url.password) },
+    leakTimeoutMillis: 200
+  }, { logger: { level: 'silent' } })
+  let address: string | null | undefined
+  app.get('/sleepy', async (request) => {
+    address = (await sql<{ address: string | null }>`SELECT inet_client_addr()::text AS address`.execute(request.db)).rows[0].address
+    await sql`SELECT pg_sleep(10)`.execute(request.db)
+    return { slept: true }
+  })
+  const res = await app.inject('/sleepy')
+  t.equal(address, null, 'the connection is a Unix socket\'s (no client address)')
+  t.equal(res.json().code, 'FST_DB_SESSION_HOLD_TIMEOUT')
+  const sleeping = "AND state = 'active' AND query LIKE '%pg_sleep%'"
+  const stillSleeping = () => db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() ${sleeping}`, [db.name]).then((r) => r.rows[0].n as number)
+  t.equal(await eventually(stillSleeping, (n) => n === 0, 1500), 0, 'the sleeping backend, reached through the socket, stopped')
+  t.equal(await eventually(() => db.connections(), (n) => n === 0), 0, 'and is gone')
+})
