@@ -1,13 +1,14 @@
 // The quick start as a user runs it: `npm start`'s server as its own process, over HTTP.
 import t from 'tap'
 import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
 import { testDatabase } from './helpers/database.js'
 import { startScript } from './helpers/util.js'
 
 t.test('the quick-start server commits, rolls back a duplicate, and reports its pool', async (t) => {
   const db = await testDatabase(t)
   const { server, port, output } = await startScript(t, 'examples/quick-start/server.ts', { DATABASE_URL: db.url })
-  t.match(output, `quick-start listening on http://127.0.0.1:${port}`)
+  t.match(output, `listening on http://127.0.0.1:${port}`)
   const base = `http://127.0.0.1:${port}`
   const post = (name: string) => fetch(`${base}/items`, {
     method: 'POST',
@@ -29,4 +30,11 @@ t.test('the quick-start server commits, rolls back a duplicate, and reports its 
   const [code] = await once(server, 'exit')
   t.equal(code, 0, 'shuts down cleanly on SIGTERM')
   t.equal(await db.connections(), 0, 'and leaves no connection behind')
+})
+
+t.test('the README\'s quick start is examples/quick-start/app.ts, character for character', async (t) => {
+  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8')
+  const block = /## Quick start\n\n```ts\n([\s\S]*?)```\n/.exec(readme)
+  t.ok(block, 'the README has a quick-start code block')
+  t.equal(block?.[1], await readFile(new URL('../examples/quick-start/app.ts', import.meta.url), 'utf8'))
 })

@@ -1,37 +1,30 @@
-// The README's quick start as a runnable app: items written through request.db.
 import Fastify from 'fastify'
-import type { FastifyInstance } from 'fastify'
 import type { Generated } from 'kysely'
 import dbSession from 'fastify-db-session'
 
-export interface Database {
+interface Database {
   items: { id: Generated<number>, name: string }
 }
-
-// Types request.db and fastify.db with this app's tables.
+// Types request.db and fastify.db with your tables.
 declare module 'fastify-db-session' {
   interface DbSessionRegister { database: Database }
 }
 
-export async function buildApp (connectionString: string): Promise<FastifyInstance> {
-  const app = Fastify({ logger: process.env.LOG === '1' })
-  await app.register(dbSession, { connectionString, maxConnections: 10, acquireTimeoutMillis: 2000 })
-  await app.db.kysely.schema.createTable('items').ifNotExists()
-    .addColumn('id', 'serial', (col) => col.primaryKey())
-    .addColumn('name', 'text', (col) => col.notNull().unique())
-    .execute()
+export const app = Fastify()
+await app.register(dbSession, { connectionString: process.env.DATABASE_URL })
+// The table (a real app runs migrations: fastify.db.kysely serves Kysely's Migrator too).
+await app.db.kysely.schema.createTable('items').ifNotExists()
+  .addColumn('id', 'serial', (col) => col.primaryKey())
+  .addColumn('name', 'text', (col) => col.notNull().unique())
+  .execute()
 
-  // Committed before the 201 leaves; a duplicate name throws and rolls back.
-  app.post<{ Body: { name: string } }>('/items', async (request, reply) => {
-    const row = await request.db.insertInto('items').values({ name: request.body.name }).returningAll().executeTakeFirstOrThrow()
-    return reply.code(201).send(row)
-  })
+app.post<{ Body: { name: string } }>('/items', async (request, reply) => {
+  const row = await request.db.insertInto('items').values(request.body).returningAll().executeTakeFirstOrThrow()
+  return reply.code(201).send(row) // committed before this 201 is sent; a duplicate name rolls back
+})
+app.get('/items', async (request) => request.db.selectFrom('items').selectAll().orderBy('id').execute())
+// No request.db here: the health check takes no connection.
+app.get('/health', async () => app.db.stats())
 
-  app.get('/items', async (request) => {
-    return request.db.selectFrom('items').selectAll().orderBy('id').execute()
-  })
-
-  // No request.db here: the health check costs no connection.
-  app.get('/health', async () => app.db.stats())
-  return app
-}
+const address = await app.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 3000) })
+console.log(`listening on ${address}`)

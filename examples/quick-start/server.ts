@@ -1,11 +1,11 @@
-// npm start: the quick-start app on an embedded PostgreSQL (or DATABASE_URL), on 127.0.0.1.
+// npm run quick-start: the README's quick start (app.ts, exactly as the README shows it) on an
+// embedded PostgreSQL, or on DATABASE_URL when it is set.
 import { startEmbeddedPostgres } from '../embedded-postgres.mjs'
-import { buildApp } from './app.js'
 
 const embedded = process.env.DATABASE_URL ? null : await startEmbeddedPostgres()
-const app = await buildApp(process.env.DATABASE_URL ?? embedded!.url)
-const address = await app.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 3000) })
-console.log(`quick-start listening on ${address} (try: curl -X POST ${address}/items -H 'content-type: application/json' -d '{"name":"apple"}')`)
+if (embedded !== null) process.env.DATABASE_URL = embedded.url
+const { app } = await import('./app.js')
+console.log(`try: curl -X POST ${app.listeningOrigin}/items -H 'content-type: application/json' -d '{"name":"apple"}'`)
 
 async function shutdown (): Promise<void> {
   await app.close()
