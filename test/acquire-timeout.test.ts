@@ -226,3 +226,30 @@ t.test('a pool of your own without pg-pool\'s internals: the deadline holds all 
   t.equal(res.statusCode, 503)
   t.equal(res.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
 })
+
+t.test('by default a query waits 5000 ms for a connection, then gets 503 ACQUIRE_TIMEOUT (never pg\'s forever)', async (t) => {
+  const db = await testDatabase(t)
+  const app = await db.app({ maxConnections: 1 })
+  const holding = deferred()
+  const release = deferred()
+  app.get('/hold', async (request) => {
+    await sql`SELECT 1`.execute(request.db)
+    holding.resolve()
+    await release.promise
+    return 'held'
+  })
+  app.get('/wait', async (request) => (await sql<{ one: number }>`SELECT 1 AS one`.execute(request.db)).rows[0])
+  const held = app.inject('/hold')
+  await holding.promise
+  const started = performance.now()
+  const waited = await app.inject('/wait')
+  const elapsed = performance.now() - started
+  release.resolve()
+  t.equal((await held).statusCode, 200)
+  t.equal(waited.statusCode, 503)
+  t.equal(waited.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  t.match(waited.json().message, /within 5000 ms/)
+  t.equal(waited.headers['retry-after'], '5')
+  t.ok(elapsed >= 4990 && elapsed < 6500, `answered after the default 5000 ms (${Math.round(elapsed)} ms)`)
+  t.equal(app.db.stats().acquireTimeouts, 1)
+})

@@ -6,7 +6,7 @@ import Fastify from 'fastify'
 import pg from 'pg'
 import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
-import { testDatabase } from './helpers/database.js'
+import { eventually, testDatabase } from './helpers/database.js'
 import { capturedLogs } from './helpers/util.js'
 
 /** A real pg client class whose backend is terminated just before the first query `dies` picks, as after a failover. */
@@ -140,4 +140,17 @@ t.test('a ROLLBACK that fails on a connection thought healthy: logged, and the c
   t.equal(stats.destroyed, 1)
   t.equal(stats.total, 0)
   t.equal((await db.query('SELECT count(*)::int AS n FROM items')).rows[0].n, 0, 'nothing committed')
+})
+
+t.test('a connection given back inside a transaction (fastify.db.kysely, BEGIN left open) is destroyed, not pooled', async (t) => {
+  const db = await testDatabase(t)
+  const app = await db.app({ maxConnections: 1 })
+  const pid = await app.db.kysely.connection().execute(async (conn) => {
+    await sql`BEGIN`.execute(conn)
+    return (await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(conn)).rows[0].pid
+  })
+  t.equal(app.db.stats().destroyed, 1, 'PostgreSQL did not report it idle: destroyed')
+  t.equal(await eventually(() => db.idleInTransaction(), (n) => n === 0), 0, 'no backend is left idle in transaction')
+  const next = await app.db.kysely.connection().execute(async (conn) => (await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(conn)).rows[0])
+  t.not(next.pid, pid, 'the next checkout got a new connection')
 })
