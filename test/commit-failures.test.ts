@@ -35,6 +35,8 @@ t.test('a serialization failure, in a query or at COMMIT, answers 409 FST_DB_SES
   await db.query('CREATE TABLE doctors (name text PRIMARY KEY, on_call boolean NOT NULL)')
   await db.query("INSERT INTO doctors VALUES ('alice', true), ('bob', true)")
   const app = await db.app({ isolationLevel: 'serializable' })
+  const sent: unknown[] = []
+  app.setErrorHandler(async (error, _request, reply) => { sent.push(error); return reply.send(error) })
   // Classic write skew: each request sees two doctors on call and takes one off.
   let arrived = 0
   let release: () => void = () => {}
@@ -56,6 +58,7 @@ t.test('a serialization failure, in a query or at COMMIT, answers 409 FST_DB_SES
   t.same(statuses, [200, 409])
   const failed = a.statusCode === 409 ? a : b
   t.equal(failed.json().code, 'FST_DB_SESSION_SERIALIZATION_FAILURE')
+  t.match(sent, [{ code: 'FST_DB_SESSION_SERIALIZATION_FAILURE', cause: { code: '40001' } }], 'PostgreSQL\'s error is kept as the cause')
   t.equal((await db.query('SELECT count(*)::int AS n FROM doctors WHERE on_call')).rows[0].n, 1)
   t.equal(await db.idleInTransaction(), 0)
 })
@@ -76,6 +79,8 @@ t.test('a deadlock at COMMIT answers 409 FST_DB_SESSION_DEADLOCK', async (t) => 
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION lock_partner()`)
   await db.query('ALTER DATABASE ' + db.name + " SET deadlock_timeout = '50ms'")
   const app = await db.app()
+  const sent: unknown[] = []
+  app.setErrorHandler(async (error, _request, reply) => { sent.push(error); return reply.send(error) })
   let arrived = 0
   let release: () => void = () => {}
   const bothLocked = new Promise<void>((resolve) => { release = resolve })
@@ -94,6 +99,7 @@ t.test('a deadlock at COMMIT answers 409 FST_DB_SESSION_DEADLOCK', async (t) => 
   t.same(statuses, [200, 409])
   const failed = a.statusCode === 409 ? a : b
   t.equal(failed.json().code, 'FST_DB_SESSION_DEADLOCK')
+  t.match(sent, [{ code: 'FST_DB_SESSION_DEADLOCK', cause: { code: '40P01' } }], 'PostgreSQL\'s error is kept as the cause')
   t.equal((await db.query('SELECT sum(touched)::int AS n FROM accounts')).rows[0].n, 1, 'only the survivor committed')
   t.equal(await eventually(() => db.idleInTransaction(), (n) => n === 0), 0)
 })
