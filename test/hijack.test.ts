@@ -1,6 +1,6 @@
-// A hijacked reply skips onSend: the plugin finishes its transaction in onResponse, after the
-// response the handler wrote itself has gone out (commit when its status is below 400), or on
-// the socket's close when the client hangs up first.
+// A hijacked reply skips onSend: the plugin finishes its transaction on the raw response's
+// close, after the response the handler wrote itself has gone out (commit when its status is
+// below 400), or when the client hangs up first (rollback).
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
