@@ -1,7 +1,7 @@
 // Schema and row-level security, applied by Kysely's Migrator as the database owner. The app
 // connects as `appRole`, which owns nothing, cannot bypass RLS, and gets only the grants below.
 import { sql } from 'kysely'
-import type { Kysely } from 'kysely'
+import type { Transaction } from 'kysely'
 import { Migrator } from 'kysely/migration'
 import type { Migration } from 'kysely/migration'
 
@@ -110,14 +110,10 @@ function migrations (appRole: string): Record<string, Migration> {
 }
 
 /**
- * Creates the app's login role if needed (cluster-wide: no superuser, no BYPASSRLS, owns
- * nothing) with a fresh password, and migrates the schema. Returns the role's password.
+ * Migrates the schema to the latest version, inside the owner's setup transaction (see setup.ts,
+ * which creates `appRole` first).
  */
-export async function migrate (owner: Kysely<any>, appRole: string, password: string): Promise<void> {
-  const role = sql.id(appRole)
-  const { rows } = await sql<{ exists: boolean }>`SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${appRole}) AS exists`.execute(owner)
-  if (!rows[0].exists) await sql`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE`.execute(owner)
-  await sql`ALTER ROLE ${role} PASSWORD ${sql.lit(password)}`.execute(owner)
+export async function migrate (owner: Transaction<any>, appRole: string): Promise<void> {
   const migrator = new Migrator({ db: owner, provider: { getMigrations: async () => migrations(appRole) } })
   const { error, results } = await migrator.migrateToLatest()
   if (error !== undefined) {
