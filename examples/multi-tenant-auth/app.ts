@@ -46,6 +46,11 @@ declare module 'fastify' {
     auth: AccessClaims | null
     /** What the database context functions read: set by authenticate, or by a handler before its first query. */
     dbContext: { tenantId?: string, userId?: string } | null
+    /**
+     * Set by a handler whose error answer must still commit what it wrote: a reused refresh
+     * token revokes its family and answers 401. See `commitWhen` below.
+     */
+    commitDespiteError: boolean
   }
   interface FastifyInstance {
     settings: AppSettings
@@ -98,6 +103,9 @@ export async function buildApp (options: AppOptions): Promise<App> {
     leakDetectionMillis: 2000,
     leakTimeoutMillis: 30000,
     circuitBreaker: true,
+    // An error status rolls back, unless the handler set commitDespiteError: then what it wrote
+    // (a revocation) commits in the request's own transaction, with no second connection.
+    commitWhen: (request, reply) => reply.statusCode < 400 || request.commitDespiteError,
     // Row-level security reads these; they are set inside each request's transaction only.
     context: {
       'app.tenant_id': (request) => request.dbContext?.tenantId,
@@ -108,6 +116,7 @@ export async function buildApp (options: AppOptions): Promise<App> {
 
   app.decorateRequest('auth', null)
   app.decorateRequest('dbContext', null)
+  app.decorateRequest('commitDespiteError', false)
   app.decorate('authenticate', async function (request: FastifyRequest, reply: FastifyReply) {
     const header = request.headers.authorization
     const claims = header?.startsWith('Bearer ') === true ? verifyAccessToken(options.tokenSecret, header.slice(7)) : null

@@ -88,11 +88,12 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       const known = await request.db.selectFrom('refresh_tokens').select(['family_id', 'used_at'])
         .where('token_hash', '=', parsed.hash).executeTakeFirst()
       if (known?.used_at != null) {
-        // A used token came back: it was stolen or replayed. Revoke its whole family, and commit
-        // that in its own transaction, since this request answers 401 and rolls back.
-        await app.db.transaction((trx) => trx.updateTable('refresh_tokens').set({ revoked_at: new Date() })
-          .where('family_id', '=', known.family_id).where('revoked_at', 'is', null).execute(),
-        { context: { 'app.tenant_id': parsed.tenantId } })
+        // A used token came back: it was stolen or replayed. Revoke its whole family in this
+        // request's transaction, and have it commit although the answer is 401 (a transaction of
+        // its own would need a second connection while this one is held).
+        await request.db.updateTable('refresh_tokens').set({ revoked_at: new Date() })
+          .where('family_id', '=', known.family_id).where('revoked_at', 'is', null).execute()
+        request.commitDespiteError = true
         return problem(reply, 401, 'REFRESH_TOKEN_REUSED', 'this refresh token was already used; its session is revoked')
       }
       return problem(reply, 401, 'INVALID_REFRESH_TOKEN', 'invalid refresh token')

@@ -201,6 +201,48 @@ t.test('refresh tokens rotate; a reused one revokes its family only', async (t) 
   t.equal((await refresh(app, other.body.refreshToken)).status, 200, 'and keeps rotating')
 })
 
+t.test('a reused refresh token is answered at once on a pool of one connection, and revokes its family', async (t) => {
+  const { app, db } = await startService(t, { maxConnections: 1 })
+  const account = await signUp(app)
+  const otherSession = await login(app, account.tenantId, account.email, account.password)
+  const familyId = (await tokenRow(db, account.refreshToken))!.family_id
+  const rotated = await refresh(app, account.refreshToken)
+  t.equal(rotated.status, 200)
+
+  const started = performance.now()
+  const reused = await refresh(app, account.refreshToken)
+  const millis = performance.now() - started
+  t.same([reused.status, reused.body.code], [401, 'REFRESH_TOKEN_REUSED'], 'refused as a reuse, not 503')
+  t.ok(millis < 1000, `answered in ${millis.toFixed(0)} ms, well under the 5 s acquire timeout`)
+  t.same(await family(db, familyId), [{ used: true, revoked: true }, { used: false, revoked: true }], 'the revocation committed with the 401')
+  t.same([(await refresh(app, rotated.body.refreshToken)).status, (await refresh(app, otherSession.body.refreshToken)).status], [401, 200],
+    'the rotated token is dead; the other session lives')
+  t.match(app.db.stats(), { acquireTimeouts: 0, active: 0 })
+  t.equal(await db.idleInTransaction(), 0)
+})
+
+t.test('20 reuses at once on a pool of 2 are all refused as reuses, and every family is revoked', async (t) => {
+  const { app, db } = await startService(t, { maxConnections: 2, loginAttempts: 100 })
+  const account = await signUp(app)
+  const sessions: Array<{ first: string, rotated: string, familyId: string }> = []
+  for (let i = 0; i < 20; i++) {
+    const session = await login(app, account.tenantId, account.email, account.password)
+    const rotated = await refresh(app, session.body.refreshToken)
+    if (session.status !== 200 || rotated.status !== 200) throw new Error(`session ${i}: ${session.status} ${rotated.status}`)
+    sessions.push({ first: session.body.refreshToken, rotated: rotated.body.refreshToken, familyId: (await tokenRow(db, session.body.refreshToken))!.family_id })
+  }
+  const untouched = account.refreshToken
+
+  const answers = await Promise.all(sessions.map((session) => refresh(app, session.first)))
+  t.same(answers.map((res) => `${res.status} ${res.body.code}`), Array(20).fill('401 REFRESH_TOKEN_REUSED'), 'all 20 answered 401 REFRESH_TOKEN_REUSED')
+  const families = await Promise.all(sessions.map((session) => family(db, session.familyId)))
+  t.same(families, Array(20).fill([{ used: true, revoked: true }, { used: false, revoked: true }]), 'all 20 families revoked, the rotated tokens too')
+  const rotatedAnswers = await Promise.all(sessions.map((session) => refresh(app, session.rotated)))
+  t.same(rotatedAnswers.map((res) => res.status), Array(20).fill(401), 'no rotated token refreshes')
+  t.equal((await refresh(app, untouched)).status, 200, 'the sign-up\'s own session is untouched')
+  t.match(app.db.stats(), { acquireTimeouts: 0, active: 0 })
+})
+
 t.test('logout', async (t) => {
   const { app, db } = await startService(t)
   const account = await signUp(app)
