@@ -21,7 +21,7 @@ t.test('the README walk-through works as written', async (t) => {
   })
   const lines = stdout.trim().split('\n')
   t.match(lines[0], /^tenant [0-9a-f-]{36}$/)
-  t.match(JSON.parse(lines[1]), { email: 'bob@acme.test', role: 'member' })
+  t.match(JSON.parse(lines[1]), { user: { email: 'bob@acme.test' }, tenant: { id: lines[0].slice('tenant '.length), name: 'Acme' }, role: 'member' })
   t.match(JSON.parse(lines[2]), { title: 'Plan', body: 'ship it' })
   t.match(JSON.parse(lines[3]), [{ title: 'Plan', body: 'ship it' }])
   t.same(JSON.parse(lines[4]), [], 'Globex sees none of Acme\'s notes')

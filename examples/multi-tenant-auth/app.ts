@@ -10,6 +10,7 @@ import type { PasswordCost } from './passwords.js'
 import { verifyAccessToken } from './tokens.js'
 import type { AccessClaims } from './tokens.js'
 import authRoutes from './routes/auth.js'
+import invitationRoutes from './routes/invitations.js'
 import memberRoutes from './routes/members.js'
 import noteRoutes from './routes/notes.js'
 import opsRoutes from './routes/ops.js'
@@ -24,7 +25,11 @@ export interface AppOptions {
   refreshTokenDays?: number
   /** Login attempts per email and address in `loginWindowMillis`. */
   loginAttempts?: number
+  /** Sign-ups (POST /tenants) and invitation acceptances, each per address in `loginWindowMillis`: both check a password. */
+  signupAttempts?: number
   loginWindowMillis?: number
+  /** How long an invitation's token can be accepted. */
+  invitationDays?: number
   maxConnections?: number
   logger?: boolean
 }
@@ -35,7 +40,9 @@ export interface AppSettings {
   accessTokenSeconds: number
   refreshTokenDays: number
   loginAttempts: number
+  signupAttempts: number
   loginWindowMillis: number
+  invitationDays: number
   /** A hash checked when an email is unknown, so that login takes the same time either way. */
   dummyPasswordHash: string
 }
@@ -88,7 +95,9 @@ export async function buildApp (options: AppOptions): Promise<App> {
     accessTokenSeconds: options.accessTokenSeconds ?? 900,
     refreshTokenDays: options.refreshTokenDays ?? 30,
     loginAttempts: options.loginAttempts ?? 10,
+    signupAttempts: options.signupAttempts ?? 10,
     loginWindowMillis: options.loginWindowMillis ?? 60_000,
+    invitationDays: options.invitationDays ?? 7,
     dummyPasswordHash: await hashPassword('not a real password', passwordCost)
   })
 
@@ -128,6 +137,7 @@ export async function buildApp (options: AppOptions): Promise<App> {
   })
 
   await app.register(authRoutes)
+  await app.register(invitationRoutes)
   await app.register(memberRoutes)
   await app.register(noteRoutes)
   await app.register(opsRoutes)
