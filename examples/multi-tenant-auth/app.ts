@@ -10,6 +10,7 @@ import type { PasswordCost } from './passwords.js'
 import { verifyAccessToken } from './tokens.js'
 import type { AccessClaims } from './tokens.js'
 import authRoutes from './routes/auth.js'
+import invitationRoutes from './routes/invitations.js'
 import memberRoutes from './routes/members.js'
 import noteRoutes from './routes/notes.js'
 import opsRoutes from './routes/ops.js'
@@ -24,7 +25,11 @@ export interface AppOptions {
   refreshTokenDays?: number
   /** Login attempts per email and address in `loginWindowMillis`. */
   loginAttempts?: number
+  /** Sign-ups (POST /tenants) and invitation acceptances, each per address in `loginWindowMillis`: both check a password. */
+  signupAttempts?: number
   loginWindowMillis?: number
+  /** How long an invitation's token can be accepted. */
+  invitationDays?: number
   maxConnections?: number
   logger?: boolean
 }
@@ -35,7 +40,9 @@ export interface AppSettings {
   accessTokenSeconds: number
   refreshTokenDays: number
   loginAttempts: number
+  signupAttempts: number
   loginWindowMillis: number
+  invitationDays: number
   /** A hash checked when an email is unknown, so that login takes the same time either way. */
   dummyPasswordHash: string
 }
@@ -46,6 +53,11 @@ declare module 'fastify' {
     auth: AccessClaims | null
     /** What the database context functions read: set by authenticate, or by a handler before its first query. */
     dbContext: { tenantId?: string, userId?: string } | null
+    /**
+     * Set by a handler whose error answer must still commit what it wrote: a reused refresh
+     * token revokes its family and answers 401. See `commitWhen` below.
+     */
+    commitDespiteError: boolean
   }
   interface FastifyInstance {
     settings: AppSettings
@@ -83,7 +95,9 @@ export async function buildApp (options: AppOptions): Promise<App> {
     accessTokenSeconds: options.accessTokenSeconds ?? 900,
     refreshTokenDays: options.refreshTokenDays ?? 30,
     loginAttempts: options.loginAttempts ?? 10,
+    signupAttempts: options.signupAttempts ?? 10,
     loginWindowMillis: options.loginWindowMillis ?? 60_000,
+    invitationDays: options.invitationDays ?? 7,
     dummyPasswordHash: await hashPassword('not a real password', passwordCost)
   })
 
@@ -98,6 +112,9 @@ export async function buildApp (options: AppOptions): Promise<App> {
     leakDetectionMillis: 2000,
     leakTimeoutMillis: 30000,
     circuitBreaker: true,
+    // An error status rolls back, unless the handler set commitDespiteError: then what it wrote
+    // (a revocation) commits in the request's own transaction, with no second connection.
+    commitWhen: (request, reply) => reply.statusCode < 400 || request.commitDespiteError,
     // Row-level security reads these; they are set inside each request's transaction only.
     context: {
       'app.tenant_id': (request) => request.dbContext?.tenantId,
@@ -108,6 +125,7 @@ export async function buildApp (options: AppOptions): Promise<App> {
 
   app.decorateRequest('auth', null)
   app.decorateRequest('dbContext', null)
+  app.decorateRequest('commitDespiteError', false)
   app.decorate('authenticate', async function (request: FastifyRequest, reply: FastifyReply) {
     const header = request.headers.authorization
     const claims = header?.startsWith('Bearer ') === true ? verifyAccessToken(options.tokenSecret, header.slice(7)) : null
@@ -119,6 +137,7 @@ export async function buildApp (options: AppOptions): Promise<App> {
   })
 
   await app.register(authRoutes)
+  await app.register(invitationRoutes)
   await app.register(memberRoutes)
   await app.register(noteRoutes)
   await app.register(opsRoutes)

@@ -1,7 +1,7 @@
 // Schema and row-level security, applied by Kysely's Migrator as the database owner. The app
 // connects as `appRole`, which owns nothing, cannot bypass RLS, and gets only the grants below.
 import { sql } from 'kysely'
-import type { Kysely } from 'kysely'
+import type { Transaction } from 'kysely'
 import { Migrator } from 'kysely/migration'
 import type { Migration } from 'kysely/migration'
 
@@ -87,10 +87,15 @@ function migrations (appRole: string): Record<string, Migration> {
           );
           CREATE POLICY update_self ON users FOR UPDATE USING (id = app_user()) WITH CHECK (id = app_user());
 
-          -- The two things the app may do with accounts it cannot see; neither returns a hash.
+          -- The two things the app may do with accounts it cannot see (SECURITY DEFINER: they run
+          -- as the owner); neither returns a hash. Both are called only by POST /tenants and POST
+          -- /invitations/accept (routes/accounts.ts), which make a new account for an email that
+          -- has none, or else make the caller prove the existing account's password.
+          -- create_user: a new account, from a hash made by the app; returns its id.
           CREATE FUNCTION create_user(p_email text, p_password_hash text) RETURNS uuid
             LANGUAGE sql SECURITY DEFINER SET search_path = public
             AS $$ INSERT INTO users (email, password_hash) VALUES (p_email, p_password_hash) RETURNING id $$;
+          -- user_id_by_email: the id of the account with this (lowercased) email, or NULL.
           CREATE FUNCTION user_id_by_email(p_email text) RETURNS uuid
             LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public
             AS $$ SELECT id FROM users WHERE email = p_email $$;
@@ -105,19 +110,41 @@ function migrations (appRole: string): Record<string, Migration> {
         await sql`GRANT SELECT, UPDATE (password_hash) ON users TO ${role}`.execute(db)
         await sql`GRANT EXECUTE ON FUNCTION create_user(text, text), user_id_by_email(text), app_tenant(), app_user() TO ${role}`.execute(db)
       }
+    },
+    '004_invitations': {
+      async up (db) {
+        // POST /members records an invitation; POST /invitations/accept, with its token, turns it
+        // into a membership for whoever proves they own the email's account (or makes the
+        // account). Tenant-owned like notes: row-level security on app.tenant_id.
+        await sql`
+          CREATE TABLE invitations (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            tenant_id uuid NOT NULL DEFAULT app_tenant() REFERENCES tenants ON DELETE CASCADE,
+            email text NOT NULL CHECK (email = lower(email)),
+            role text NOT NULL CHECK (role IN ('admin', 'member')),
+            token_hash bytea NOT NULL UNIQUE,
+            expires_at timestamptz NOT NULL,
+            created_by uuid NOT NULL REFERENCES users ON DELETE CASCADE,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            accepted_at timestamptz,
+            accepted_by uuid REFERENCES users ON DELETE SET NULL
+          );
+          CREATE INDEX invitations_tenant ON invitations (tenant_id, created_at);
+          ALTER TABLE invitations ENABLE ROW LEVEL SECURITY;
+          ALTER TABLE invitations FORCE ROW LEVEL SECURITY;
+          CREATE POLICY tenant_own ON invitations USING (tenant_id = app_tenant()) WITH CHECK (tenant_id = app_tenant());
+        `.execute(db)
+        await sql`GRANT SELECT, INSERT, UPDATE ON invitations TO ${role}`.execute(db)
+      }
     }
   }
 }
 
 /**
- * Creates the app's login role if needed (cluster-wide: no superuser, no BYPASSRLS, owns
- * nothing) with a fresh password, and migrates the schema. Returns the role's password.
+ * Migrates the schema to the latest version, inside the owner's setup transaction (see setup.ts,
+ * which creates `appRole` first).
  */
-export async function migrate (owner: Kysely<any>, appRole: string, password: string): Promise<void> {
-  const role = sql.id(appRole)
-  const { rows } = await sql<{ exists: boolean }>`SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${appRole}) AS exists`.execute(owner)
-  if (!rows[0].exists) await sql`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE`.execute(owner)
-  await sql`ALTER ROLE ${role} PASSWORD ${sql.lit(password)}`.execute(owner)
+export async function migrate (owner: Transaction<any>, appRole: string): Promise<void> {
   const migrator = new Migrator({ db: owner, provider: { getMigrations: async () => migrations(appRole) } })
   const { error, results } = await migrator.migrateToLatest()
   if (error !== undefined) {

@@ -27,6 +27,18 @@ export interface Database {
     revoked_at: Date | null
     created_at: Generated<Date>
   }
+  invitations: {
+    id: Generated<string>
+    tenant_id: string
+    email: string
+    role: Exclude<Role, 'owner'>
+    token_hash: Buffer
+    expires_at: Date
+    created_by: string
+    created_at: Generated<Date>
+    accepted_at: Date | null
+    accepted_by: string | null
+  }
 }
 
 declare module 'fastify-db-session' {

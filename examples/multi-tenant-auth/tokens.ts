@@ -61,3 +61,8 @@ export function parseRefreshToken (token: string): { tenantId: string, hash: Buf
 }
 
 export const newFamilyId = randomUUID
+
+// Invitation tokens have the same form (the tenant, then 256 random bits) and are likewise stored
+// only as a hash, in their own table.
+export const newInvitationToken = newRefreshToken
+export const parseInvitationToken = parseRefreshToken

@@ -1,22 +1,25 @@
-// Tenants with their owner, log in, refresh (rotated; a reused token revokes its family), log out, me.
+// Tenants with their owner (a new account, or an existing one proving its password), log in,
+// refresh (rotated; a reused token revokes its family), log out, me.
 import { randomUUID } from 'node:crypto'
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { sql } from 'kysely'
-import { hashPassword, verifyPassword } from '../passwords.js'
+import { verifyPassword } from '../passwords.js'
 import { parseRefreshToken } from '../tokens.js'
-import { Email, isUniqueViolation, Password, Problem, problem, Text, Tokens, Uuid } from './common.js'
+import { joinWithPassword } from './accounts.js'
+import { Email, Password, Problem, problem, Text, Tokens, Uuid } from './common.js'
 import { issueTokens } from './session-tokens.js'
 
 const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { settings } = app
 
   app.post('/tenants', {
+    // Each sign-up checks a password when the email has an account: limited like logins.
+    config: { rateLimit: { max: settings.signupAttempts, timeWindow: settings.loginWindowMillis } },
     schema: {
       body: Type.Object({ name: Text({ minLength: 1, maxLength: 100 }), email: Email, password: Password }, { additionalProperties: false }),
       response: {
         201: Type.Object({ tenant: Type.Object({ id: Uuid, name: Type.String() }), user: Type.Object({ id: Uuid, email: Type.String() }), ...Tokens.properties }),
-        409: Problem
+        401: Problem
       }
     }
   }, async (request, reply) => {
@@ -24,19 +27,13 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const tenantId = randomUUID()
     // The context functions run at the first query: the new tenant is this request's tenant.
     request.dbContext = { tenantId }
-    const passwordHash = await hashPassword(request.body.password, settings.passwordCost)
     await request.db.insertInto('tenants').values({ id: tenantId, name: request.body.name }).execute()
-    let userId: string
-    try {
-      const { rows } = await sql<{ id: string }>`SELECT create_user(${email}, ${passwordHash}) AS id`.execute(request.db)
-      userId = rows[0].id
-    } catch (error) {
-      if (isUniqueViolation(error)) return problem(reply, 409, 'EMAIL_TAKEN', 'an account with this email exists: log in and ask to be added instead')
-      throw error
-    }
-    await request.db.insertInto('memberships').values({ tenant_id: tenantId, user_id: userId, role: 'owner' }).execute()
-    const tokens = await issueTokens(request.db, settings, { userId, tenantId, role: 'owner' })
-    return reply.code(201).send({ tenant: { id: tenantId, name: request.body.name }, user: { id: userId, email }, ...tokens })
+    // A new email gets an account; an existing account's owner signs in with its password to own
+    // the new tenant too. A wrong one is 401, which rolls back the tenant and the membership.
+    const owner = await joinWithPassword(request.db, settings, { tenantId, email, password: request.body.password, role: 'owner' })
+    if (owner === null) return problem(reply, 401, 'INVALID_CREDENTIALS', 'invalid email or password')
+    const tokens = await issueTokens(request.db, settings, { userId: owner.userId, tenantId, role: 'owner' })
+    return reply.code(201).send({ tenant: { id: tenantId, name: request.body.name }, user: { id: owner.userId, email }, ...tokens })
   })
 
   app.post('/login', {
@@ -88,11 +85,12 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       const known = await request.db.selectFrom('refresh_tokens').select(['family_id', 'used_at'])
         .where('token_hash', '=', parsed.hash).executeTakeFirst()
       if (known?.used_at != null) {
-        // A used token came back: it was stolen or replayed. Revoke its whole family, and commit
-        // that in its own transaction, since this request answers 401 and rolls back.
-        await app.db.transaction((trx) => trx.updateTable('refresh_tokens').set({ revoked_at: new Date() })
-          .where('family_id', '=', known.family_id).where('revoked_at', 'is', null).execute(),
-        { context: { 'app.tenant_id': parsed.tenantId } })
+        // A used token came back: it was stolen or replayed. Revoke its whole family in this
+        // request's transaction, and have it commit although the answer is 401 (a transaction of
+        // its own would need a second connection while this one is held).
+        await request.db.updateTable('refresh_tokens').set({ revoked_at: new Date() })
+          .where('family_id', '=', known.family_id).where('revoked_at', 'is', null).execute()
+        request.commitDespiteError = true
         return problem(reply, 401, 'REFRESH_TOKEN_REUSED', 'this refresh token was already used; its session is revoked')
       }
       return problem(reply, 401, 'INVALID_REFRESH_TOKEN', 'invalid refresh token')

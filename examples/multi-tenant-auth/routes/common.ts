@@ -24,8 +24,3 @@ export const Tokens = Type.Object({
 export function problem (reply: FastifyReply, status: number, code: string, message: string): FastifyReply {
   return reply.code(status).send({ code, message })
 }
-
-/** PostgreSQL's unique_violation, for answers like 409 "already exists". */
-export function isUniqueViolation (error: unknown): boolean {
-  return (error as { code?: string }).code === '23505'
-}

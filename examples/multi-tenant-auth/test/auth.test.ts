@@ -1,15 +1,14 @@
-// Passwords, login timing and rate limits, refresh-token rotation and revocation, and who may add members.
+// Passwords, login timing and rate limits, refresh-token rotation and revocation, who may add
+// members, and accepting invitations.
 import { randomBytes, scryptSync } from 'node:crypto'
 import t from 'tap'
-import type { Test } from 'tap'
-import { bearer, signUp, startService, TEST_PASSWORD_COST } from './service.js'
-import type { Account } from './service.js'
+import { addMember, bearer, invite, signUp, startService, TEST_PASSWORD_COST } from './service.js'
 import type { App } from '../app.js'
 import type { TestDatabase } from '../../../test/helpers/database.js'
 import { verifyPassword } from '../passwords.js'
 import { hashRefreshToken } from '../tokens.js'
 
-const TABLES = ['tenants', 'users', 'memberships', 'notes', 'refresh_tokens']
+const TABLES = ['tenants', 'users', 'memberships', 'notes', 'refresh_tokens', 'invitations']
 
 /** Row count and a digest of every row of every table: equal snapshots mean nothing was written. */
 async function snapshot (db: TestDatabase): Promise<Record<string, { rows: number, digest: string }>> {
@@ -63,16 +62,6 @@ async function family (db: TestDatabase, familyId: string): Promise<Array<{ used
   return rows
 }
 
-/** An owner with one added account of the given role, logged in. */
-async function addMember (t: Test, app: App, owner: Account, role: 'admin' | 'member', password = 'a member password'): Promise<Account> {
-  const email = `${role}.${randomBytes(4).toString('hex')}@example.test`
-  const added = await post(app, '/members', { email, role, password }, bearer(owner))
-  t.equal(added.status, 201, `the owner adds a ${role}`)
-  const res = await login(app, owner.tenantId, email, password)
-  t.equal(res.status, 200, `the ${role} logs in`)
-  return { tenantId: owner.tenantId, userId: added.body.userId, email, password, accessToken: res.body.accessToken, refreshToken: res.body.refreshToken }
-}
-
 function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   const middle = Math.floor(sorted.length / 2)
@@ -86,7 +75,7 @@ t.test('passwords', async (t) => {
     const first = await signUp(app)
     const second = await signUp(app)
     t.equal(first.password, second.password, 'the same password for both')
-    const third = await addMember(t, app, first, 'member', first.password)
+    const third = await addMember(app, first, 'member', { password: first.password })
     const hashes: string[] = []
     for (const account of [first, second, third]) hashes.push(await passwordHash(db, account.userId))
     t.equal(new Set(hashes).size, 3, 'three different stored hashes')
@@ -156,7 +145,7 @@ t.test('an unknown email costs the same scrypt as a wrong password', async (t) =
 t.test('login is rate limited per email and address', async (t) => {
   const { app, db } = await startService(t, { loginAttempts: 3 })
   const owner = await signUp(app)
-  const other = await addMember(t, app, owner, 'member')
+  const other = await addMember(app, owner, 'member')
   for (let i = 1; i <= 3; i++) {
     t.equal((await login(app, owner.tenantId, owner.email, `wrong password ${i}`)).status, 401, `attempt ${i} is heard (401)`)
   }
@@ -199,6 +188,48 @@ t.test('refresh tokens rotate; a reused one revokes its family only', async (t) 
   const other = await refresh(app, otherSession.body.refreshToken)
   t.equal(other.status, 200, 'the other session of the same user still refreshes')
   t.equal((await refresh(app, other.body.refreshToken)).status, 200, 'and keeps rotating')
+})
+
+t.test('a reused refresh token is answered at once on a pool of one connection, and revokes its family', async (t) => {
+  const { app, db } = await startService(t, { maxConnections: 1 })
+  const account = await signUp(app)
+  const otherSession = await login(app, account.tenantId, account.email, account.password)
+  const familyId = (await tokenRow(db, account.refreshToken))!.family_id
+  const rotated = await refresh(app, account.refreshToken)
+  t.equal(rotated.status, 200)
+
+  const started = performance.now()
+  const reused = await refresh(app, account.refreshToken)
+  const millis = performance.now() - started
+  t.same([reused.status, reused.body.code], [401, 'REFRESH_TOKEN_REUSED'], 'refused as a reuse, not 503')
+  t.ok(millis < 1000, `answered in ${millis.toFixed(0)} ms, well under the 5 s acquire timeout`)
+  t.same(await family(db, familyId), [{ used: true, revoked: true }, { used: false, revoked: true }], 'the revocation committed with the 401')
+  t.same([(await refresh(app, rotated.body.refreshToken)).status, (await refresh(app, otherSession.body.refreshToken)).status], [401, 200],
+    'the rotated token is dead; the other session lives')
+  t.match(app.db.stats(), { acquireTimeouts: 0, active: 0 })
+  t.equal(await db.idleInTransaction(), 0)
+})
+
+t.test('20 reuses at once on a pool of 2 are all refused as reuses, and every family is revoked', async (t) => {
+  const { app, db } = await startService(t, { maxConnections: 2, loginAttempts: 100 })
+  const account = await signUp(app)
+  const sessions: Array<{ first: string, rotated: string, familyId: string }> = []
+  for (let i = 0; i < 20; i++) {
+    const session = await login(app, account.tenantId, account.email, account.password)
+    const rotated = await refresh(app, session.body.refreshToken)
+    if (session.status !== 200 || rotated.status !== 200) throw new Error(`session ${i}: ${session.status} ${rotated.status}`)
+    sessions.push({ first: session.body.refreshToken, rotated: rotated.body.refreshToken, familyId: (await tokenRow(db, session.body.refreshToken))!.family_id })
+  }
+  const untouched = account.refreshToken
+
+  const answers = await Promise.all(sessions.map((session) => refresh(app, session.first)))
+  t.same(answers.map((res) => `${res.status} ${res.body.code}`), Array(20).fill('401 REFRESH_TOKEN_REUSED'), 'all 20 answered 401 REFRESH_TOKEN_REUSED')
+  const families = await Promise.all(sessions.map((session) => family(db, session.familyId)))
+  t.same(families, Array(20).fill([{ used: true, revoked: true }, { used: false, revoked: true }]), 'all 20 families revoked, the rotated tokens too')
+  const rotatedAnswers = await Promise.all(sessions.map((session) => refresh(app, session.rotated)))
+  t.same(rotatedAnswers.map((res) => res.status), Array(20).fill(401), 'no rotated token refreshes')
+  t.equal((await refresh(app, untouched)).status, 200, 'the sign-up\'s own session is untouched')
+  t.match(app.db.stats(), { acquireTimeouts: 0, active: 0 })
 })
 
 t.test('logout', async (t) => {
@@ -245,7 +276,7 @@ t.test('an expired refresh token is refused', async (t) => {
 t.test('a member removed from the tenant can no longer refresh', async (t) => {
   const { app, db } = await startService(t)
   const owner = await signUp(app)
-  const member = await addMember(t, app, owner, 'member')
+  const member = await addMember(app, owner, 'member')
   const rotated = await refresh(app, member.refreshToken)
   t.equal(rotated.status, 200, 'a member refreshes while still a member')
 
@@ -266,22 +297,138 @@ t.test('a member removed from the tenant can no longer refresh', async (t) => {
 t.test('who may add members', async (t) => {
   const { app, db } = await startService(t)
   const owner = await signUp(app)
-  const admin = await addMember(t, app, owner, 'admin')
-  const member = await addMember(t, app, owner, 'member')
+  const admin = await addMember(app, owner, 'admin')
+  const member = await addMember(app, owner, 'member')
 
   let before = await snapshot(db)
-  const forbidden = await post(app, '/members', { email: 'newcomer@example.test', role: 'member', password: 'a fine password' }, bearer(member))
+  const forbidden = await post(app, '/members', { email: 'newcomer@example.test', role: 'member' }, bearer(member))
   t.same([forbidden.status, forbidden.body.code], [403, 'FORBIDDEN'], 'a member cannot add members')
-  t.same(await snapshot(db), before, 'no account or membership was created')
+  t.same(await snapshot(db), before, 'no invitation, account or membership was created')
 
   before = await snapshot(db)
-  const owners = await post(app, '/members', { email: 'usurper@example.test', role: 'owner', password: 'a fine password' }, bearer(admin))
+  const owners = await post(app, '/members', { email: 'usurper@example.test', role: 'owner' }, bearer(admin))
   t.equal(owners.status, 400, 'an admin cannot grant owner')
   t.match(owners.body.message, /body\/role\b/, 'the schema names the role field')
+  const withPassword = await post(app, '/members', { email: 'usurper@example.test', role: 'member', password: 'a fine password' }, bearer(admin))
+  t.same([withPassword.status, withPassword.body.message], [400, 'body must NOT have additional property \'password\''], 'nor choose a password for anyone')
   t.same(await snapshot(db), before, 'nothing written')
 
-  const added = await post(app, '/members', { email: 'newcomer@example.test', role: 'member', password: 'a fine password' }, bearer(admin))
-  t.same([added.status, added.body.role], [201, 'member'], 'an admin does add a member')
-  const adminAdded = await post(app, '/members', { email: 'deputy@example.test', role: 'admin', password: 'a fine password' }, bearer(admin))
+  const added = await post(app, '/members', { email: 'Newcomer@example.test', role: 'member' }, bearer(admin))
+  t.match(added, { status: 201, body: { email: 'newcomer@example.test', role: 'member', invitationToken: new RegExp(`^${owner.tenantId}\\.[\\w-]{43}$`) } },
+    'an admin does invite a member')
+  t.ok(new Date(added.body.expiresAt).getTime() - Date.now() > 6.9 * 86_400_000, `expiring in 7 days (${added.body.expiresAt})`)
+  const { rows } = await db.query('SELECT tenant_id, email, role, created_by, token_hash, accepted_at, accepted_by FROM invitations WHERE email = $1', ['newcomer@example.test'])
+  t.same(rows, [{ tenant_id: owner.tenantId, email: 'newcomer@example.test', role: 'member', created_by: admin.userId, token_hash: hashRefreshToken(added.body.invitationToken), accepted_at: null, accepted_by: null }],
+    'recorded in the tenant, by the admin, with the token\'s hash only')
+  t.same((await db.query('SELECT count(*)::int AS n FROM users WHERE email = $1', ['newcomer@example.test'])).rows[0].n, 0, 'no account yet')
+  const adminAdded = await post(app, '/members', { email: 'deputy@example.test', role: 'admin' }, bearer(admin))
   t.same([adminAdded.status, adminAdded.body.role], [201, 'admin'], 'and an admin')
+  const already = await post(app, '/members', { email: member.email.toUpperCase(), role: 'admin' }, bearer(admin))
+  t.same([already.status, already.body.code], [409, 'ALREADY_MEMBER'], 'a member of the tenant is not invited again')
+})
+
+t.test('accepting an invitation', async (t) => {
+  const { app, db } = await startService(t, { signupAttempts: 100 })
+  const owner = await signUp(app)
+  const elsewhere = await signUp(app)
+  const accept = (token: string, password: string): Promise<Reply> => post(app, '/invitations/accept', { token, password })
+
+  t.test('a new email gets an account with the password given, and is logged in', async (t) => {
+    const token = await invite(app, owner, 'fresh@example.test', 'admin')
+    const res = await accept(token, 'fresh password here')
+    t.equal(res.status, 200)
+    t.match(res.body, { tenant: { id: owner.tenantId }, user: { id: String, email: 'fresh@example.test' }, role: 'admin', accessToken: String, refreshToken: String })
+    t.equal((await login(app, owner.tenantId, 'fresh@example.test', 'fresh password here')).status, 200, 'logs in with that password')
+    t.same((await db.query('SELECT accepted_by = $1 AS by_them, accepted_at IS NOT NULL AS accepted FROM invitations WHERE email = $2', [res.body.user.id, 'fresh@example.test'])).rows,
+      [{ by_them: true, accepted: true }], 'the invitation is marked used, by whom')
+    const again = await accept(token, 'fresh password here')
+    t.same([again.status, again.body.code], [401, 'INVALID_INVITATION'], 'once only')
+  })
+
+  t.test('an existing account joins with its own password, and only with it', async (t) => {
+    const token = await invite(app, owner, elsewhere.email, 'member')
+    const hash = await passwordHash(db, elsewhere.userId)
+    const before = await snapshot(db)
+    for (const password of ['a wrong password', elsewhere.password.toUpperCase(), elsewhere.password + ' ']) {
+      const wrong = await accept(token, password)
+      t.same([wrong.status, wrong.body.code], [401, 'INVALID_CREDENTIALS'], `refused: ${JSON.stringify(password)}`)
+    }
+    t.same(await snapshot(db), before, 'nothing written: no membership, the invitation still open, no session')
+    const res = await accept(token, elsewhere.password)
+    t.same([res.status, res.body.user.id, res.body.role], [200, elsewhere.userId, 'member'], 'the right one joins the same account')
+    t.equal(await passwordHash(db, elsewhere.userId), hash, 'its password is unchanged')
+    t.same((await post(app, '/notes', { title: 'joined' }, bearer(res.body))).status, 201, 'and works in the tenant')
+  })
+
+  t.test('an expired invitation is refused', async (t) => {
+    const token = await invite(app, owner, 'late@example.test', 'member')
+    await db.query("UPDATE invitations SET expires_at = now() - interval '1 second' WHERE email = $1", ['late@example.test'])
+    const before = await snapshot(db)
+    const res = await accept(token, 'late password here')
+    t.same([res.status, res.body.code], [401, 'INVALID_INVITATION'])
+    t.same(await snapshot(db), before, 'nothing written')
+  })
+
+  t.test('an account already a member keeps its role', async (t) => {
+    const member = await addMember(app, owner, 'member')
+    const token = await invite(app, owner, `second.${member.email}`, 'admin')
+    await db.query('UPDATE invitations SET email = $1 WHERE token_hash = $2', [member.email, hashRefreshToken(token)])
+    const res = await accept(token, member.password)
+    t.same([res.status, res.body.role], [200, 'member'], 'logged in, still a member')
+  })
+})
+
+t.test('sign-ups and invitation acceptances are rate limited per address', async (t) => {
+  const { app, db } = await startService(t, { signupAttempts: 2 })
+  const from = (remoteAddress: string, url: string, payload: object): Promise<Reply> =>
+    app.inject({ method: 'POST', url, payload, remoteAddress }).then((res) => ({ status: res.statusCode, body: res.json() }))
+  const signUpFrom = (remoteAddress: string): Promise<Reply> =>
+    from(remoteAddress, '/tenants', { name: 'T', email: `rl.${randomBytes(4).toString('hex')}@example.test`, password: 'a good long password' })
+  t.same([(await signUpFrom('10.0.0.1')).status, (await signUpFrom('10.0.0.1')).status], [201, 201], 'two sign-ups are heard')
+  const before = await snapshot(db)
+  const third = await signUpFrom('10.0.0.1')
+  t.equal(third.status, 429, 'the third from the same address is refused')
+  t.same(await snapshot(db), before, 'and creates nothing')
+  t.equal((await signUpFrom('10.0.0.2')).status, 201, 'another address still signs up')
+
+  const owner = await signUp(app)
+  const token = await invite(app, owner, 'target@example.test', 'member')
+  for (let i = 1; i <= 2; i++) {
+    t.equal((await from('10.0.0.3', '/invitations/accept', { token: `${owner.tenantId}.${randomBytes(32).toString('base64url')}`, password: 'a guessed password' })).status, 401, `guess ${i} is heard`)
+  }
+  t.equal((await from('10.0.0.3', '/invitations/accept', { token, password: 'a good long password' })).status, 429, 'the third is refused, even with a real token')
+  t.equal((await from('10.0.0.4', '/invitations/accept', { token, password: 'a good long password' })).status, 200, 'another address gets through')
+})
+
+t.test('sign-ups and acceptances cost one scrypt whether or not the email has an account', async (t) => {
+  const cost = { N: 2 ** 14, r: 8, p: 1 }
+  const { app } = await startService(t, { passwordCost: cost, signupAttempts: 1000 })
+  const existing = await signUp(app)
+  const timed = async (url: string, payload: object, status: number): Promise<number> => {
+    const started = process.hrtime.bigint()
+    const res = await post(app, url, payload)
+    const millis = Number(process.hrtime.bigint() - started) / 1e6
+    if (res.status !== status) throw new Error(`expected ${status}, got ${res.status} ${JSON.stringify(res.body)}`)
+    return millis
+  }
+  const fresh = (): string => `fresh.${randomBytes(4).toString('hex')}@example.test`
+  const tenantsNew: number[] = []
+  const tenantsExisting: number[] = []
+  const acceptNew: number[] = []
+  const acceptExisting: number[] = []
+  const other = await signUp(app)
+  // An invitation of the existing account to another tenant: a wrong password leaves it open.
+  const existingToken = await invite(app, other, existing.email, 'member')
+  await timed('/tenants', { name: 'warm-up', email: fresh(), password: 'a good long password' }, 201)
+  for (let i = 0; i < 6; i++) {
+    tenantsNew.push(await timed('/tenants', { name: 'T', email: fresh(), password: 'a good long password' }, 201))
+    tenantsExisting.push(await timed('/tenants', { name: 'T', email: existing.email, password: 'a wrong password' }, 401))
+    const token = await invite(app, existing, fresh(), 'member')
+    acceptNew.push(await timed('/invitations/accept', { token, password: 'a good long password' }, 200))
+    acceptExisting.push(await timed('/invitations/accept', { token: existingToken, password: 'a wrong password' }, 401))
+  }
+  for (const [route, created, proved] of [['POST /tenants', tenantsNew, tenantsExisting], ['POST /invitations/accept', acceptNew, acceptExisting]] as const) {
+    const ratio = median(proved) / median(created)
+    t.ok(ratio >= 0.5 && ratio <= 2, `${route}: median ${median(created).toFixed(1)} ms for a new account, ${median(proved).toFixed(1)} ms for an existing one's wrong password: ratio ${ratio.toFixed(2)}`)
+  }
 })

@@ -3,14 +3,14 @@
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import type { Test } from 'tap'
-import { bearer, signUp, startService } from './service.js'
+import { addMember, bearer, invite, signUp, startService } from './service.js'
 import type { Account } from './service.js'
 import type { App } from '../app.js'
 import type { TestDatabase } from '../../../test/helpers/database.js'
-import { signAccessToken } from '../tokens.js'
+import { hashRefreshToken, signAccessToken } from '../tokens.js'
 import type { AccessClaims } from '../tokens.js'
 
-const TABLES = ['tenants', 'users', 'memberships', 'notes', 'refresh_tokens']
+const TABLES = ['tenants', 'users', 'memberships', 'notes', 'refresh_tokens', 'invitations']
 const BODY_LIMIT = 64 * 1024
 
 type Snapshot = Record<string, { rows: number, digest: string }>
@@ -96,22 +96,19 @@ interface Fixture {
   member: Account
   other: Account
   noteId: string
+  /** An open invitation to the owner's tenant, for an email without an account. */
+  invitation: string
 }
 
 async function fixture (t: Test): Promise<Fixture> {
-  const { app, db, tokenSecret } = await startService(t, { loginAttempts: 10_000 })
+  const { app, db, tokenSecret } = await startService(t, { loginAttempts: 10_000, signupAttempts: 10_000 })
   const owner = await signUp(app)
   const other = await signUp(app)
-  const email = uniqueEmail('member')
-  const password = 'a member password'
-  const added = await send(app, { method: 'POST', url: '/members', headers: bearer(owner), payload: { email, role: 'member', password } })
-  if (added.status !== 201) throw new Error(`adding a member failed: ${added.text}`)
-  const login = await send(app, { method: 'POST', url: '/login', payload: { tenantId: owner.tenantId, email, password } })
-  if (login.status !== 200) throw new Error(`member login failed: ${login.text}`)
-  const member = { tenantId: owner.tenantId, userId: added.body.userId, email, password, ...login.body }
+  const member = await addMember(app, owner, 'member', { email: uniqueEmail('member') })
   const note = await send(app, { method: 'POST', url: '/notes', headers: bearer(owner), payload: { title: 'A note', body: 'its body' } })
   if (note.status !== 201) throw new Error(`creating a note failed: ${note.text}`)
-  return { app, db, tokenSecret, owner, member, other, noteId: note.body.id }
+  const invitation = await invite(app, owner, uniqueEmail('invited'), 'member')
+  return { app, db, tokenSecret, owner, member, other, noteId: note.body.id, invitation }
 }
 
 interface Route {
@@ -147,9 +144,15 @@ function bodyRoutes (f: Fixture): Route[] {
       method: 'POST',
       url: '/members',
       headers: bearer(f.owner),
-      valid: () => ({ email: uniqueEmail('new'), role: 'member', password: 'a good long password' }),
-      fields: ['email', 'role', 'password'],
-      optional: ['password']
+      valid: () => ({ email: uniqueEmail('new'), role: 'member' }),
+      fields: ['email', 'role']
+    },
+    {
+      method: 'POST',
+      url: '/invitations/accept',
+      // A real, open invitation: a bad variant that got through would make an account and a membership.
+      valid: () => ({ token: f.invitation, password: 'a good long password' }),
+      fields: ['token', 'password']
     },
     {
       method: 'POST',
@@ -174,7 +177,8 @@ function bodyRoutes (f: Fixture): Route[] {
 function smuggled (f: Fixture, url: string): Record<string, unknown> {
   if (url === '/tenants') return { id: f.other.tenantId, role: 'admin' }
   if (url === '/login') return { role: 'owner' }
-  if (url === '/members') return { tenantId: f.other.tenantId, userId: f.owner.userId }
+  if (url === '/members') return { tenantId: f.other.tenantId, userId: f.owner.userId, password: 'a good long password' }
+  if (url === '/invitations/accept') return { tenantId: f.other.tenantId, email: f.owner.email, role: 'admin' }
   if (url === '/refresh' || url === '/logout') return { tenantId: f.other.tenantId }
   return { tenant_id: f.other.tenantId, author_id: f.member.userId }
 }
@@ -235,7 +239,8 @@ t.test('bodies: out-of-range values', async (t) => {
   const { app, db, owner, noteId } = f
   const auth = bearer(owner)
   const tenants = (body: object): Request => ({ method: 'POST', url: '/tenants', payload: { name: 'T', email: uniqueEmail(), password: 'a good long password', ...body } })
-  const members = (body: object): Request => ({ method: 'POST', url: '/members', headers: auth, payload: { email: uniqueEmail(), role: 'member', password: 'a good long password', ...body } })
+  const members = (body: object): Request => ({ method: 'POST', url: '/members', headers: auth, payload: { email: uniqueEmail(), role: 'member', ...body } })
+  const accept = (body: object): Request => ({ method: 'POST', url: '/invitations/accept', payload: { token: f.invitation, password: 'a good long password', ...body } })
   const login = (body: object): Request => ({ method: 'POST', url: '/login', payload: { tenantId: owner.tenantId, email: owner.email, password: owner.password, ...body } })
 
   const badEmails = ['not-an-email', 'a@', '@example.test', 'a b@example.test', 'a@b@example.test', 'a@example..test', '', `${'x'.repeat(250)}@example.test`, 'ada@example.test\n']
@@ -248,7 +253,7 @@ t.test('bodies: out-of-range values', async (t) => {
   for (const password of ['', 'short', '123456789', 'x'.repeat(201)]) {
     const label = `a password of ${password.length} characters`
     await refused(t, db, app, `POST /tenants with ${label}`, tenants({ password }), { status: 400, field: 'password' })
-    await refused(t, db, app, `POST /members with ${label}`, members({ password }), { status: 400, field: 'password' })
+    await refused(t, db, app, `POST /invitations/accept with ${label}`, accept({ password }), { status: 400, field: 'password' })
   }
   await refused(t, db, app, 'POST /login with an empty password', login({ password: '' }), { status: 400, field: 'password' })
   await refused(t, db, app, 'POST /login with a password of 201 characters', login({ password: 'x'.repeat(201) }), { status: 400, field: 'password' })
@@ -261,9 +266,16 @@ t.test('bodies: out-of-range values', async (t) => {
   for (const role of ['owner', 'superuser', 'Admin', '']) {
     await refused(t, db, app, `POST /members with role ${JSON.stringify(role)}`, members({ role }), { status: 400, field: 'role' })
   }
-  await refused(t, db, app, 'POST /members for a new account without a password', members({ password: undefined }), { status: 400, code: 'PASSWORD_REQUIRED' })
+  await refused(t, db, app, 'POST /members with a password for the account', members({ password: 'a good long password' }), { status: 400, field: 'password' })
   for (const url of ['/refresh', '/logout']) {
     await refused(t, db, app, `POST ${url} with a token of 201 characters`, { method: 'POST', url, payload: { refreshToken: 'x'.repeat(201) } }, { status: 400, field: 'refreshToken' })
+  }
+  await refused(t, db, app, 'POST /invitations/accept with a token of 201 characters', accept({ token: 'x'.repeat(201) }), { status: 400, field: 'token' })
+  const [tenant, secret] = f.invitation.split('.')
+  const invalidInvitation = { status: 401, code: 'INVALID_INVITATION' }
+  for (const [label, token] of [['empty', ''], ['garbage', 'garbage'], ['without its tenant', secret], ['with another tenant', `${f.other.tenantId}.${secret}`],
+    ['with a changed character', `${tenant}.${secret.slice(0, -1)}${secret.endsWith('A') ? 'B' : 'A'}`], ['with an extra segment', `${f.invitation}.x`], ['truncated', f.invitation.slice(0, -1)]]) {
+    await refused(t, db, app, `POST /invitations/accept with a token ${label}`, accept({ token }), invalidInvitation)
   }
   const notes: Array<[string, Request['method'], string]> = [['POST /notes', 'POST', '/notes'], ['PATCH /notes/:id', 'PATCH', `/notes/${noteId}`]]
   for (const [label, method, url] of notes) {
@@ -324,6 +336,15 @@ t.test('SQL metacharacters in every string field: stored exactly, or refused wit
   const f = await fixture(t)
   const { app, db, owner } = f
 
+  /** Anything but 400 naming `field`, with nothing written, is a failure. */
+  async function refusedWith400 (t: Test, request: Request, field: string): Promise<void> {
+    const before = await snapshot(db)
+    const res = await send(app, request)
+    t.equal(res.status, 400, `refused with 400 (got ${res.status}: ${res.text.slice(0, 200)})`)
+    t.match(res.body?.message, namesField(field), `naming ${field}`)
+    t.same(await snapshot(db), before, 'nothing written')
+  }
+
   /** Either 201/200 and then `stored` checks, or 400 naming the field with nothing written; never anything else. */
   async function storedOrRefused (t: Test, request: Request, success: number, field: string, stored: (res: Reply) => Promise<void>): Promise<void> {
     const before = await snapshot(db)
@@ -377,22 +398,68 @@ t.test('SQL metacharacters in every string field: stored exactly, or refused wit
         t.same(await snapshot(db), before, 'nothing written')
       })
 
-      const memberEmail = `m${++counter}${value}@example.test`.toLowerCase()
-      await t.test('email and password of an added member', async (t) => {
-        const request: Request = { method: 'POST', url: '/members', headers: bearer(owner), payload: { email: memberEmail, role: 'member', password } }
-        const before = await snapshot(db)
-        const res = await send(app, request)
-        if (res.status === 400) {
-          t.match(res.body?.message, /body\/(email|password)\b/, 'refused with 400 naming the field')
-          t.same(await snapshot(db), before, 'nothing written')
-          return
+      await t.test('login tenantId', async (t) => {
+        for (const tenantId of [value, `${owner.tenantId}${value}`]) {
+          await refusedWith400(t, { method: 'POST', url: '/login', payload: { tenantId, email: owner.email, password: owner.password } }, 'tenantId')
         }
-        t.equal(res.status, 201, `stored (201) or refused (400): got ${res.status} ${res.text.slice(0, 200)}`)
-        t.equal(res.body.email, memberEmail, 'returned exactly')
-        const members = await send(app, { method: 'GET', url: '/members', headers: bearer(owner) })
-        t.ok(members.body.some((m: { email: string }) => m.email === memberEmail), 'listed exactly')
-        const login = await send(app, { method: 'POST', url: '/login', payload: { tenantId: owner.tenantId, email: memberEmail, password } })
-        t.equal(login.status, 200, 'the member logs in with exactly that email and password')
+      })
+
+      await t.test('role of an invited member', async (t) => {
+        for (const role of [value, `member${value}`]) {
+          await refusedWith400(t, { method: 'POST', url: '/members', headers: bearer(owner), payload: { email: uniqueEmail(), role } }, 'role')
+        }
+      })
+
+      const memberEmail = `m${++counter}${value}@example.test`.toLowerCase()
+      await t.test('email of an invited member, and the password it accepts with', async (t) => {
+        await storedOrRefused(t, { method: 'POST', url: '/members', headers: bearer(owner), payload: { email: memberEmail, role: 'member' } }, 201, 'email', async (res) => {
+          t.equal(res.body.email, memberEmail, 'returned exactly')
+          const { rows } = await db.query('SELECT email FROM invitations WHERE token_hash = $1', [hashRefreshToken(res.body.invitationToken)])
+          t.equal(rows[0]?.email, memberEmail, 'stored exactly')
+          await storedOrRefused(t, { method: 'POST', url: '/invitations/accept', payload: { token: res.body.invitationToken, password } }, 200, 'password', async (joined) => {
+            t.equal(joined.body.user.email, memberEmail, 'the account has exactly that email')
+            const members = await send(app, { method: 'GET', url: '/members', headers: bearer(owner) })
+            t.ok(members.body.some((m: { email: string }) => m.email === memberEmail), 'listed exactly')
+            const login = await send(app, { method: 'POST', url: '/login', payload: { tenantId: owner.tenantId, email: memberEmail, password } })
+            t.equal(login.status, 200, 'the member logs in with exactly that email and password')
+          })
+        })
+      })
+
+      await t.test('password of a new account, accepting an invitation', async (t) => {
+        const email = uniqueEmail('invited')
+        const token = await invite(app, owner, email, 'member')
+        await storedOrRefused(t, { method: 'POST', url: '/invitations/accept', payload: { token, password } }, 200, 'password', async () => {
+          const login = await send(app, { method: 'POST', url: '/login', payload: { tenantId: owner.tenantId, email, password } })
+          t.equal(login.status, 200, 'logs in with exactly that password')
+          const wrong = await send(app, { method: 'POST', url: '/login', payload: { tenantId: owner.tenantId, email, password: 'password  password' } })
+          t.equal(wrong.status, 401, 'and not without its special part')
+        })
+      })
+
+      await t.test('invitation token and password, for an open invitation of an existing account', async (t) => {
+        const existing = await signUp(app)
+        const token = await invite(app, owner, existing.email, 'admin')
+        for (const [label, request] of [
+          ['a token', { token: value, password: 'a good long password' }],
+          ['a token after a real tenant', { token: `${owner.tenantId}.${value}`, password: 'a good long password' }],
+          ['a real token with a suffix', { token: `${token}${value}`, password: 'a good long password' }],
+          ['the password of the existing account', { token, password }]
+        ] as const) {
+          const before = await snapshot(db)
+          const res = await send(app, { method: 'POST', url: '/invitations/accept', payload: request })
+          t.ok([400, 401].includes(res.status), `${label}: refused with 400 or 401: got ${res.status} ${res.text.slice(0, 200)}`)
+          t.same(await snapshot(db), before, 'nothing written')
+        }
+        const accepted = await send(app, { method: 'POST', url: '/invitations/accept', payload: { token, password: existing.password } })
+        t.equal(accepted.status, 200, 'the invitation was not used up: its account\'s own password joins')
+      })
+
+      await t.test('password of an existing account signing up a tenant', async (t) => {
+        const before = await snapshot(db)
+        const res = await send(app, { method: 'POST', url: '/tenants', payload: { name: 'T', email: owner.email, password } })
+        t.ok([400, 401].includes(res.status), `refused with 400 or 401: got ${res.status} ${res.text.slice(0, 200)}`)
+        t.same(await snapshot(db), before, 'nothing written')
       })
 
       for (const field of ['title', 'body']) {
@@ -501,8 +568,12 @@ t.test('bad, expired and tampered access tokens', async (t) => {
       const before = await snapshot(db)
       const write = await send(app, { method: 'POST', url: '/notes', headers: auth, payload: { title: 'should not exist' } })
       t.same([write.status, write.body?.code], [401, 'UNAUTHORIZED'], 'POST /notes answers 401')
-      const add = await send(app, { method: 'POST', url: '/members', headers: auth, payload: { email: uniqueEmail(), role: 'admin', password: 'a good long password' } })
+      const add = await send(app, { method: 'POST', url: '/members', headers: auth, payload: { email: uniqueEmail(), role: 'admin' } })
       t.same([add.status, add.body?.code], [401, 'UNAUTHORIZED'], 'POST /members answers 401')
+      const patch = await send(app, { method: 'PATCH', url: `/notes/${f.noteId}`, headers: auth, payload: { title: 'should not change' } })
+      t.same([patch.status, patch.body?.code], [401, 'UNAUTHORIZED'], 'PATCH /notes/:id answers 401')
+      const remove = await send(app, { method: 'DELETE', url: `/notes/${f.noteId}`, headers: auth })
+      t.same([remove.status, remove.body?.code], [401, 'UNAUTHORIZED'], 'DELETE /notes/:id answers 401')
       t.same(await snapshot(db), before, 'nothing written')
     })
   }

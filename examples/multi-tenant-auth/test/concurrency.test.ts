@@ -56,7 +56,7 @@ const listOf = (body: unknown): any[] => Array.isArray(body) ? body : []
 
 t.test('100 users in 10 tenants working at once never see another tenant\'s row', async (t) => {
   const started = Date.now()
-  const { app, db } = await startService(t, { maxConnections: 10, loginAttempts: 1000 })
+  const { app, db } = await startService(t, { maxConnections: 10, loginAttempts: 1000, signupAttempts: 1000 })
   const base = await app.listen({ port: 0, host: '127.0.0.1' })
   const inject = viaInject(app)
   const http = viaHttp(base)
@@ -70,19 +70,21 @@ t.test('100 users in 10 tenants working at once never see another tenant\'s row'
     return res
   }
 
-  // Ten tenants, then nine members each through POST /members, all at once.
+  // Ten tenants, then nine members each, invited through POST /members and accepting through
+  // POST /invitations/accept, all at once.
   const owners = await Promise.all(Array.from({ length: TENANTS }, (_, i) => signUp(app, `Concurrent ${i}`)))
   const accounts = await Promise.all(owners.map(async (owner, tenant) => {
     const members = await Promise.all(Array.from({ length: MEMBERS_PER_TENANT }, async (_, j) => {
       const email = `c${tenant}.${j}.${randomBytes(3).toString('hex')}@example.test`
       const password = `password of ${email}`
       const call = (tenant + j) % HTTP_SHARE === 0 ? http : inject
-      const res = await expect(call, 201, 'add member', 'POST', '/members', { token: owner.accessToken, payload: { email, password, role: j % 3 === 0 ? 'admin' : 'member' } })
-      return { tenant, tenantId: owner.tenantId, userId: res.body?.userId as string, email, password }
+      const invited = await expect(call, 201, 'invite member', 'POST', '/members', { token: owner.accessToken, payload: { email, role: j % 3 === 0 ? 'admin' : 'member' } })
+      const joined = await expect(call, 200, 'accept invitation', 'POST', '/invitations/accept', { payload: { token: invited.body?.invitationToken, password } })
+      return { tenant, tenantId: owner.tenantId, userId: joined.body?.user?.id as string, email, password }
     }))
     return [{ tenant, tenantId: owner.tenantId, userId: owner.userId, email: owner.email, password: owner.password }, ...members]
   }))
-  t.same(failures, [], 'all 90 members added')
+  t.same(failures, [], 'all 90 members invited and joined')
   t.same((await db.query('SELECT tenant_id, count(*)::int AS n FROM memberships GROUP BY tenant_id ORDER BY tenant_id')).rows,
     owners.map((o) => ({ tenant_id: o.tenantId, n: 10 })).sort((x, y) => x.tenant_id < y.tenant_id ? -1 : 1), '10 memberships in each of the 10 tenants')
 
@@ -178,4 +180,41 @@ t.test('100 users in 10 tenants working at once never see another tenant\'s row'
   t.ok(stats.total <= 10, `at most 10 connections (${stats.total})`)
   t.ok(stats.acquires >= requests - 10, `${stats.acquires} acquires for ${requests} requests`)
   t.comment(`${requests} requests in ${Date.now() - started} ms`)
+})
+
+t.test('an invitation accepted 10 times at once makes one membership', async (t) => {
+  const { app, db } = await startService(t, { maxConnections: 4, signupAttempts: 100 })
+  const owner = await signUp(app)
+  const invited = await app.inject({ method: 'POST', url: '/members', headers: bearer(owner), payload: { email: 'once@example.test', role: 'member' } })
+  const token = invited.json().invitationToken
+  const answers = await Promise.all(Array.from({ length: 10 }, () =>
+    app.inject({ method: 'POST', url: '/invitations/accept', payload: { token, password: 'a good long password' } })))
+  const codes = answers.map((res) => res.statusCode === 200 ? 'joined' : `${res.statusCode} ${res.json().code}`).sort()
+  t.same(codes, [...Array(9).fill('401 INVALID_INVITATION'), 'joined'], 'one joined; nine found the invitation used')
+  t.same((await db.query('SELECT count(*)::int AS n FROM users WHERE email = $1', ['once@example.test'])).rows[0].n, 1, 'one account')
+  t.same((await db.query('SELECT count(*)::int AS n FROM memberships WHERE tenant_id = $1', [owner.tenantId])).rows[0].n, 2, 'one new membership')
+  t.equal(await db.idleInTransaction(), 0)
+})
+
+t.test('one new email invited to 8 tenants and accepted in all at once makes one account', async (t) => {
+  const { app, db } = await startService(t, { maxConnections: 4, signupAttempts: 100 })
+  const email = `everywhere.${randomBytes(3).toString('hex')}@example.test`
+  const owners = await Promise.all(Array.from({ length: 8 }, (_, i) => signUp(app, `Tenant ${i}`)))
+  const tokens = await Promise.all(owners.map(async (owner) =>
+    (await app.inject({ method: 'POST', url: '/members', headers: bearer(owner), payload: { email, role: 'member' } })).json().invitationToken))
+  const answers = await Promise.all(tokens.map((token) =>
+    app.inject({ method: 'POST', url: '/invitations/accept', payload: { token, password: 'the same password' } })))
+  t.same(answers.map((res) => res.statusCode), Array(8).fill(200), 'all 8 joined: the first made the account, the others proved its password')
+  const users = (await db.query('SELECT id FROM users WHERE email = $1', [email])).rows
+  t.equal(users.length, 1, 'one account')
+  t.same(new Set(answers.map((res) => res.json().user.id)), new Set([users[0].id]), 'the same account in all 8')
+  t.equal((await db.query('SELECT count(*)::int AS n FROM memberships WHERE user_id = $1', [users[0].id])).rows[0].n, 8)
+
+  // The same with POST /tenants: one new email signing up 6 tenants at once.
+  const owner = `founder.${randomBytes(3).toString('hex')}@example.test`
+  const signUps = await Promise.all(Array.from({ length: 6 }, (_, i) =>
+    app.inject({ method: 'POST', url: '/tenants', payload: { name: `Founded ${i}`, email: owner, password: 'the same password' } })))
+  t.same(signUps.map((res) => res.statusCode), Array(6).fill(201), 'all 6 tenants created')
+  t.equal(new Set(signUps.map((res) => res.json().user.id)).size, 1, 'owned by one account')
+  t.equal(await db.idleInTransaction(), 0)
 })

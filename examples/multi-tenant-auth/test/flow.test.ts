@@ -3,6 +3,7 @@ import t from 'tap'
 import type { Test } from 'tap'
 import { bearer, signUp, startService } from './service.js'
 import type { App } from '../app.js'
+import { verifyPassword } from '../passwords.js'
 
 type Call = (method: string, url: string, options?: { payload?: unknown, headers?: Record<string, string> }) => Promise<{ status: number, body: any }>
 
@@ -35,8 +36,15 @@ async function walkThrough (t: Test, call: Call): Promise<void> {
   const me = await call('GET', '/me', { headers: bearer(owner) })
   t.same(me.body, { user: created.body.user, tenant: { id: tenantId, name: 'Acme' }, role: 'owner' })
 
-  const added = await call('POST', '/members', { headers: bearer(owner), payload: { email: 'bob@acme.test', role: 'member', password: 'bobs good password' } })
-  t.equal(added.status, 201)
+  const invited = await call('POST', '/members', { headers: bearer(owner), payload: { email: 'Bob@acme.test', role: 'member' } })
+  t.same([invited.status, invited.body.email, invited.body.role], [201, 'bob@acme.test', 'member'])
+  t.same((await call('POST', '/login', { payload: { tenantId, email: 'bob@acme.test', password: 'bobs good password' } })).status, 401,
+    'an invitation alone makes no account')
+  const joined = await call('POST', '/invitations/accept', { payload: { token: invited.body.invitationToken, password: 'bobs good password' } })
+  t.equal(joined.status, 200)
+  t.match(joined.body, { tenant: { id: tenantId, name: 'Acme' }, user: { email: 'bob@acme.test' }, role: 'member', accessToken: String })
+  const again = await call('POST', '/invitations/accept', { payload: { token: invited.body.invitationToken, password: 'bobs good password' } })
+  t.same([again.status, again.body.code], [401, 'INVALID_INVITATION'], 'an invitation is accepted once')
   const login = await call('POST', '/login', { payload: { tenantId, email: 'BOB@acme.test', password: 'bobs good password' } })
   t.equal(login.status, 200)
   const bob = { accessToken: login.body.accessToken }
@@ -87,11 +95,21 @@ t.test('the whole flow through a real listening server', async (t) => {
   t.equal(await db.idleInTransaction(), 0)
 })
 
-t.test('a new tenant whose owner email is taken is not created', async (t) => {
+t.test('an existing account signs in to own a new tenant with its own password, and no other', async (t) => {
   const { app, db } = await startService(t)
   const first = await signUp(app)
-  const res = await app.inject({ method: 'POST', url: '/tenants', payload: { name: 'Copycat', email: first.email, password: 'another password' } })
-  t.same([res.statusCode, res.json().code], [409, 'EMAIL_TAKEN'])
+  const wrong = await app.inject({ method: 'POST', url: '/tenants', payload: { name: 'Copycat', email: first.email, password: 'another password' } })
+  t.same([wrong.statusCode, wrong.json().code], [401, 'INVALID_CREDENTIALS'], 'another password is refused')
   t.same((await db.query('SELECT name FROM tenants WHERE name = $1', ['Copycat'])).rows, [], 'the tenant insert was rolled back')
-  t.same((await app.inject({ method: 'GET', url: '/me', headers: bearer(first) })).json().role, 'owner')
+  t.same((await db.query('SELECT count(*)::int AS n FROM memberships WHERE user_id = $1', [first.userId])).rows[0].n, 1, 'and the membership')
+  t.ok(await verifyPassword(first.password, (await db.query('SELECT password_hash FROM users WHERE id = $1', [first.userId])).rows[0].password_hash),
+    'the account keeps its password')
+
+  const second = await app.inject({ method: 'POST', url: '/tenants', payload: { name: 'Second', email: first.email.toUpperCase(), password: first.password } })
+  t.equal(second.statusCode, 201, 'its own password makes it the owner of a new tenant')
+  t.same(second.json().user, { id: first.userId, email: first.email }, 'the same account')
+  t.same((await app.inject({ method: 'GET', url: '/me', headers: bearer(second.json()) })).json(),
+    { user: { id: first.userId, email: first.email }, tenant: { id: second.json().tenant.id, name: 'Second' }, role: 'owner' })
+  t.same((await app.inject({ method: 'GET', url: '/me', headers: bearer(first) })).json().role, 'owner', 'and still owns the first')
+  t.same((await db.query('SELECT count(*)::int AS n FROM users WHERE email = $1', [first.email])).rows[0].n, 1, 'one account')
 })

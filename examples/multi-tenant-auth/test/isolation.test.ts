@@ -1,6 +1,8 @@
 // Tenant isolation: a member of tenant A, holding a valid token, goes after tenant B's rows on
 // every tenant-scoped route, and directly in the database as the app role. Row-level security
 // must answer "not found" (or "forbidden", or "unauthorized" for tokens) and leave B as it was.
+// Accounts are global, so an account made in one tenant must never open another: the
+// cross-tenant takeover through POST /members is played out at the end.
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import type { Test } from 'tap'
@@ -9,7 +11,7 @@ import type { HTTPMethods } from 'fastify'
 import type { TestDatabase } from '../../../test/helpers/database.js'
 import type { App } from '../app.js'
 import { signAccessToken } from '../tokens.js'
-import { bearer, signUp, startService } from './service.js'
+import { addMember, bearer, invite, signUp, startService } from './service.js'
 import type { Account } from './service.js'
 
 interface Reply { status: number, body: any }
@@ -17,17 +19,6 @@ interface Reply { status: number, body: any }
 async function call (app: App, method: HTTPMethods, url: string, options: { as?: { accessToken: string }, payload?: object } = {}): Promise<Reply> {
   const res = await app.inject({ method, url, headers: options.as === undefined ? {} : bearer(options.as), payload: options.payload })
   return { status: res.statusCode, body: res.body === '' ? null : res.json() }
-}
-
-/** Adds a member (or admin) to the owner's tenant through the API, and logs them in. */
-async function addMember (app: App, owner: Account, role: 'admin' | 'member'): Promise<Account> {
-  const email = `${role}.${randomBytes(4).toString('hex')}@example.test`
-  const password = 'a member password'
-  const added = await call(app, 'POST', '/members', { as: owner, payload: { email, role, password } })
-  if (added.status !== 201) throw new Error(`adding a member failed: ${added.status} ${JSON.stringify(added.body)}`)
-  const login = await call(app, 'POST', '/login', { payload: { tenantId: owner.tenantId, email, password } })
-  if (login.status !== 200) throw new Error(`login failed: ${login.status} ${JSON.stringify(login.body)}`)
-  return { tenantId: owner.tenantId, userId: added.body.userId, email, password, accessToken: login.body.accessToken, refreshToken: login.body.refreshToken }
 }
 
 async function createNote (app: App, author: Account, title: string): Promise<string> {
@@ -47,6 +38,7 @@ async function tenantRows (db: TestDatabase, tenantId: string): Promise<Record<s
     memberships: await rows('SELECT to_jsonb(x) AS row FROM memberships x WHERE tenant_id = $1 ORDER BY user_id'),
     notes: await rows('SELECT to_jsonb(x) AS row FROM notes x WHERE tenant_id = $1 ORDER BY id'),
     refresh_tokens: await rows('SELECT to_jsonb(x) AS row FROM refresh_tokens x WHERE tenant_id = $1 ORDER BY token_hash'),
+    invitations: await rows('SELECT to_jsonb(x) AS row FROM invitations x WHERE tenant_id = $1 ORDER BY id'),
     users: await rows('SELECT to_jsonb(u) AS row FROM users u WHERE id IN (SELECT user_id FROM memberships WHERE tenant_id = $1) ORDER BY id')
   }
 }
@@ -73,19 +65,30 @@ interface World {
   db: TestDatabase
   appDatabaseUrl: string
   appRole: string
-  a: { owner: Account, admin: Account, member: Account, noteIds: string[] }
-  b: { owner: Account, admin: Account, member: Account, noteIds: string[] }
+  a: Tenant
+  b: Tenant
+}
+
+interface Tenant {
+  owner: Account
+  admin: Account
+  member: Account
+  noteIds: string[]
+  /** The token of an invitation not accepted yet. */
+  pending: string
 }
 
 async function twoTenants (t: Test): Promise<World> {
-  const { app, db, appDatabaseUrl, appRole } = await startService(t)
-  async function tenant (name: string): Promise<World['a']> {
+  // Every attempt at an invitation below counts against the per-address limit, as it should.
+  const { app, db, appDatabaseUrl, appRole } = await startService(t, { signupAttempts: 100 })
+  async function tenant (name: string): Promise<Tenant> {
     const owner = await signUp(app, name)
     const admin = await addMember(app, owner, 'admin')
     const member = await addMember(app, owner, 'member')
     const noteIds = []
     for (const author of [owner, admin, member, member]) noteIds.push(await createNote(app, author, `${name} note ${noteIds.length}`))
-    return { owner, admin, member, noteIds: noteIds.sort() }
+    const pending = await invite(app, admin, `pending.${randomBytes(4).toString('hex')}@example.test`, 'member')
+    return { owner, admin, member, noteIds: noteIds.sort(), pending }
   }
   const a = await tenant('Tenant A')
   const b = await tenant('Tenant B')
@@ -96,9 +99,9 @@ t.test('every tenant-scoped route refuses tenant A access to tenant B\'s rows, a
   const { app, db, a, b } = await twoTenants(t)
   const before = await tenantRows(db, b.owner.tenantId)
   t.same(
-    [before.tenants.length, before.memberships.length, before.notes.length, before.refresh_tokens.length, before.users.length],
-    [1, 3, 4, 3, 3],
-    'B has a tenant, 3 members, 4 notes, 3 refresh tokens and 3 accounts to protect'
+    [before.tenants.length, before.memberships.length, before.notes.length, before.refresh_tokens.length, before.invitations.length, before.users.length],
+    [1, 3, 4, 3, 3, 3],
+    'B has a tenant, 3 members, 4 notes, 3 refresh tokens, 3 invitations (one open) and 3 accounts to protect'
   )
   const beforeA = await tenantRows(db, a.owner.tenantId)
   const bUserIds = [b.owner.userId, b.admin.userId, b.member.userId]
@@ -135,32 +138,57 @@ t.test('every tenant-scoped route refuses tenant A access to tenant B\'s rows, a
         for (const [method, url] of [['GET', '/me'], ['GET', '/members'], ['GET', '/notes'], ['GET', `/notes/${b.noteIds[0]}`], ['DELETE', `/notes/${b.noteIds[0]}`]] as const) {
           t.equal((await call(app, method, url, { as: { accessToken: forged } })).status, 401, `${method} ${url} with a forged tenant claim`)
         }
-        const added = await call(app, 'POST', '/members', { as: { accessToken: forged }, payload: { email: 'intruder@example.test', role: 'admin', password: 'intruder password' } })
+        const added = await call(app, 'POST', '/members', { as: { accessToken: forged }, payload: { email: 'intruder@example.test', role: 'admin' } })
         t.equal(added.status, 401, 'POST /members with a forged tenant claim')
+        const patched = await call(app, 'PATCH', `/notes/${b.noteIds[0]}`, { as: { accessToken: forged }, payload: { title: 'pwned' } })
+        t.equal(patched.status, 401, 'PATCH /notes/:id with a forged tenant claim')
       }
     })
   }
 
-  t.test('POST /members cannot reach into B', async (t) => {
-    const asMember = await call(app, 'POST', '/members', { as: a.member, payload: { email: 'member-adds@example.test', role: 'admin', password: 'some password here' } })
-    t.same([asMember.status, asMember.body.code], [403, 'FORBIDDEN'], 'a plain member adds nobody')
+  t.test('POST /members and POST /invitations/accept cannot reach into B', async (t) => {
+    const asMember = await call(app, 'POST', '/members', { as: a.member, payload: { email: 'member-adds@example.test', role: 'admin' } })
+    t.same([asMember.status, asMember.body.code], [403, 'FORBIDDEN'], 'a plain member invites nobody')
 
-    // Naming B's tenant in the body: the schema refuses unknown properties, and nothing is added.
-    const smuggled = await call(app, 'POST', '/members', {
-      as: a.admin,
-      payload: { email: 'smuggled@example.test', role: 'member', password: 'some password here', tenantId: b.owner.tenantId, tenant_id: b.owner.tenantId }
-    })
-    t.equal(smuggled.status, 400)
-    t.match(smuggled.body.message, /must NOT have additional property 'tenantId'/)
-    t.same((await db.query('SELECT count(*)::int AS n FROM users WHERE email = $1', ['smuggled@example.test'])).rows, [{ n: 0 }], 'no account was created')
+    // Naming B's tenant in the body, or a password for the account: the schema refuses unknown
+    // properties, and nothing is recorded.
+    for (const extra of [{ tenantId: b.owner.tenantId }, { tenant_id: b.owner.tenantId }, { password: 'some password here' }]) {
+      const [name] = Object.keys(extra)
+      const smuggled = await call(app, 'POST', '/members', { as: a.admin, payload: { email: 'smuggled@example.test', role: 'member', ...extra } })
+      t.same([smuggled.status, smuggled.body.message], [400, `body must NOT have additional property '${name}'`], `POST /members refuses ${name}`)
+    }
+    t.same((await db.query('SELECT (SELECT count(*) FROM users WHERE email = $1)::int AS users, (SELECT count(*) FROM invitations WHERE email = $1)::int AS invitations',
+      ['smuggled@example.test'])).rows, [{ users: 0, invitations: 0 }], 'no account, no invitation')
 
-    // Accounts are global: A may add B's owner to A by email, which touches only A's rows.
-    const borrowed = await call(app, 'POST', '/members', { as: a.owner, payload: { email: b.owner.email, role: 'member' } })
-    t.same([borrowed.status, borrowed.body.userId], [201, b.owner.userId])
-    t.same((await db.query('SELECT tenant_id, role FROM memberships WHERE user_id = $1 ORDER BY role', [b.owner.userId])).rows,
-      [{ tenant_id: a.owner.tenantId, role: 'member' }, { tenant_id: b.owner.tenantId, role: 'owner' }], 'B\'s owner is a plain member of A, and still B\'s owner')
-    const again = await call(app, 'POST', '/members', { as: a.owner, payload: { email: b.member.email, role: 'admin' } })
-    t.equal(again.status, 201)
+    // Accounts are global: A may invite B's owner by email. That records an invitation in A, the
+    // same answer as for an email without an account, and gives no access to anyone.
+    const memberships = async (userId: string): Promise<unknown[]> =>
+      (await db.query('SELECT tenant_id, role FROM memberships WHERE user_id = $1 ORDER BY role', [userId])).rows
+    const hashOf = async (userId: string): Promise<string> => (await db.query('SELECT password_hash FROM users WHERE id = $1', [userId])).rows[0].password_hash
+    const bOwnerHash = await hashOf(b.owner.userId)
+    const invited = await call(app, 'POST', '/members', { as: a.owner, payload: { email: b.owner.email, role: 'member' } })
+    const unknown = await call(app, 'POST', '/members', { as: a.owner, payload: { email: `nobody.${randomBytes(4).toString('hex')}@example.test`, role: 'member' } })
+    t.same([invited.status, unknown.status], [201, 201])
+    t.same(Object.keys(invited.body).sort(), ['email', 'expiresAt', 'invitationToken', 'role'], 'the invitation: no account id')
+    t.same(Object.keys(unknown.body).sort(), Object.keys(invited.body).sort(), 'the same answer whether or not the email has an account')
+    t.same(await memberships(b.owner.userId), [{ tenant_id: b.owner.tenantId, role: 'owner' }], 'B\'s owner is in no new tenant yet')
+    const early = await call(app, 'POST', '/login', { payload: { tenantId: a.owner.tenantId, email: b.owner.email, password: b.owner.password } })
+    t.same([early.status, early.body.code], [401, 'INVALID_CREDENTIALS'], 'nor can log in to A')
+
+    // Whoever holds the token must also hold the account's password: A's owner, guessing.
+    const takeover = await call(app, 'POST', '/invitations/accept', { payload: { token: invited.body.invitationToken, password: 'a guess at his password' } })
+    t.same([takeover.status, takeover.body.code], [401, 'INVALID_CREDENTIALS'], 'the wrong password is refused')
+    t.same(await memberships(b.owner.userId), [{ tenant_id: b.owner.tenantId, role: 'owner' }], 'and the membership it made first was rolled back')
+    t.same((await db.query('SELECT accepted_at FROM invitations WHERE email = $1', [b.owner.email])).rows, [{ accepted_at: null }], 'the invitation is still open')
+
+    const accepted = await call(app, 'POST', '/invitations/accept', { payload: { token: invited.body.invitationToken, password: b.owner.password } })
+    t.equal(accepted.status, 200, 'B\'s owner accepts with his own password')
+    t.match(accepted.body, { tenant: { id: a.owner.tenantId, name: 'Tenant A' }, user: { id: b.owner.userId, email: b.owner.email }, role: 'member' })
+    t.same(await memberships(b.owner.userId), [{ tenant_id: a.owner.tenantId, role: 'member' }, { tenant_id: b.owner.tenantId, role: 'owner' }],
+      'B\'s owner is a plain member of A, and still B\'s owner')
+    t.equal(await hashOf(b.owner.userId), bOwnerHash, 'his password is unchanged')
+
+    await call(app, 'POST', '/invitations/accept', { payload: { token: await invite(app, a.owner, b.member.email, 'admin'), password: b.member.password } })
     const twice = await call(app, 'POST', '/members', { as: a.owner, payload: { email: b.member.email, role: 'admin' } })
     t.same([twice.status, twice.body.code], [409, 'ALREADY_MEMBER'], 'the conflict is A\'s membership, not B\'s')
 
@@ -168,6 +196,8 @@ t.test('every tenant-scoped route refuses tenant A access to tenant B\'s rows, a
     const members = (await call(app, 'GET', '/members', { as: a.owner })).body.map((m: { userId: string }) => m.userId)
     t.same(members.filter((id: string) => bUserIds.includes(id)).sort(), [b.owner.userId, b.member.userId].sort())
     t.notOk(members.includes(b.admin.userId), 'B\'s admin, not added to A, stays invisible')
+    const inA = await call(app, 'GET', '/notes', { as: accepted.body })
+    t.same(inA.body.map((n: { id: string }) => n.id).sort(), a.noteIds, 'his session in A lists A\'s notes only')
   })
 
   t.test('POST /notes and PATCH /notes/:id cannot write into B', async (t) => {
@@ -187,6 +217,20 @@ t.test('every tenant-scoped route refuses tenant A access to tenant B\'s rows, a
     }
     t.same((await db.query(row, [res.body.id])).rows, [{ id: res.body.id, tenant_id: a.owner.tenantId, author_id: a.member.userId, title: 'honest' }], 'the note is unchanged: still A\'s')
     t.equal((await call(app, 'DELETE', `/notes/${res.body.id}`, { as: a.member })).status, 204)
+  })
+
+  t.test('invitation tokens of B re-prefixed, or A\'s pointed at B', async (t) => {
+    const aPending = await invite(app, a.admin, `a.pending.${randomBytes(4).toString('hex')}@example.test`, 'admin')
+    const tokens = {
+      'B\'s open invitation with A\'s tenant id': withTenant(b.pending, a.owner.tenantId),
+      'A\'s open invitation with B\'s tenant id': withTenant(aPending, b.owner.tenantId),
+      'B\'s tenant id with a made-up secret': `${b.owner.tenantId}.${randomBytes(32).toString('base64url')}`,
+      'B\'s refresh token as an invitation': b.owner.refreshToken
+    }
+    for (const [name, token] of Object.entries(tokens)) {
+      const accepted = await call(app, 'POST', '/invitations/accept', { payload: { token, password: 'a new password here' } })
+      t.same([accepted.status, accepted.body.code], [401, 'INVALID_INVITATION'], `POST /invitations/accept: ${name}`)
+    }
   })
 
   t.test('the refresh-token routes with B\'s tokens re-prefixed, or A\'s pointed at B', async (t) => {
@@ -212,13 +256,17 @@ t.test('every tenant-scoped route refuses tenant A access to tenant B\'s rows, a
     t.strictSame(await tenantRows(db, b.owner.tenantId), before, 'every B row is exactly as it was')
     const afterA = await tenantRows(db, a.owner.tenantId)
     t.strictSame(afterA.notes, beforeA.notes, 'A\'s notes too (the attacks found nothing to change)')
-    t.strictSame(afterA.refresh_tokens, beforeA.refresh_tokens, 'the logouts of re-prefixed tokens revoked nothing of A\'s either')
+    const hashes = new Set(beforeA.refresh_tokens.map((row) => (row as { token_hash: string }).token_hash))
+    t.strictSame(afterA.refresh_tokens.filter((row) => hashes.has((row as { token_hash: string }).token_hash)), beforeA.refresh_tokens,
+      'the logouts of re-prefixed tokens revoked nothing of A\'s either (B\'s owner and member joined A since, with sessions of their own)')
     // B's tokens still work, so nothing was revoked or used behind the snapshot's back.
     const refreshed = await call(app, 'POST', '/refresh', { payload: { refreshToken: b.member.refreshToken } })
     t.equal(refreshed.status, 200)
     const me = await call(app, 'GET', '/me', { as: refreshed.body })
     t.same(me.body.tenant, { id: b.owner.tenantId, name: 'Tenant B' })
     t.same((await call(app, 'GET', '/notes', { as: refreshed.body })).body.map((n: { id: string }) => n.id).sort(), b.noteIds, 'B still has all 4 notes')
+    const joined = await call(app, 'POST', '/invitations/accept', { payload: { token: b.pending, password: 'a new password here' } })
+    t.same([joined.status, joined.body.tenant?.id], [200, b.owner.tenantId], 'and B\'s open invitation still works for its invitee')
     t.equal(await db.idleInTransaction(), 0)
   })
 })
@@ -227,10 +275,10 @@ t.test('in the database: the app role sees nothing without a tenant, only its te
   const { db, appDatabaseUrl, appRole, a, b } = await twoTenants(t)
   const A = a.owner.tenantId
   const B = b.owner.tenantId
-  const tables = ['notes', 'memberships', 'refresh_tokens', 'tenants', 'users']
+  const tables = ['notes', 'memberships', 'refresh_tokens', 'invitations', 'tenants', 'users']
   const countSql = `SELECT ${tables.map((table) => `(SELECT count(*) FROM ${table})::int AS ${table}`).join(', ')}`
   const everything = (await db.query(countSql)).rows[0]
-  t.same(everything, { notes: 8, memberships: 6, refresh_tokens: 6, tenants: 2, users: 6 }, 'as the owner, both tenants\' rows exist')
+  t.same(everything, { notes: 8, memberships: 6, refresh_tokens: 6, invitations: 6, tenants: 2, users: 6 }, 'as the owner, both tenants\' rows exist')
 
   const client = new pg.Client({ connectionString: appDatabaseUrl })
   await client.connect()
@@ -238,22 +286,22 @@ t.test('in the database: the app role sees nothing without a tenant, only its te
     const role = (await client.query('SELECT current_user AS name, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user')).rows
     t.same(role, [{ name: appRole, rolsuper: false, rolbypassrls: false }], 'connected as the app role: no superuser, no BYPASSRLS')
     const owners = (await db.query("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")).rows
-    t.same(owners.map((row) => row.tablename), ['kysely_migration', 'kysely_migration_lock', 'memberships', 'notes', 'refresh_tokens', 'tenants', 'users'])
+    t.same(owners.map((row) => row.tablename), ['invitations', 'kysely_migration', 'kysely_migration_lock', 'memberships', 'notes', 'refresh_tokens', 'tenants', 'users'])
     t.notOk(owners.some((row) => row.tableowner === appRole), 'none of them is the app role\'s')
     t.equal((await db.query('SELECT count(*)::int AS n FROM pg_tables WHERE tableowner = $1', [appRole])).rows[0].n, 0, 'the app role owns no table anywhere')
     await t.rejects(client.query('ALTER TABLE notes DISABLE ROW LEVEL SECURITY'), { code: '42501' }, 'so it cannot switch RLS off')
 
-    t.same((await client.query(countSql)).rows[0], { notes: 0, memberships: 0, refresh_tokens: 0, tenants: 0, users: 0 }, 'no context: nothing is visible (fail closed)')
+    t.same((await client.query(countSql)).rows[0], { notes: 0, memberships: 0, refresh_tokens: 0, invitations: 0, tenants: 0, users: 0 }, 'no context: nothing is visible (fail closed)')
     t.equal((await client.query("SELECT nullif(current_setting('app.tenant_id', true), '') AS v")).rows[0].v, null)
 
     await client.query('BEGIN')
     await client.query("SELECT set_config('app.tenant_id', '', true)")
-    t.same((await client.query(countSql)).rows[0], { notes: 0, memberships: 0, refresh_tokens: 0, tenants: 0, users: 0 }, 'an empty tenant: nothing either')
+    t.same((await client.query(countSql)).rows[0], { notes: 0, memberships: 0, refresh_tokens: 0, invitations: 0, tenants: 0, users: 0 }, 'an empty tenant: nothing either')
     await client.query("SELECT set_config('app.tenant_id', $1, true)", [A])
-    t.same((await client.query(countSql)).rows[0], { notes: 4, memberships: 3, refresh_tokens: 3, tenants: 1, users: 3 }, 'tenant A: A\'s rows only')
+    t.same((await client.query(countSql)).rows[0], { notes: 4, memberships: 3, refresh_tokens: 3, invitations: 3, tenants: 1, users: 3 }, 'tenant A: A\'s rows only')
     t.same((await client.query('SELECT id FROM notes ORDER BY id')).rows.map((r) => r.id), a.noteIds, 'exactly A\'s notes')
     t.same((await client.query('SELECT id FROM tenants')).rows, [{ id: A }])
-    t.same((await client.query('SELECT DISTINCT tenant_id FROM memberships UNION SELECT DISTINCT tenant_id FROM refresh_tokens')).rows, [{ tenant_id: A }])
+    t.same((await client.query('SELECT DISTINCT tenant_id FROM memberships UNION SELECT DISTINCT tenant_id FROM refresh_tokens UNION SELECT DISTINCT tenant_id FROM invitations')).rows, [{ tenant_id: A }])
     t.same((await client.query('SELECT id FROM users ORDER BY id')).rows.map((r) => r.id), [a.owner.userId, a.admin.userId, a.member.userId].sort())
     t.same((await client.query('SELECT id FROM notes WHERE id = ANY($1::uuid[])', [b.noteIds])).rows, [], 'B\'s notes by id: none')
     t.same((await client.query('SELECT password_hash FROM users WHERE id = $1', [b.owner.userId])).rows, [], 'B\'s owner\'s account: not visible')
@@ -269,6 +317,9 @@ t.test('in the database: the app role sees nothing without a tenant, only its te
     await refused("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, 'owner')", [B, a.owner.userId], 'joining B as its owner')
     await refused("INSERT INTO refresh_tokens (token_hash, family_id, tenant_id, user_id, expires_at) VALUES ('\\x00', gen_random_uuid(), $1, $2, now() + interval '1 day')", [B, b.owner.userId], 'minting a refresh token for B')
     await refused("INSERT INTO tenants (id, name) VALUES (gen_random_uuid(), 'another')", [], 'creating a tenant other than the current one')
+    await refused("INSERT INTO invitations (tenant_id, email, role, token_hash, expires_at, created_by) VALUES ($1, 'spy@example.test', 'admin', '\\x01', now() + interval '1 day', $2)",
+      [B, a.owner.userId], 'inviting someone into B')
+    t.equal((await client.query('UPDATE invitations SET accepted_at = now() WHERE tenant_id = $1', [B])).rowCount, 0, 'UPDATE of B\'s invitations changes nothing')
     t.equal((await client.query("UPDATE notes SET title = 'pwned' WHERE tenant_id = $1", [B])).rowCount, 0, 'UPDATE of B\'s notes changes nothing')
     t.equal((await client.query('DELETE FROM notes WHERE id = ANY($1::uuid[])', [b.noteIds])).rowCount, 0, 'DELETE of B\'s notes deletes nothing')
     t.equal((await client.query('DELETE FROM memberships WHERE tenant_id = $1', [B])).rowCount, 0)
@@ -277,7 +328,7 @@ t.test('in the database: the app role sees nothing without a tenant, only its te
     t.equal((await client.query('COMMIT')).command, 'COMMIT')
 
     t.equal((await client.query("SELECT current_setting('app.tenant_id', true) AS v")).rows[0].v, '', 'after COMMIT the setting is empty again')
-    t.same((await client.query(countSql)).rows[0], { notes: 0, memberships: 0, refresh_tokens: 0, tenants: 0, users: 0 }, 'and nothing is visible again')
+    t.same((await client.query(countSql)).rows[0], { notes: 0, memberships: 0, refresh_tokens: 0, invitations: 0, tenants: 0, users: 0 }, 'and nothing is visible again')
   } finally {
     await client.end()
   }
@@ -324,3 +375,62 @@ t.test('the notes routes filter by no tenant, yet A never sees B\'s notes among 
   t.same((await db.query('SELECT count(*)::int AS n FROM notes WHERE tenant_id = $1', [b.tenantId])).rows[0].n, 410)
   t.equal(await db.idleInTransaction(), 0)
 })
+
+// The takeover an audit found: Mallory makes tenant Evil and adds cfo@beta.test with a password
+// she chose; later Beta's owner adds cfo@beta.test, and the account Mallory made is "borrowed";
+// Mallory logs in to Beta with her password and reads Beta's notes. Played out here in the two
+// ways Mallory can still make the account first.
+const PRE_CREATED = {
+  'through an invitation to Evil that she accepts herself': async (app: App, mallory: Account, email: string, password: string): Promise<Account> =>
+    addMember(app, mallory, 'member', { email, password }),
+  'through a tenant of her own signed up with that email': async (app: App, _mallory: Account, email: string, password: string): Promise<Account> => {
+    const res = await call(app, 'POST', '/tenants', { payload: { name: 'Evil 2', email, password } })
+    if (res.status !== 201) throw new Error(`sign-up failed: ${res.status} ${JSON.stringify(res.body)}`)
+    return { tenantId: res.body.tenant.id, userId: res.body.user.id, email, password, accessToken: res.body.accessToken, refreshToken: res.body.refreshToken }
+  }
+}
+
+for (const [how, preCreate] of Object.entries(PRE_CREATED)) {
+  t.test(`an account Mallory made ${how} gets no way into Beta`, async (t) => {
+    const { app, db } = await startService(t)
+    const mallory = await signUp(app, 'Evil')
+    const beta = await signUp(app, 'Beta')
+    const secret = await createNote(app, beta, 'Beta\'s secret plan')
+    const cfo = 'cfo@beta.test'
+    const mallorysPassword = 'mallory chose this one'
+
+    const withPassword = await call(app, 'POST', '/members', { as: mallory, payload: { email: cfo, role: 'member', password: mallorysPassword } })
+    t.same([withPassword.status, withPassword.body.message], [400, 'body must NOT have additional property \'password\''],
+      'POST /members no longer takes a password for the account')
+    const evil = await preCreate(app, mallory, cfo, mallorysPassword)
+    t.equal((await call(app, 'POST', '/login', { payload: { tenantId: evil.tenantId, email: cfo, password: mallorysPassword } })).status, 200,
+      'Mallory holds cfo@beta.test\'s account, with her password')
+
+    // Beta's owner adds the CFO. In production the token goes to cfo@beta.test's mailbox, which
+    // Mallory does not read; the real CFO does not know Mallory's password.
+    const invited = await call(app, 'POST', '/members', { as: beta, payload: { email: cfo, role: 'admin' } })
+    t.equal(invited.status, 201, 'Beta\'s owner invites the CFO')
+    const betaMembers = async (): Promise<string[]> =>
+      (await db.query('SELECT u.email FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.tenant_id = $1 ORDER BY u.email', [beta.tenantId])).rows.map((r) => r.email)
+    t.same(await betaMembers(), [beta.email], 'the invitation made nobody a member of Beta')
+
+    const login = await call(app, 'POST', '/login', { payload: { tenantId: beta.tenantId, email: cfo, password: mallorysPassword } })
+    t.same([login.status, login.body.code], [401, 'INVALID_CREDENTIALS'], 'Mallory cannot log in to Beta with her password')
+    const refreshed = await call(app, 'POST', '/refresh', { payload: { refreshToken: withTenant(evil.refreshToken, beta.tenantId) } })
+    t.same([refreshed.status, refreshed.body.code], [401, 'INVALID_REFRESH_TOKEN'], 'nor turn her Evil session into a Beta one')
+    const asMallory = await call(app, 'GET', '/notes', { as: evil })
+    t.same(asMallory.body, [], 'her session lists no note of Beta\'s')
+    t.same((await call(app, 'GET', `/notes/${secret}`, { as: evil })).status, 404, 'and finds none by id')
+    t.same((await call(app, 'GET', `/notes/${secret}`, { as: { accessToken: retargeted(evil.accessToken, beta.tenantId) } })).status, 401,
+      'a token re-pointed at Beta is no token')
+
+    // The real CFO, with the token, accepts with his own password: the account is not his, so
+    // nothing is joined (he needs a password reset through his mailbox, not shown here).
+    const accepted = await call(app, 'POST', '/invitations/accept', { payload: { token: invited.body.invitationToken, password: 'the real cfo password' } })
+    t.same([accepted.status, accepted.body.code], [401, 'INVALID_CREDENTIALS'], 'accepting with another password than the account\'s is refused')
+    t.same(await betaMembers(), [beta.email], 'Beta still has its owner alone')
+    t.same((await call(app, 'POST', '/login', { payload: { tenantId: beta.tenantId, email: cfo, password: mallorysPassword } })).status, 401,
+      'and Mallory still cannot log in to Beta')
+    t.same((await call(app, 'GET', '/notes', { as: beta })).body.map((n: { title: string }) => n.title), ['Beta\'s secret plan'])
+  })
+}

@@ -55,3 +55,24 @@ export async function signUp (app: App, name = `Tenant ${++counter}`): Promise<A
 export function bearer (account: { accessToken: string }): Record<string, string> {
   return { authorization: `Bearer ${account.accessToken}` }
 }
+
+/** Invites `email` to the inviter's tenant: the token the invitee would get by mail. */
+export async function invite (app: App, inviter: { accessToken: string }, email: string, role: 'admin' | 'member'): Promise<string> {
+  const res = await app.inject({ method: 'POST', url: '/members', headers: bearer(inviter), payload: { email, role } })
+  if (res.statusCode !== 201) throw new Error(`inviting ${email} failed: ${res.statusCode} ${res.body}`)
+  return res.json().invitationToken
+}
+
+/**
+ * Adds a member to the inviter's tenant through the API: an invitation, accepted with `password`
+ * (a new account's, or an existing account's own). The member is logged in.
+ */
+export async function addMember (app: App, inviter: Account, role: 'admin' | 'member', options: { email?: string, password?: string } = {}): Promise<Account> {
+  const email = options.email ?? `${role}.${randomBytes(4).toString('hex')}@example.test`
+  const password = options.password ?? 'a member password'
+  const token = await invite(app, inviter, email, role)
+  const res = await app.inject({ method: 'POST', url: '/invitations/accept', payload: { token, password } })
+  if (res.statusCode !== 200) throw new Error(`accepting the invitation of ${email} failed: ${res.statusCode} ${res.body}`)
+  const body = res.json()
+  return { tenantId: inviter.tenantId, userId: body.user.id, email, password, accessToken: body.accessToken, refreshToken: body.refreshToken }
+}
