@@ -18,11 +18,29 @@ export function pgbouncerBinary (): string | null {
   return found.status === 0 && path !== '' ? path : null
 }
 
+/** A row of `SHOW POOLS`: one pool, for one database and user. */
+export interface PoolRow {
+  database: string
+  user: string
+  /** Client connections linked to a server connection or idle (not waiting). */
+  cl_active: number
+  /** Client connections waiting for a server connection. */
+  cl_waiting: number
+  /** Server connections linked to a client. */
+  sv_active: number
+  /** Server connections unused and ready. */
+  sv_idle: number
+  /** Server connections idle for longer than server_check_delay, to be checked before use. */
+  sv_used: number
+  /** Seconds the oldest waiting client has waited. */
+  maxwait: number
+}
+
 export interface PgBouncer {
   /** `url` with PgBouncer's host and port instead of PostgreSQL's. */
   urlFor: (url: string) => string
-  /** Rows of `SHOW POOLS` for `database`, from PgBouncer's admin console. */
-  pools: (database: string) => Promise<Array<Record<string, string>>>
+  /** The `SHOW POOLS` rows of `database`, from PgBouncer's admin console. */
+  pools: (database: string) => Promise<PoolRow[]>
 }
 
 /**
@@ -102,7 +120,17 @@ export async function startPgBouncer (t: Test, serverUrl: string, poolSize: numb
       try {
         // The admin console speaks only the simple protocol.
         const { rows } = await client.query({ text: 'SHOW POOLS', queryMode: 'simple' } as pg.QueryConfig)
-        return rows.filter((row) => row.database === database)
+        // Counts come as int4 (numbers) or int8 (strings), depending on the column and version.
+        return rows.filter((row) => row.database === database).map((row) => ({
+          database: row.database,
+          user: row.user,
+          cl_active: Number(row.cl_active),
+          cl_waiting: Number(row.cl_waiting),
+          sv_active: Number(row.sv_active),
+          sv_idle: Number(row.sv_idle),
+          sv_used: Number(row.sv_used),
+          maxwait: Number(row.maxwait)
+        }))
       } finally {
         await client.end()
       }
