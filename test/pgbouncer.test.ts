@@ -4,6 +4,7 @@ import t from 'tap'
 import { connect } from 'node:net'
 import { isDeepStrictEqual } from 'node:util'
 import { sql } from 'kysely'
+import pg from 'pg'
 import { eventually, testDatabase } from './helpers/database.js'
 import { pgbouncerBinary, startPgBouncer } from './helpers/pgbouncer.js'
 import type { PgBouncer, PoolRow } from './helpers/pgbouncer.js'
@@ -96,36 +97,70 @@ t.test('the tenant context holds through PgBouncer and never reaches the next tr
   const db = await testDatabase(t)
   // One server connection behind many client connections: every transaction shares it.
   const bouncer = await startPgBouncer(t, db.url, 1)
+  const url = bouncer.urlFor(db.url)
   const app = await db.app({
-    connectionString: bouncer.urlFor(db.url),
+    connectionString: url,
     maxConnections: 8,
     context: { 'app.tenant_id': (request) => request.headers['x-tenant'] as string | undefined }
   })
-  const setting = (request: { db: any }, name: string) => sql<{ value: string | null, pid: number }>`
-    SELECT current_setting(${name}, true) AS value, pg_backend_pid() AS pid`.execute(request.db).then((r) => r.rows[0])
-  app.get('/', async (request) => {
-    const first = await setting(request, 'app.tenant_id')
-    await new Promise((resolve) => setTimeout(resolve, Math.random() * 10))
-    const again = await setting(request, 'app.tenant_id')
-    return { first: first.value, again: again.value, pid: first.pid }
-  })
-  // What the plugin avoids: a session-level SET outlives its transaction on the shared server connection.
-  app.post('/session-set', async (request) => { await sql`SET app.leaky = 'from an earlier client'`.execute(request.db) })
-  app.get('/leaky', async (request) => setting(request, 'app.leaky'))
-
-  const requests = Array.from({ length: 60 }, (_, i) => (i % 5 === 0 ? undefined : `tenant-${i % 7}`))
-  const answers = await Promise.all(requests.map((tenant) =>
-    app.inject({ url: '/', headers: tenant === undefined ? {} : { 'x-tenant': tenant } }).then((res) => res.json())))
-  for (const [i, answer] of answers.entries()) {
-    const expected = requests[i] ?? ''
-    if (answer.first !== expected || answer.again !== expected) t.fail(`request ${i} asked for '${expected}' and saw '${answer.first}'/'${answer.again}'`)
+  // Readers that set no context: they see whatever an earlier transaction left on the server connection.
+  const plain = await db.app({ connectionString: url, maxConnections: 4 })
+  type Reading = { value: string | null, leaky: string | null, pid: number }
+  const read = (executor: any) => sql<Reading>`
+    SELECT current_setting('app.tenant_id', true) AS value, current_setting('app.leaky', true) AS leaky,
+      pg_backend_pid() AS pid`.execute(executor).then((r) => r.rows[0])
+  for (const instance of [app, plain]) {
+    instance.get('/', async (request) => {
+      const first = await read(request.db)
+      await new Promise((resolve) => setTimeout(resolve, Math.random() * 10))
+      const again = await read(request.db)
+      return { first: first.value, again: again.value, pid: first.pid }
+    })
   }
-  t.equal(new Set(answers.map((a) => a.pid)).size, 1, 'all 60 transactions ran on one server connection')
-  t.pass('every request saw exactly its own tenant, or the empty setting when it had none')
+  plain.get('/read', async (request) => read(request.db))
+  /** What each reader without a context sees, and on which server connection. */
+  const readers = async (): Promise<Record<string, Reading>> => ({
+    'fastify.db.transaction without context': await app.db.transaction((trx) => read(trx)),
+    'fastify.db.kysely, autocommit': await read(app.db.kysely),
+    'a request of an app without the context option': (await plain.inject('/read')).json() as Reading
+  })
+  const empty = (value: string | null) => value === '' || value === null
 
-  await app.inject({ method: 'POST', url: '/session-set' })
-  t.equal((await app.inject('/leaky')).json().value, 'from an earlier client', 'a session-level SET does leak through transaction pooling')
-  t.equal((await app.inject('/')).json().first, '', 'while the plugin\'s transaction-local context does not')
+  // Tenants, requests with no tenant header, and readers without context, all at once.
+  const requests = Array.from({ length: 80 }, (_, i) => (i % 4 === 3 ? 'plain' : i % 5 === 0 ? undefined : `tenant-${i % 7}`))
+  const answers = await Promise.all(requests.map((tenant) => tenant === 'plain'
+    ? plain.inject('/').then((res) => res.json())
+    : app.inject({ url: '/', headers: tenant === undefined ? {} : { 'x-tenant': tenant } }).then((res) => res.json())))
+  const wrong: string[] = []
+  for (const [i, answer] of answers.entries()) {
+    const tenant = requests[i]
+    const ok = tenant === 'plain'
+      ? empty(answer.first) && empty(answer.again)
+      : answer.first === (tenant ?? '') && answer.again === (tenant ?? '')
+    if (!ok) wrong.push(`request ${i} (${tenant ?? 'no tenant'}) saw '${answer.first}'/'${answer.again}'`)
+  }
+  t.same(wrong, [], 'every request saw exactly its own tenant, the empty setting when it had none, and readers without context saw none')
+  t.equal(new Set(answers.map((a) => a.pid)).size, 1, 'all 80 transactions ran on one server connection')
+
+  // After a tenant's request, on the same server connection, readers that set nothing see nothing.
+  const acme = (await app.inject({ url: '/', headers: { 'x-tenant': 'acme' } })).json()
+  t.equal(acme.first, 'acme')
+  for (const [reader, seen] of Object.entries(await readers())) {
+    t.ok(empty(seen.value), `${reader} sees no tenant after acme's request (saw ${JSON.stringify(seen.value)})`)
+    t.equal(seen.pid, acme.pid, `${reader} ran on acme's server connection`)
+  }
+
+  // What the plugin avoids: a session-level SET, made by another client of the same PgBouncer,
+  // outlives its transaction on the shared server connection, and the same readers do see it.
+  const other = new pg.Client({ connectionString: url })
+  await other.connect()
+  await other.query("SET app.leaky = 'from an earlier client'")
+  await other.end()
+  await app.inject({ url: '/', headers: { 'x-tenant': 'acme' } })
+  for (const [reader, seen] of Object.entries(await readers())) {
+    t.equal(seen.leaky, 'from an earlier client', `${reader}: a session-level SET does leak through transaction pooling`)
+    t.ok(empty(seen.value), `${reader}: while the plugin's transaction-local tenant does not (saw ${JSON.stringify(seen.value)})`)
+  }
 })
 
 t.test('four app processes share a PgBouncer smaller than their pools: all answered, nothing leaked', { skip }, async (t) => {
