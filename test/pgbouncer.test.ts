@@ -32,6 +32,12 @@ t.test('every finish rule holds through PgBouncer in transaction mode', { skip }
   const bouncer = await startPgBouncer(t, db.url, 2)
   await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, CONSTRAINT unique_name UNIQUE (name) DEFERRABLE INITIALLY DEFERRED)')
   const app = await db.app({ connectionString: bouncer.urlFor(db.url), maxConnections: 6 })
+  // Added after the plugin, so it runs after the plugin's onSend, as the response is about to
+  // leave: what another connection (straight to PostgreSQL) sees then was committed before sending.
+  let seenBeforeSending: string[] | null = null
+  app.addHook('onSend', async (request) => {
+    if (request.url === '/ok') seenBeforeSending = await itemNames(db)
+  })
   const insert = (request: { db: any }, name: string) => request.db.insertInto('items').values({ name }).execute()
   app.post('/ok', async (request, reply) => { await insert(request, 'committed'); return reply.code(201).send() })
   app.post('/throw', async (request) => { await insert(request, 'thrown'); throw new Error('boom') })
@@ -52,6 +58,12 @@ t.test('every finish rule holds through PgBouncer in transaction mode', { skip }
     reply.raw.writeHead(200)
     reply.raw.end('ok')
   })
+  app.post('/hijacked-failure', async (request, reply) => {
+    await insert(request, 'hijacked failure')
+    reply.hijack()
+    reply.raw.writeHead(500)
+    reply.raw.end('failed')
+  })
   app.post('/late', async (request) => {
     await insert(request, 'on time')
     setTimeout(() => { insert(request, 'late').catch((error: { code: string }) => lateError.resolve(error.code)) }, 50)
@@ -60,6 +72,7 @@ t.test('every finish rule holds through PgBouncer in transaction mode', { skip }
   const lateError = deferred<string>()
 
   t.equal((await app.inject({ method: 'POST', url: '/ok' })).statusCode, 201)
+  t.same(seenBeforeSending, ['committed'], 'committed before the response was sent')
   t.equal((await app.inject({ method: 'POST', url: '/throw' })).statusCode, 500)
   t.equal((await app.inject({ method: 'POST', url: '/status' })).statusCode, 500)
   const deferredRes = await app.inject({ method: 'POST', url: '/deferred' })
@@ -69,9 +82,23 @@ t.test('every finish rule holds through PgBouncer in transaction mode', { skip }
   const timedOut = await app.inject({ method: 'POST', url: '/timeout' })
   t.same([timedOut.statusCode, timedOut.json().code], [503, 'FST_ERR_HANDLER_TIMEOUT'])
   t.equal((await app.inject({ method: 'POST', url: '/hijacked' })).statusCode, 200)
-  await eventually(async () => app.db.stats(), (s) => s.commits === 2)
+  t.equal((await app.inject({ method: 'POST', url: '/hijacked-failure' })).statusCode, 500)
+  // A hijacked reply finishes in onResponse, after its response.
+  await eventually(async () => app.db.stats(), (s) => s.commits === 2 && s.rollbacks === 6)
   t.equal((await app.inject({ method: 'POST', url: '/late' })).statusCode, 200)
   t.equal(await lateError.promise, 'FST_DB_SESSION_TRANSACTION_FINISHED', 'a query after the finish never runs in autocommit')
+
+  // fastify.db.transaction: commits when its function resolves, rolls back when it throws.
+  const result = await app.db.transaction(async (trx) => {
+    await trx.insertInto('items').values({ name: 'transaction resolved' }).execute()
+    return 'its result'
+  })
+  t.equal(result, 'its result')
+  const thrown = new Error('rolled back')
+  await t.rejects(app.db.transaction(async (trx) => {
+    await trx.insertInto('items').values({ name: 'transaction threw' }).execute()
+    throw thrown
+  }), thrown, 'fastify.db.transaction rethrows its function\'s error')
 
   // A client hang-up, on a real listening server.
   const address = await app.listen({ host: '127.0.0.1', port: 0 })
@@ -80,14 +107,15 @@ t.test('every finish rule holds through PgBouncer in transaction mode', { skip }
   socket.write('POST /hang-up HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n')
   await inserted.promise
   socket.destroy()
-  // Rolled back at the hang-up, while the handler still waits (5 rollbacks came before).
-  t.equal((await eventually(async () => app.db.stats(), (s) => s.rollbacks === 6)).rollbacks, 6)
+  // Rolled back at the hang-up, while the handler still waits (7 rollbacks came before).
+  t.equal((await eventually(async () => app.db.stats(), (s) => s.rollbacks === 8)).rollbacks, 8)
   handlerWaits.resolve()
 
   await new Promise((resolve) => setTimeout(resolve, 300)) // the timed-out handler's own end
-  t.same(await itemNames(db), ['committed', 'hijacked', 'on time'])
+  t.same(await itemNames(db), ['committed', 'hijacked', 'on time', 'transaction resolved'],
+    'only what the rules commit is there: not the throw, the error status, the failed COMMIT, the read-only, the timeout, the failed hijacked reply, the throwing transaction or the hang-up')
   const stats = await eventually(async () => app.db.stats(), (s) => s.active === 0)
-  t.match(stats, { commits: 3, rollbacks: 6, commitFailures: 1, active: 0 })
+  t.match(stats, { commits: 4, rollbacks: 8, commitFailures: 1, active: 0 })
   t.equal(await db.idleInTransaction(), 0, 'no server connection is left inside a transaction')
   const idle = { cl_waiting: 0, sv_active: 0 }
   t.same(await poolCounts(bouncer, db.name, idle), idle, 'PgBouncer has no client waiting and no server connection busy')
