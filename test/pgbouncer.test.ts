@@ -1,11 +1,14 @@
 // Many app instances behind a real PgBouncer in transaction pooling mode: the plugin's finish
 // rules and its transaction-local context hold there, and nothing leaks on either side.
 import t from 'tap'
+import http from 'node:http'
 import { connect } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { isDeepStrictEqual } from 'node:util'
 import { sql } from 'kysely'
 import pg from 'pg'
 import { eventually, testDatabase } from './helpers/database.js'
+import type { TestDatabase } from './helpers/database.js'
 import { pgbouncerBinary, startPgBouncer } from './helpers/pgbouncer.js'
 import type { PgBouncer, PoolRow } from './helpers/pgbouncer.js'
 import { deferred, itemNames, startScript } from './helpers/util.js'
@@ -17,6 +20,9 @@ if (missing && process.env.CI) throw new Error('CI is set but pgbouncer is not i
 const skip = missing ? 'pgbouncer is not installed (apt-get install -y pgbouncer); PgBouncer tests not run' : false
 if (skip !== false) t.comment(skip)
 
+/** Room for the ROLLBACK, the cancel through PgBouncer and a loaded machine, as in close.test.ts. */
+const MARGIN = 700
+
 /**
  * The `expected` counts of `database`'s one pool in PgBouncer's SHOW POOLS, as soon as they are
  * what is expected, or as they are after 3 s.
@@ -25,6 +31,31 @@ async function poolCounts (bouncer: PgBouncer, database: string, expected: Parti
   const names = Object.keys(expected) as Array<keyof PoolRow>
   const pick = (rows: PoolRow[]): Record<string, unknown> => rows.length === 1 ? Object.fromEntries(names.map((name) => [name, rows[0][name]])) : { rows }
   return pick(await eventually(() => bouncer.pools(database), (rows) => isDeepStrictEqual(pick(rows), expected)))
+}
+
+/**
+ * POSTs over a connection of its own that closes after the answer: a keep-alive connection left
+ * open would hold `close()` of a listening server until its keepAliveTimeout.
+ */
+function post (port: number, path: string): Promise<{ status: number, code: string }> {
+  return new Promise((resolve, reject) => {
+    const request = http.request({ method: 'POST', host: '127.0.0.1', port, path, agent: false, headers: { connection: 'close' } }, (res) => {
+      let body = ''
+      res.on('data', (chunk) => { body += chunk })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, code: JSON.parse(body).code }))
+    })
+    request.on('error', reject)
+    request.end()
+  })
+}
+
+/** Backends of this database running `pg_sleep` (the helper's own connection excluded). */
+async function sleepingBackends (db: TestDatabase): Promise<number> {
+  const { rows } = await db.query(
+    "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()",
+    [db.name]
+  )
+  return rows[0].n
 }
 
 t.test('every finish rule holds through PgBouncer in transaction mode', { skip }, async (t) => {
@@ -117,6 +148,68 @@ t.test('every finish rule holds through PgBouncer in transaction mode', { skip }
   const stats = await eventually(async () => app.db.stats(), (s) => s.active === 0)
   t.match(stats, { commits: 4, rollbacks: 8, commitFailures: 1, active: 0 })
   t.equal(await db.idleInTransaction(), 0, 'no server connection is left inside a transaction')
+  const idle = { cl_waiting: 0, sv_active: 0 }
+  t.same(await poolCounts(bouncer, db.name, idle), idle, 'PgBouncer has no client waiting and no server connection busy')
+})
+
+t.test('close() through PgBouncer: a request stuck in pg_sleep(30) is canceled in PostgreSQL, and close() returns in time', { skip }, async (t) => {
+  const closeTimeout = 300
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
+  const bouncer = await startPgBouncer(t, db.url, 2)
+  const app = await db.app({ connectionString: bouncer.urlFor(db.url), closeTimeoutMillis: closeTimeout })
+  app.post('/sleep', async (request) => {
+    await request.db.insertInto('items').values({ name: 'sleeper' }).execute()
+    await sql`SELECT pg_sleep(30)`.execute(request.db)
+    return { ok: true }
+  })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const response = post((app.server.address() as AddressInfo).port, '/sleep')
+  t.equal(await eventually(() => sleepingBackends(db), (n) => n === 1), 1, 'the request sleeps inside its transaction')
+
+  const started = Date.now()
+  await app.close()
+  const closeMillis = Date.now() - started
+  t.ok(closeMillis < closeTimeout + MARGIN, `close() returned in ${closeMillis} ms (closeTimeoutMillis ${closeTimeout})`)
+  // Closing the socket to PgBouncer does not stop the statement: PgBouncer drops its server
+  // connection, and the backend sleeps on for the rest of the 30 s. The plugin's cancel, with the
+  // connection's own key (PgBouncer's, which it maps to the server's), does.
+  const sleepers = await eventually(() => sleepingBackends(db), (n) => n === 0, 1500)
+  const stoppedMillis = Date.now() - started
+  t.equal(sleepers, 0, `pg_sleep stopped in PostgreSQL ${stoppedMillis} ms after close() began`)
+  t.comment(`close(): returned after ${closeMillis} ms; pg_sleep gone from pg_stat_activity after ${stoppedMillis} ms`)
+  t.same(await response, { status: 503, code: 'FST_DB_SESSION_CLOSING' }, 'the stuck request was answered')
+  t.same(await itemNames(db), [], 'its row is absent')
+  const stats = app.db.stats()
+  t.match(stats, { leaks: 1, commits: 0, active: 0, total: 0 })
+  t.equal(await db.idleInTransaction(), 0)
+  const empty = { cl_active: 0, cl_waiting: 0, sv_active: 0 }
+  t.same(await poolCounts(bouncer, db.name, empty), empty, 'PgBouncer has no client and no busy server connection left')
+})
+
+t.test('leakTimeoutMillis through PgBouncer: a statement still running at the limit is canceled in PostgreSQL', { skip }, async (t) => {
+  const limit = 300
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
+  const bouncer = await startPgBouncer(t, db.url, 2)
+  const app = await db.app({ connectionString: bouncer.urlFor(db.url), leakTimeoutMillis: limit }, { logger: { level: 'silent' } })
+  app.post('/sleepy', async (request) => {
+    await request.db.insertInto('items').values({ name: 'sleepy' }).execute()
+    await sql`SELECT pg_sleep(10)`.execute(request.db)
+    return { ok: true }
+  })
+  const started = Date.now()
+  const res = await app.inject({ method: 'POST', url: '/sleepy' })
+  const answeredMillis = Date.now() - started
+  t.same([res.statusCode, res.json().code], [500, 'FST_DB_SESSION_HOLD_TIMEOUT'])
+  t.ok(answeredMillis >= limit && answeredMillis < limit + MARGIN, `answered ${answeredMillis} ms after the request began (limit ${limit} ms), not after the 10 s sleep`)
+  const sleepers = await eventually(() => sleepingBackends(db), (n) => n === 0, 1500)
+  const stoppedMillis = Date.now() - started
+  t.equal(sleepers, 0, `pg_sleep stopped in PostgreSQL ${stoppedMillis} ms after the request began`)
+  t.comment(`leakTimeoutMillis ${limit}: answered 500 after ${answeredMillis} ms; pg_sleep gone from pg_stat_activity after ${stoppedMillis} ms`)
+  t.same(await itemNames(db), [], 'nothing was committed')
+  t.match(app.db.stats(), { leaks: 1, commits: 0, active: 0 })
+  t.equal(await db.idleInTransaction(), 0)
   const idle = { cl_waiting: 0, sv_active: 0 }
   t.same(await poolCounts(bouncer, db.name, idle), idle, 'PgBouncer has no client waiting and no server connection busy')
 })
