@@ -1,6 +1,7 @@
 // Many app instances behind a real PgBouncer in transaction pooling mode: the plugin's finish
 // rules and its transaction-local context hold there, and nothing leaks on either side.
 import t from 'tap'
+import { once } from 'node:events'
 import http from 'node:http'
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
@@ -284,36 +285,93 @@ t.test('the tenant context holds through PgBouncer and never reaches the next tr
   }
 })
 
-t.test('four app processes share a PgBouncer smaller than their pools: all answered, nothing leaked', { skip }, async (t) => {
+t.test('four app processes share a PgBouncer smaller than their pools: each answer is a success or the coded overload error, nothing leaked', { skip }, async (t) => {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE writes (id serial PRIMARY KEY, asked text NOT NULL, seen text, instance int NOT NULL)')
   const serverPool = 4
-  const bouncer = await startPgBouncer(t, db.url, serverPool)
+  const appPool = 10
+  // A client waiting longer than 1 s for a server connection gets PgBouncer's query_wait_timeout
+  // (checked a few times a second), which the plugin answers as FST_DB_SESSION_ACQUIRE_TIMEOUT.
+  const bouncer = await startPgBouncer(t, db.url, serverPool, { query_wait_timeout: 1 })
   const instances = await Promise.all(Array.from({ length: 4 }, () =>
-    startScript(t, 'test/fixtures/tenant-app.ts', { DATABASE_URL: bouncer.urlFor(db.url), POOL_SIZE: '10' })))
+    startScript(t, 'test/fixtures/tenant-app.ts', { DATABASE_URL: bouncer.urlFor(db.url), POOL_SIZE: String(appPool), HOLD_MILLIS: '300' })))
   const tenants = ['acme', 'globex', 'initech', 'umbrella', 'hooli']
+  const workers = 6
+  const rounds = 6
   let ok = 0
   let overloaded = 0
+  const refusedAfter: number[] = []
   const wrong: string[] = []
-  // 4 instances x 10 app connections = 40 client connections for 4 server connections.
-  await Promise.all(instances.flatMap(({ port }) => Array.from({ length: 16 }, async (_, worker) => {
-    for (let i = 0; i < 12; i++) {
+  // Each success holds a server connection for 300 ms: 4 of them serve about 13 requests a second,
+  // while 24 clients ask at once, so some wait past query_wait_timeout.
+  const loading = new AbortController()
+  let mostBackends = 0
+  const sampler = (async () => {
+    while (!loading.signal.aborted) {
+      mostBackends = Math.max(mostBackends, await db.connections())
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  })()
+  const started = Date.now()
+  await Promise.all(instances.flatMap(({ port }) => Array.from({ length: workers }, async (_, worker) => {
+    for (let i = 0; i < rounds; i++) {
       const tenant = tenants[(worker + i) % tenants.length]
-      const res = await fetch(`http://127.0.0.1:${port}/write`, { method: 'POST', headers: { 'x-tenant': tenant } })
+      const asked = Date.now()
+      const res = await fetch(`http://127.0.0.1:${port}/write`, { method: 'POST', headers: { 'x-tenant': tenant }, signal: AbortSignal.timeout(30_000) })
       const body = await res.json()
-      if (res.status === 200 && body.seen === tenant) ok++
-      else if (res.status === 503 && body.code === 'FST_DB_SESSION_ACQUIRE_TIMEOUT') overloaded++
-      else wrong.push(`${res.status} ${JSON.stringify(body)} for ${tenant}`)
+      const retryAfter = res.headers.get('retry-after')
+      if (res.status === 200 && body.seen === tenant) {
+        ok++
+      } else if (res.status === 503 && body.code === 'FST_DB_SESSION_ACQUIRE_TIMEOUT' && retryAfter === '1' && /query_wait_timeout/.test(body.message)) {
+        overloaded++
+        refusedAfter.push(Date.now() - asked)
+      } else {
+        wrong.push(`${res.status} ${JSON.stringify(body)} (retry-after ${retryAfter}) for ${tenant}`)
+      }
     }
   })))
-  t.same(wrong, [], 'every answer was a success with its own tenant, or the coded overload error')
-  t.equal(ok + overloaded, 4 * 16 * 12)
-  t.ok(ok > 0, `${ok} writes succeeded, ${overloaded} got 503`)
+  const loadMillis = Date.now() - started
+  loading.abort()
+  await sampler
+  const total = 4 * workers * rounds
+  t.same(wrong, [], 'every answer was a 200 with its own tenant, or a 503 FST_DB_SESSION_ACQUIRE_TIMEOUT from query_wait_timeout with Retry-After: 1')
+  t.equal(ok + overloaded, total)
+  t.ok(ok > 0, `${ok} requests succeeded`)
+  t.ok(overloaded > 0, `${overloaded} requests were refused as overloaded`)
+  t.ok(mostBackends <= serverPool, `PostgreSQL never saw more than PgBouncer's ${serverPool} server connections during the load (most: ${mostBackends})`)
   const { rows } = await db.query('SELECT count(*)::int AS n, count(*) FILTER (WHERE seen IS DISTINCT FROM asked)::int AS mismatched, count(DISTINCT instance)::int AS instances FROM writes')
   t.same(rows[0], { n: ok, mismatched: 0, instances: 4 }, 'one row per success, each written under its own tenant, from all four instances')
-  t.equal(await db.idleInTransaction(), 0)
+
+  // Nothing leaked, on PostgreSQL's side, PgBouncer's and each app's.
+  const idleInTransaction = await db.idleInTransaction()
+  t.equal(idleInTransaction, 0, 'no backend idle in a transaction')
   const backends = await db.connections()
-  t.ok(backends <= serverPool, `PostgreSQL saw at most PgBouncer's ${serverPool} server connections (${backends})`)
+  t.ok(backends <= serverPool, `PostgreSQL has at most PgBouncer's ${serverPool} server connections (${backends})`)
   const idle = { cl_waiting: 0, sv_active: 0 }
   t.same(await poolCounts(bouncer, db.name, idle), idle, 'PgBouncer: no client waiting, no server connection left busy')
+  const [pool] = await bouncer.pools(db.name)
+  const stats = await Promise.all(instances.map(async ({ port }) => (await fetch(`http://127.0.0.1:${port}/stats`)).json()))
+  t.same(stats.map((s) => [s.active, s.waiting, s.leaks]), instances.map(() => [0, 0, 0]), 'each app: no connection checked out, no caller waiting, no leak')
+  const sum = (name: string) => stats.reduce((n, s) => n + s[name], 0)
+  t.equal(sum('commits'), ok, 'the apps counted a commit per success')
+  t.equal(sum('acquireTimeouts'), overloaded, 'and an acquire timeout per 503')
+
+  // Each app closes on SIGTERM, and exits 0 only if its pool had nothing checked out or leaked.
+  const exits = await Promise.all(instances.map(async ({ server }) => {
+    const exited = once(server, 'exit')
+    server.kill('SIGTERM')
+    const [code] = await exited
+    return code
+  }))
+  t.same(exits, [0, 0, 0, 0], 'every app process exited 0 after closing')
+  const empty = { cl_active: 0, cl_waiting: 0, sv_active: 0 }
+  const after = await poolCounts(bouncer, db.name, empty)
+  t.same(after, empty, 'with the apps gone, PgBouncer has no client left')
+  t.equal(await db.idleInTransaction(), 0)
+  t.comment(`4 processes × ${workers} clients × ${rounds} = ${total} requests in ${loadMillis} ms: ${ok} × 200, ${overloaded} × 503 FST_DB_SESSION_ACQUIRE_TIMEOUT; ` +
+    `apps' pools ${4 * appPool} connections, PgBouncer's server pool ${serverPool}; most PostgreSQL backends during the load ${mostBackends}; ` +
+    `503s answered ${Math.min(...refusedAfter)} to ${Math.max(...refusedAfter)} ms after they were sent`)
+  t.comment(`afterwards: pg_stat_activity ${backends} backends, ${idleInTransaction} idle in transaction; SHOW POOLS ` +
+    `cl_active ${pool.cl_active} (the apps' idle connections), cl_waiting ${pool.cl_waiting}, sv_active ${pool.sv_active}, sv_idle ${pool.sv_idle}; apps' active ${sum('active')}, leaks ${sum('leaks')}; ` +
+    `exits ${exits.join(',')}; SHOW POOLS after the apps exited: cl_active ${after.cl_active}, cl_waiting ${after.cl_waiting}`)
 })
