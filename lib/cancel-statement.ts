@@ -27,7 +27,9 @@ export function cancelStatement (client: pg.PoolClient, timeoutMillis: number): 
   // A host that is a directory names a Unix socket, as for pg and libpq.
   const address: NetConnectOpts = host.startsWith('/') ? { path: `${host}/.s.PGSQL.${port}` } : { host, port }
   return new Promise((resolve) => {
-    const socket = connect({ ...address, signal: AbortSignal.timeout(timeoutMillis) }, () => { socket.end(request) })
+    // Written, not ended: as libpq does, the server closes the socket once it has taken the
+    // request. PgBouncer 1.18 drops a cancel whose sender closed first, or exits on it (its issue #801).
+    const socket = connect({ ...address, signal: AbortSignal.timeout(timeoutMillis) }, () => { socket.write(request) })
     socket.on('error', ignore)
     socket.on('close', () => { resolve() })
   })
