@@ -215,6 +215,39 @@ t.test('leakTimeoutMillis through PgBouncer: a statement still running at the li
   t.same(await poolCounts(bouncer, db.name, idle), idle, 'PgBouncer has no client waiting and no server connection busy')
 })
 
+t.test('in one app: PgBouncer\'s query_wait_timeout at BEGIN is 503 FST_DB_SESSION_ACQUIRE_TIMEOUT, counted, and the app recovers', { skip }, async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)')
+  // One server connection, held 2.5 s by the first request: the second waits past 1 s at its BEGIN.
+  const bouncer = await startPgBouncer(t, db.url, 1, { query_wait_timeout: 1 })
+  const app = await db.app({ connectionString: bouncer.urlFor(db.url) }, { logger: { level: 'silent' } })
+  const holding = deferred()
+  app.post('/hold', async (request) => {
+    await request.db.insertInto('items').values({ name: 'held' }).execute()
+    holding.resolve()
+    await sql`SELECT pg_sleep(2.5)`.execute(request.db)
+    return { ok: true }
+  })
+  app.post('/quick', async (request) => {
+    await request.db.insertInto('items').values({ name: 'quick' }).execute()
+    return { ok: true }
+  })
+  const held = app.inject({ method: 'POST', url: '/hold' })
+  await holding.promise
+  const started = Date.now()
+  const refused = await app.inject({ method: 'POST', url: '/quick' })
+  const waitedMillis = Date.now() - started
+  t.equal(refused.statusCode, 503)
+  t.equal(refused.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  t.match(refused.json().message, /PgBouncer's query_wait_timeout/)
+  t.equal(refused.headers['retry-after'], '1')
+  t.ok(waitedMillis >= 900 && waitedMillis < 2500, `refused after PgBouncer's wait (${waitedMillis} ms), before the holder finished`)
+  t.equal((await held).statusCode, 200)
+  t.match(app.db.stats(), { acquireTimeouts: 1, destroyed: 1, active: 0 }, 'counted as an acquire timeout; the connection PgBouncer closed was destroyed')
+  t.equal((await app.inject({ method: 'POST', url: '/quick' })).statusCode, 200, 'the next request is served')
+  t.same((await itemNames(db)).sort(), ['held', 'quick'], 'the refused request wrote nothing')
+})
+
 t.test('the tenant context holds through PgBouncer and never reaches the next transaction', { skip }, async (t) => {
   const db = await testDatabase(t)
   // One server connection behind many client connections: every transaction shares it.
