@@ -4,8 +4,8 @@ import { startEmbeddedPostgres } from '../embedded-postgres.mjs'
 
 const embedded = process.env.DATABASE_URL ? null : await startEmbeddedPostgres()
 if (embedded !== null) process.env.DATABASE_URL = embedded.url
+// app.ts prints where it listens, last: tests read up to that line and close the pipe.
 const { app } = await import('./app.js')
-console.log(`try: curl -X POST ${app.listeningOrigin}/items -H 'content-type: application/json' -d '{"name":"apple"}'`)
 
 async function shutdown (): Promise<void> {
   await app.close()
