@@ -230,19 +230,11 @@ t.test('a pool of your own without pg-pool\'s internals: the deadline holds all 
 t.test('by default a query waits 5000 ms for a connection, then gets 503 ACQUIRE_TIMEOUT (never pg\'s forever)', async (t) => {
   const db = await testDatabase(t)
   const app = await db.app({ maxConnections: 1 })
-  const holding = deferred()
-  const release = deferred()
-  app.get('/hold', async (request) => {
-    await sql`SELECT 1`.execute(request.db)
-    holding.resolve()
-    await release.promise
-    return 'held'
-  })
-  app.get('/wait', async (request) => (await sql<{ one: number }>`SELECT 1 AS one`.execute(request.db)).rows[0])
+  const { holding, release } = addRoutes(app)
   const held = app.inject('/hold')
   await holding.promise
   const started = performance.now()
-  const waited = await app.inject('/wait')
+  const waited = await app.inject('/query')
   const elapsed = performance.now() - started
   release.resolve()
   t.equal((await held).statusCode, 200)
