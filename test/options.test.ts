@@ -104,7 +104,7 @@ t.test('streaming through request.db fails with a coded error instead of running
   t.equal(app.db.stats().active, 0)
 })
 
-t.test('a PoolConfig with the password as a field: the startup check and the close-time cleanup authenticate', async (t) => {
+t.test('a PoolConfig with the password as a field: the startup check authenticates, and close() ends a stuck transaction', async (t) => {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (name text)')
   const url = new URL(db.url)
@@ -121,7 +121,7 @@ t.test('a PoolConfig with the password as a field: the startup check and the clo
   app.inject({ method: 'POST', url: '/' }).catch(() => {})
   await stuck.promise
   await app.close()
-  // Close destroyed the connection and terminated its backend, which needs a login of its own.
+  // Close canceled the stuck transaction's work and destroyed its connection: nothing is left.
   t.equal(await db.connections(), 0, 'no backend is left')
   t.equal((await db.query('SELECT count(*)::int AS n FROM items')).rows[0].n, 0)
   // And an empty context for fastify.db.transaction sets nothing.
