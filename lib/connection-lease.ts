@@ -7,6 +7,7 @@ import { AcquireTimeoutError, ClosingError, ConnectionFailedError, ConnectionLos
 import type { CircuitBreaker } from './circuit-breaker.js'
 import type { PoolCounters } from './pool-stats.js'
 import { refuseSessionState } from './session-state.js'
+import { forgetWaiter, isQueryable, returnsClean } from './pg-internals.js'
 
 // pg-pool reports its own connectionTimeoutMillis this way (it has no error code); ours says the same.
 const PG_TIMEOUT_MESSAGE = 'timeout exceeded when trying to connect'
@@ -141,14 +142,6 @@ export class ConnectionSource {
   }
 }
 
-/** Takes a timed-out caller out of pg-pool's queue of waiters, where there is one (pg-pool's internals). */
-function forgetWaiter (pool: pg.Pool, callback: unknown): void {
-  const queue = (pool as unknown as { _pendingQueue?: Array<{ callback: unknown }> })._pendingQueue
-  if (!Array.isArray(queue)) return
-  const index = queue.findIndex((item) => item.callback === callback)
-  if (index >= 0) queue.splice(index, 1)
-}
-
 /**
  * One checkout of a pooled client: listened to while out (pg-pool does not), returned exactly
  * once, and destroyed rather than returned when its state is in doubt.
@@ -266,11 +259,8 @@ export class Lease implements DatabaseConnection {
     this.#source.counters.hold.observe((performance.now() - this.acquiredAt) / 1000)
     const listened: ListenedClient = this.client
     listened[kLease] = null
-    // pg keeps the backend's transaction status from its last ReadyForQuery ('I' is idle). A failed
-    // query rejects before its ReadyForQuery arrives; pg then queues the next user's query until it does.
     // pg-pool itself drops a client that is no longer queryable; count it as destroyed too.
-    const { readyForQuery, _txStatus: status, _queryable: queryable } = this.client as unknown as PgClientState
-    const inDoubt = discard || this.#error !== null || !queryable || (readyForQuery && status !== 'I')
+    const inDoubt = discard || this.#error !== null || !returnsClean(this.client)
     if (inDoubt) this.#source.counters.destroyed++
     this.client.release(inDoubt ? (this.#error ?? new Error('fastify-db-session: connection state in doubt')) : undefined)
   }
@@ -294,9 +284,6 @@ export function kyselyResult<R> ({ command, rowCount, rows = [] }: pg.QueryResul
   }
 }
 
-/** pg's private connection state, read (as pg-pool does) to decide whether a client can be reused. */
-interface PgClientState { readyForQuery: boolean, _txStatus: string, _queryable: boolean }
-
 /**
  * True for errors after which the connection cannot be trusted: a FATAL or PANIC from the server,
  * a connection exception (class 08), or a driver error (no SQLSTATE) that left pg's client
@@ -304,6 +291,6 @@ interface PgClientState { readyForQuery: boolean, _txStatus: string, _queryable:
  */
 function breaksConnection (error: Error, client: pg.PoolClient): boolean {
   const { severity, code } = error as { severity?: string, code?: string }
-  if (code === undefined) return !(client as unknown as PgClientState)._queryable
+  if (code === undefined) return !isQueryable(client)
   return code.startsWith('08') || severity === 'FATAL' || severity === 'PANIC'
 }
