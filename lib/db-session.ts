@@ -1,12 +1,14 @@
 import { Transaction } from 'kysely'
 import type { AbortableOperationOptions, AbortableQueryOptions, CompiledQuery, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
 import { BeginFailure, canFollowBegin } from './begin-with-query.js'
-import { refuseSessionState } from './session-state.js'
+import { refuseSessionState } from './sql.js'
 import { ignore, logWarning } from './callbacks.js'
 import type pg from 'pg'
-import { kyselyResult } from './connection-lease.js'
-import type { ConnectionSource, Lease } from './connection-lease.js'
-import { ClosingError, commitError, CommitOutcomeUnknownError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
+import { classify } from './classify.js'
+import type { ConnectionSource } from './connection-source.js'
+import { kyselyResult } from './lease.js'
+import type { Lease } from './lease.js'
+import { ClosingError, CommitOutcomeUnknownError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
 import type { BeginSettings } from './transaction-settings.js'
 import type { LeakOwner, LeakWatch } from './leak-watch.js'
 
@@ -302,48 +304,32 @@ export class DbSession implements QueryExecutor {
     this.#stopWatching()
     // close() or the hold limit destroyed the connection: PostgreSQL rolled back; a commit cannot be had.
     if (lease.gone) {
-      this.#runtime.source.counters.rollbacks++
+      this.#runtime.source.telemetry.transactionEnded('rolled back')
       return commit ? new ClosingError() : null
     }
     return commit ? this.#commit(lease) : this.#rollback(lease)
   }
 
   async #commit (lease: Lease): Promise<Error | null> {
-    const { counters } = this.#runtime.source
-    const brokenBefore = lease.failure !== null
+    const brokenBeforeCommit = lease.failure !== null
     let error: Error | null = null
-    let rolledBack = true
     try {
       // PostgreSQL answers COMMIT with a ROLLBACK tag when an earlier statement failed.
       const { command } = await lease.command('COMMIT')
       if (command !== 'COMMIT') error = new TransactionAbortedError()
     } catch (cause) {
-      if (!lease.noteFailure(cause as Error)) {
-        error = commitError(cause as Error)
-      } else if (brokenBefore || (cause as { code?: string }).code !== undefined) {
-        // Broken before COMMIT was sent, or the server answered COMMIT with an error (a FATAL):
-        // PostgreSQL rolled back. Report why the connection broke, not pg's "not queryable".
-        error = commitError(lease.failure as Error)
-      } else {
-        // The connection was lost with COMMIT on its way or its answer on the way back: it may
-        // have committed, and nobody can say.
-        rolledBack = false
-        error = new CommitOutcomeUnknownError((cause as Error).message, { cause })
-      }
+      const classified = classify(cause as Error, 'commit', { ...lease.circumstances(), brokenBeforeCommit })
+      if (classified.broken) lease.broke(cause as Error)
+      error = classified.error
     }
-    if (error === null) {
-      counters.commits++
-    } else {
-      counters.commitFailures++
-      if (rolledBack) counters.rollbacks++
-    }
+    this.#runtime.source.telemetry.transactionEnded(error === null ? 'committed' : error instanceof CommitOutcomeUnknownError ? 'outcome unknown' : 'commit failed')
     lease.release()
     return error
   }
 
   async #rollback (lease: Lease): Promise<null> {
-    const { counters, log } = this.#runtime.source
-    counters.rollbacks++
+    const { telemetry, log } = this.#runtime.source
+    telemetry.transactionEnded('rolled back')
     // A connection that already broke has nothing to roll back: PostgreSQL did it as it ended.
     if (lease.failure !== null) {
       lease.release(true)

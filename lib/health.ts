@@ -1,6 +1,7 @@
 import type pg from 'pg'
 import { ignore } from './callbacks.js'
-import type { ConnectionSource, Lease } from './connection-lease.js'
+import type { ConnectionSource } from './connection-source.js'
+import type { Lease } from './lease.js'
 import { PingFailedError, StartupFailedError } from './errors.js'
 import { poolClientClass } from './pg-internals.js'
 

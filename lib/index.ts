@@ -5,16 +5,17 @@ import type { FastifyInstance } from 'fastify'
 import type { DbTransactionOptions, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
 import { cancelStatement } from './cancel-statement.js'
 import { CircuitBreaker } from './circuit-breaker.js'
-import { ConnectionSource } from './connection-lease.js'
-import type { Lease } from './connection-lease.js'
-import { checkSettingNames, contextStatement } from './context-settings.js'
+import { ConnectionSource } from './connection-source.js'
+import type { Lease } from './lease.js'
+import { checkSettingNames } from './context-settings.js'
+import { contextStatement } from './sql.js'
 import { DbSession } from './db-session.js'
 import type { SessionRuntime } from './db-session.js'
 import { ClosingError, errors, InvalidOptionError } from './errors.js'
 import { resolveOptions } from './options.js'
 import { checkStartup, ping } from './health.js'
 import { LeakWatch } from './leak-watch.js'
-import { PoolCounters, poolStats } from './pool-stats.js'
+import { Counters, poolStats } from './metrics.js'
 import { prometheusText } from './prometheus.js'
 import { installRequestHooks } from './request-hooks.js'
 import { beginSettings, routeSettingsResolver, withDefaults } from './transaction-settings.js'
@@ -22,7 +23,7 @@ import { beginSettings, routeSettingsResolver, withDefaults } from './transactio
 async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOptions): Promise<void> {
   const resolved = resolveOptions(options)
   const { pool, closeTimeoutMillis } = resolved
-  const counters = new PoolCounters()
+  const counters = new Counters()
   const breaker = resolved.circuitBreaker === null ? null : new CircuitBreaker(resolved.circuitBreaker)
   const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, boundedConnects: resolved.ownsPool }
   const source = new ConnectionSource(pool, counters, fastify.log, deadlines, breaker)
@@ -98,11 +99,11 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
 
   // A checked-out client is listened to by its lease; an idle one that fails must not crash the process.
   const onIdleError = (error: Error): void => {
-    counters.idleErrors++
+    counters.idleError()
     fastify.log.warn({ err: error }, 'fastify-db-session: an idle database connection failed; the pool dropped it')
   }
-  const onConnect = (): void => { counters.connectionsCreated++ }
-  const onRemove = (): void => { counters.connectionsRemoved++ }
+  const onConnect = (): void => { counters.connectionCreated() }
+  const onRemove = (): void => { counters.connectionRemoved() }
   pool.on('error', onIdleError)
   pool.on('connect', onConnect)
   pool.on('remove', onRemove)
@@ -111,7 +112,7 @@ async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOpt
   async function destroyCheckedOut (): Promise<void> {
     // Not those preClose's timer is destroying already.
     const stuck = [...source.leases].filter((lease) => !lease.gone)
-    counters.leaks += stuck.length
+    counters.leaked(stuck.length)
     await destroy(stuck, new ClosingError())
   }
 

@@ -136,7 +136,7 @@ export function installRequestHooks (
    */
   function finishOnClose (session: DbSession, request: FastifyRequest, reply: FastifyReply): void {
     if (!reply.raw.writableEnded) {
-      runtime.source.counters.aborts++
+      runtime.source.telemetry.aborted()
       session.finish(false, 'the client went away')
       return
     }
