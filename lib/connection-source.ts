@@ -3,6 +3,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { AcquireDeadlines } from './acquire-deadlines.js'
 import type { CircuitBreaker } from './circuit-breaker.js'
 import { classify, PG_TIMEOUT_MESSAGE } from './classify.js'
+import { cancelStatement } from './cancel-statement.js'
 import { AcquireTimeoutError, ClosingError } from './errors.js'
 import { Lease } from './lease.js'
 import type { LeaseOwner } from './lease.js'
@@ -21,13 +22,15 @@ export class ConnectionSource implements LeaseOwner {
   readonly #boundedConnects: boolean
   readonly #reportedDeadline: number
   readonly #breaker: CircuitBreaker | null
+  /** How long a cancel of a destroyed connection's statement may take (closeTimeoutMillis). */
+  readonly #cancelTimeoutMillis: number
   #closed = false
 
   /**
    * `boundedConnects`: the pool's clients have a connect timeout of the deadline's length (the
    * owned pool's do), so a connection made at once for a caller needs no deadline of ours.
    */
-  constructor (pool: pg.Pool, telemetry: Telemetry, log: FastifyBaseLogger, deadlines: { own: number, reported: number, boundedConnects: boolean }, breaker: CircuitBreaker | null) {
+  constructor (pool: pg.Pool, telemetry: Telemetry, log: FastifyBaseLogger, deadlines: { own: number, reported: number, boundedConnects: boolean, cancel: number }, breaker: CircuitBreaker | null) {
     this.pool = pool
     this.telemetry = telemetry
     this.log = log
@@ -35,6 +38,7 @@ export class ConnectionSource implements LeaseOwner {
     this.#boundedConnects = deadlines.boundedConnects
     this.#reportedDeadline = deadlines.reported
     this.#breaker = breaker
+    this.#cancelTimeoutMillis = deadlines.cancel
   }
 
   get circuitOpen (): boolean {
@@ -43,6 +47,24 @@ export class ConnectionSource implements LeaseOwner {
 
   close (): void {
     this.#closed = true
+  }
+
+  /**
+   * Destroys leases: their running statements are canceled first, then their sockets closed, and
+   * PostgreSQL rolls back what they held as their backends end.
+   */
+  async destroy (leases: Lease[], reason: Error): Promise<void> {
+    for (const lease of leases) lease.condemn(reason)
+    await Promise.all(leases.map((lease) => cancelStatement(lease.client, this.#cancelTimeoutMillis)))
+    for (const lease of leases) lease.release(true)
+  }
+
+  /** Destroys every connection still checked out (close()); each one counts as a leak. */
+  destroyCheckedOut (): Promise<void> {
+    // Not those being destroyed already (preClose's timer, the hold limit).
+    const stuck = [...this.leases].filter((lease) => !lease.gone)
+    this.telemetry.leaked(stuck.length)
+    return this.destroy(stuck, new ClosingError())
   }
 
   /** A connection from the pool, within the acquire deadline; through pg-pool's callback, which costs no promise of its own. */

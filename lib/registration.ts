@@ -2,14 +2,12 @@ import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
 import type { FastifyInstance } from 'fastify'
 import type { DbTransactionOptions, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
-import { cancelStatement } from './cancel-statement.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { ConnectionSource } from './connection-source.js'
 import { checkSettingNames } from './context-settings.js'
 import { ClosingError, InvalidOptionError } from './errors.js'
 import { checkStartup, ping } from './health.js'
 import { WorkExecutor } from './kysely-executor.js'
-import type { Lease } from './lease.js'
 import { LeakWatch } from './leak-watch.js'
 import { Counters, poolStats } from './metrics.js'
 import { resolveOptions } from './options.js'
@@ -33,7 +31,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   const counters = new Counters()
   const telemetry = counters
   const breaker = resolved.circuitBreaker === null ? null : new CircuitBreaker(resolved.circuitBreaker)
-  const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, boundedConnects: resolved.ownsPool }
+  const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, boundedConnects: resolved.ownsPool, cancel: closeTimeoutMillis }
   const source = new ConnectionSource(pool, telemetry, fastify.log, deadlines, breaker)
   if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
 
@@ -46,18 +44,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     executor: kysely.getExecutor(),
     props: { config: { dialect }, dialect, driver: new DummyDriver() },
     live: new Set(),
-    leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, telemetry),
-    destroy
-  }
-
-  /**
-   * Destroys leases: their running statements are canceled first, then their sockets closed, and
-   * PostgreSQL rolls back what they held as their backends end.
-   */
-  async function destroy (leases: Lease[], reason: Error): Promise<void> {
-    for (const lease of leases) lease.condemn(reason)
-    await Promise.all(leases.map((lease) => cancelStatement(lease.client, closeTimeoutMillis)))
-    for (const lease of leases) lease.release(true)
+    leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, telemetry)
   }
 
   const defaults = resolved.transactionDefaults
@@ -116,19 +103,11 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   pool.on('connect', onConnect)
   pool.on('remove', onRemove)
 
-  /** Ends every connection still checked out; each one counts as a leak. */
-  async function destroyCheckedOut (): Promise<void> {
-    // Not those preClose's timer is destroying already.
-    const stuck = [...source.leases].filter((lease) => !lease.gone)
-    telemetry.leaked(stuck.length)
-    await destroy(stuck, new ClosingError())
-  }
-
   let closeTimer: NodeJS.Timeout | undefined
   fastify.addHook('preClose', (done) => {
     // Requests still running get closeTimeoutMillis to finish; a request stuck in the database
     // would otherwise keep the server from closing.
-    closeTimer = setTimeout(destroyCheckedOut, closeTimeoutMillis).unref()
+    closeTimer = setTimeout(() => source.destroyCheckedOut(), closeTimeoutMillis).unref()
     done()
   })
   fastify.addHook('onClose', async () => {
@@ -136,7 +115,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     source.close()
     const rollbacks = [...runtime.live].map((work) => work.interrupt(new ClosingError()))
     await within(closeTimeoutMillis, Promise.all(rollbacks))
-    await within(closeTimeoutMillis, destroyCheckedOut())
+    await within(closeTimeoutMillis, source.destroyCheckedOut())
     if (resolved.ownsPool) {
       // The listener stays: pg-pool's end() resolves while its sockets may still report errors.
       await within(closeTimeoutMillis, pool.end())

@@ -45,8 +45,6 @@ export interface WorkRuntime {
   readonly live: Set<UnitOfWork>
   /** Watches how long units of work hold their connections; null when leak detection is off. */
   readonly leakWatch: LeakWatch | null
-  /** Destroys leases: cancels their running statements, then closes their sockets; PostgreSQL rolls back what they held. */
-  readonly destroy: (leases: Lease[], reason: Error) => Promise<void>
 }
 
 /**
@@ -237,7 +235,7 @@ export class UnitOfWork {
   #abandon (lease: Lease): void {
     const error = new HoldTimeoutError(this.#runtime.leakWatch?.timeoutMillis)
     this.interrupt(error)
-    if (!lease.gone) this.#runtime.destroy([lease], error).catch(ignore)
+    if (!lease.gone) this.#runtime.source.destroy([lease], error).catch(ignore)
   }
 
   /**
