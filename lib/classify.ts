@@ -36,7 +36,7 @@ type DatabaseError = Error & { code?: string, severity?: string }
 export const PG_TIMEOUT_MESSAGE = 'timeout exceeded when trying to connect'
 /** PgBouncer's error when no server connection became free in time; it then closes the client. */
 const PGBOUNCER_WAIT_TIMEOUT = 'query_wait_timeout'
-const NOTHING_KNOWN: Circumstances = {}
+const NOTHING_KNOWN: Circumstances = Object.freeze({})
 
 export function classify (cause: Error, phase: Phase, circumstances: Circumstances = NOTHING_KNOWN): Classified {
   switch (phase) {

@@ -136,6 +136,8 @@ export class Lease implements DatabaseConnection {
   }
 }
 
+// Module-level on purpose: it marks a pg client with its current lease, and a user's pool shared
+// by two registrations hands the same client to each in turn. Per-registration state lives in registration.ts.
 const kLease = Symbol('fastify-db-session.lease')
 type ListenedClient = pg.PoolClient & { [kLease]?: Lease | null }
 
