@@ -1,4 +1,6 @@
-import pg from 'pg'
+import type pg from 'pg'
+import { PgQueryClass } from './pg-internals.js'
+import type { PgConnection } from './pg-internals.js'
 
 /** BEGIN or one of the statements sent with it failed: no transaction was opened for the query. */
 export class BeginFailure extends Error {
@@ -9,30 +11,14 @@ export class BeginFailure extends Error {
 
 type Callback = (error: Error | null, result?: pg.QueryResult) => void
 
-/** The parts of pg's Query (pg 8) that this class builds on; @types/pg does not declare them. */
-interface PgQuery {
-  callback: Callback | undefined
-  prepare (connection: PgConnection): void
-  handleDataRow (message: unknown): void
-  handleCommandComplete (message: unknown, connection: PgConnection): void
-  handleError (error: Error, connection: PgConnection): void
-}
-
-interface PgConnection {
-  parse (query: { text: string }): void
-  bind (config: object): void
-  execute (config: object): void
-}
-
-const Query = pg.Query as unknown as new (text: string, values: readonly unknown[]) => PgQuery & { queryMode: string }
-
 /**
  * A transaction's first query, written to PostgreSQL behind BEGIN and its settings and answered
  * in the same round trip: each statement is its own Parse, Bind and Execute, and one Sync ends
  * them all (PostgreSQL skips the rest of the batch after an error). pg's Query collects the
- * query's result; the answers to the statements before it are skipped.
+ * query's result; the answers to the statements before it are skipped. It overrides pg's
+ * private Query methods, declared in pg-internals.ts.
  */
-class BeginWithQuery extends Query {
+class BeginWithQuery extends PgQueryClass {
   readonly #prelude: readonly string[]
   /** Statements before the query whose CommandComplete has not arrived yet. */
   #preludeLeft: number

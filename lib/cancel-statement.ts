@@ -2,12 +2,10 @@ import { connect } from 'node:net'
 import type { NetConnectOpts } from 'node:net'
 import type pg from 'pg'
 import { ignore } from './callbacks.js'
+import { cancelKey } from './pg-internals.js'
 
 /** The protocol's CancelRequest code (1234 << 16 | 5678). */
 const CANCEL_REQUEST_CODE = 80877102
-
-/** Where a pg client connected, and the cancel key its server gave it, as pg keeps them. */
-interface CancelKey { host: string, port: number, processID: number, secretKey: number }
 
 /**
  * Asks the server to cancel the statement a client is running, with that client's own cancel key,
@@ -18,7 +16,7 @@ interface CancelKey { host: string, port: number, processID: number, secretKey: 
  * (it closes the socket), or after `timeoutMillis`; never rejects.
  */
 export function cancelStatement (client: pg.PoolClient, timeoutMillis: number): Promise<void> {
-  const { host, port, processID, secretKey } = client as unknown as CancelKey
+  const { host, port, processID, secretKey } = cancelKey(client)
   const request = Buffer.alloc(16)
   request.writeInt32BE(16, 0)
   request.writeInt32BE(CANCEL_REQUEST_CODE, 4)

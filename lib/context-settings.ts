@@ -1,7 +1,7 @@
-import pg from 'pg'
 import type { FastifyRequest } from 'fastify'
 import type { DbContextValue } from '../index.js'
-import { InvalidContextError, InvalidOptionError } from './errors.js'
+import { InvalidOptionError } from './errors.js'
+import { contextStatement } from './sql.js'
 
 // A custom setting is `namespace.name`; PostgreSQL accepts more, but this is what set_config
 // users mean, and it keeps built-in settings (search_path, role) out of reach by mistake.
@@ -13,26 +13,6 @@ export function checkSettingNames (names: string[], where: string): void {
       throw new InvalidOptionError(`${where}'${name}' is not a valid setting name; use namespace.name, like 'app.tenant_id'`)
     }
   }
-}
-
-/**
- * The statement that follows BEGIN in the same round trip: one SELECT of transaction-local
- * set_config calls (never SET, which would outlive the transaction on a pooled connection).
- * Values are quoted by pg's escapeLiteral, so that the statement is complete in itself: it
- * travels as a prelude before the first query, or in a simple-protocol string with BEGIN.
- * null and undefined set the empty string, so a value never survives from an earlier request.
- */
-export function contextStatement (values: Record<string, DbContextValue>): string {
-  let sql = 'SELECT '
-  let first = true
-  for (const name in values) {
-    const value = values[name]
-    const text = value === null || value === undefined ? '' : String(value)
-    if (text.includes('\0')) throw new InvalidContextError(name)
-    sql += `${first ? '' : ', '}set_config(${pg.escapeLiteral(name)}, ${pg.escapeLiteral(text)}, true)`
-    first = false
-  }
-  return sql
 }
 
 export type RequestContext = Record<string, (request: FastifyRequest) => DbContextValue>

@@ -152,25 +152,6 @@ export const errors = {
   FST_DB_SESSION_SESSION_STATE: SessionStateError
 } as const
 
-type DatabaseError = Error & { code?: string }
-
-/**
- * Database errors with a coded error of ours, the database error as cause: a serialization
- * failure or deadlock (409, retry), a statement timeout (503); null for the rest.
- */
-export function knownQueryError (cause: DatabaseError): Error | null {
-  if (cause.code === '40001') return new SerializationFailureError({ cause })
-  if (cause.code === '40P01') return new DeadlockError({ cause })
-  // 57014 is also a query canceled by pg_cancel_backend(); only the timeout is ours to name.
-  if (cause.code === '57014' && cause.message.includes('statement timeout')) return new StatementTimeoutError({ cause })
-  return null
-}
-
-/** Maps a failed COMMIT to the error the client should see, keeping the database error as cause. */
-export function commitError (cause: DatabaseError): Error {
-  return knownQueryError(cause) ?? new CommitFailedError(cause.message, { cause })
-}
-
 /** Adds a Retry-After header, which Fastify's error handler sends with the error's status. */
 export function withRetryAfter<E extends Error> (error: E, seconds: number): E {
   (error as { headers?: object }).headers = { 'retry-after': String(seconds) }

@@ -1,7 +1,9 @@
 import type pg from 'pg'
 import { ignore } from './callbacks.js'
-import type { ConnectionSource, Lease } from './connection-lease.js'
+import type { ConnectionSource } from './connection-source.js'
+import type { Lease } from './lease.js'
 import { PingFailedError, StartupFailedError } from './errors.js'
+import { poolClientClass } from './pg-internals.js'
 
 export interface StartupCheckSettings {
   /** Attempts after the first. */
@@ -17,8 +19,8 @@ export interface StartupCheckSettings {
  */
 export async function checkStartup (pool: pg.Pool, settings: StartupCheckSettings, attemptMillis: number): Promise<void> {
   const started = Date.now()
-  // pg-pool always sets Client (the option, or pg's): a user's pool is checked as it connects.
-  const { Client } = pool as unknown as { Client: typeof pg.Client }
+  // A user's pool is checked as it connects.
+  const Client = poolClientClass(pool)
   let delay = settings.delayMillis
   for (let attempt = 1; ; attempt++) {
     // pg-pool keeps the password out of the options' enumerable properties: a spread loses it.
@@ -31,7 +33,7 @@ export async function checkStartup (pool: pg.Pool, settings: StartupCheckSetting
     } catch (error) {
       await client.end().catch(ignore)
       if (attempt > settings.retries) {
-        const { host, port } = client as unknown as { host: string, port: number }
+        const { host, port } = client
         throw new StartupFailedError(`at ${host}:${port} after ${attempt} attempts over ${Date.now() - started} ms`, (error as Error).message, { cause: error })
       }
     }

@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { PoolCounters } from './pool-stats.js'
+import type { Telemetry } from './metrics.js'
 
 export interface LeakSettings {
   /** Report a unit of work that holds its connection this long; 0 is off. */
@@ -21,15 +21,15 @@ export interface LeakOwner {
  */
 export class LeakWatch {
   readonly #settings: LeakSettings
-  readonly #counters: PoolCounters
+  readonly #telemetry: Telemetry
 
   get timeoutMillis (): number {
     return this.#settings.timeoutMillis
   }
 
-  constructor (settings: LeakSettings, counters: PoolCounters) {
+  constructor (settings: LeakSettings, telemetry: Telemetry) {
     this.#settings = settings
-    this.#counters = counters
+    this.#telemetry = telemetry
   }
 
   /** Starts watching; the returned function stops it (call it when the connection is given back). */
@@ -38,7 +38,7 @@ export class LeakWatch {
     const since = performance.now()
     let counted = false
     const count = (): void => {
-      if (!counted) this.#counters.leaks++
+      if (!counted) this.#telemetry.leaked(1)
       counted = true
     }
     const warning = warnMillis > 0 && (timeoutMillis === 0 || warnMillis < timeoutMillis)

@@ -1,46 +1,64 @@
-import { Transaction } from 'kysely'
-import type { AbortableOperationOptions, AbortableQueryOptions, CompiledQuery, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
-import { BeginFailure, canFollowBegin } from './begin-with-query.js'
-import { refuseSessionState } from './session-state.js'
-import { ignore, logWarning } from './callbacks.js'
 import type pg from 'pg'
-import { kyselyResult } from './connection-lease.js'
-import type { ConnectionSource, Lease } from './connection-lease.js'
-import { ClosingError, commitError, CommitOutcomeUnknownError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
-import type { BeginSettings } from './transaction-settings.js'
+import type { CompiledQuery, QueryResult } from 'kysely'
+import { BeginFailure, canFollowBegin } from './begin-with-query.js'
+import { ignore, logWarning } from './callbacks.js'
+import { classify } from './classify.js'
+import type { ConnectionSource } from './connection-source.js'
+import { ClosingError, CommitOutcomeUnknownError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
+import { kyselyResult } from './lease.js'
+import type { Lease } from './lease.js'
 import type { LeakOwner, LeakWatch } from './leak-watch.js'
+import { refuseSessionState } from './sql.js'
+import type { BeginSettings } from './transaction-settings.js'
 
 const SETTLED = Promise.resolve()
 
-/** What every unit of work of one plugin instance shares. */
-export interface SessionRuntime {
+/**
+ * Where a unit of work stands; one field, read by one guard (#refusal).
+ *
+ *   idle ──first query──▶ opening ──BEGIN answered──▶ open
+ *     ▲                      │ acquire or BEGIN failed     │
+ *     └──────────────────────┘                             │
+ *   idle | opening | open ──finish()──▶ finishing (queries already issued end; new ones are refused)
+ *   finishing ──▶ never opened                      (no transaction was open)
+ *             ──▶ committing ──▶ committed | commit failed | outcome unknown
+ *             ──▶ rolling back ──▶ rolled back      (asked, or the connection was destroyed)
+ */
+export type Status = 'idle' | 'opening' | 'open' | 'finishing' | 'committing' | 'rolling back' | Outcome['status']
+
+/** How a unit of work ended: what finish() resolves to. */
+export interface Outcome {
+  readonly status: 'never opened' | 'committed' | 'rolled back' | 'commit failed' | 'outcome unknown'
+  /**
+   * What an owner that asked to commit must surface: why COMMIT failed, or that it could not be
+   * had (the connection was destroyed by close() or the hold limit); null otherwise.
+   */
+  readonly error: Error | null
+  /** Why the work was finished ("the response was sent", "the client went away", ...). */
+  readonly reason: string
+}
+
+/** What every unit of work of one registration shares. */
+export interface WorkRuntime {
   readonly source: ConnectionSource
-  /** The plugin's Kysely executor: its compiler, adapter and plugins serve every session. */
-  readonly executor: QueryExecutor
-  readonly props: Omit<KyselyProps, 'executor'>
-  /** Sessions holding or opening a connection, so that close() can end them. */
-  readonly live: Set<DbSession>
-  /** Watches how long sessions hold their connections; null when leak detection is off. */
+  /** Units of work holding or opening a connection, so that close() can end them. */
+  readonly live: Set<UnitOfWork>
+  /** Watches how long units of work hold their connections; null when leak detection is off. */
   readonly leakWatch: LeakWatch | null
-  /** Destroys leases: cancels their running statements, then closes their sockets; PostgreSQL rolls back what they held. */
-  readonly destroy: (leases: Lease[], reason: Error) => Promise<void>
 }
 
 /**
- * One unit of work: a transaction opened by its first query, and one idempotent finish that
- * commits or rolls back, then returns the connection exactly once.
- *
- * It is its Kysely transaction's query executor: a query goes straight to the connection, and
- * the first one follows BEGIN in the same round trip. Compiling and plugins are the plugin's
- * shared executor's; only what Kysely's executor does per query (a connection-provider callback,
- * async layers) is left out.
+ * One unit of work: a transaction opened by its first query, its queries run one at a time, and
+ * one idempotent finish that commits or rolls back, then returns the connection exactly once.
+ * Knows neither Fastify nor Kysely's builders: kysely-executor.ts puts Kysely in front of it,
+ * request-scope.ts and registration.ts own and finish it.
  */
-export class DbSession implements QueryExecutor {
-  readonly #runtime: SessionRuntime
+export class UnitOfWork {
+  readonly #runtime: WorkRuntime
   readonly #settings: BeginSettings
   /** Builds the statement that follows BEGIN in its round trip (the context's set_config calls), or null. */
   readonly #context: (() => string) | null
-  #transaction: Transaction<any> | null = null
+  #status: Status = 'idle'
   /** The connection, once BEGIN was sent on it and the transaction is open. */
   #lease: Lease | null = null
   /**
@@ -52,7 +70,7 @@ export class DbSession implements QueryExecutor {
   #waiting: Array<() => void> | null = null
   /** Resolves a finish waiting for the running and waiting queries to end. */
   #drained: (() => void) | null = null
-  #finishing: Promise<Error | null> | null = null
+  #finishing: Promise<Outcome> | null = null
   #finishReason = ''
   /** Why the work was ended for its owner (close()): reported, once, to whoever then asks to commit. */
   #interruption: Error | null = null
@@ -62,88 +80,37 @@ export class DbSession implements QueryExecutor {
   #firstQuery: Error | null = null
   #stopWatching: () => void = ignore
 
-  constructor (runtime: SessionRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null) {
+  constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null) {
     this.#runtime = runtime
     this.#settings = settings
     this.#context = context
     this.#owner = owner
   }
 
-  /** The Kysely transaction users query through; nothing is sent until its first query. */
-  get transaction (): Transaction<any> {
-    const { config, dialect, driver } = this.#runtime.props
-    this.#transaction ??= new Transaction({ config, dialect, driver, executor: this })
-    return this.#transaction
-  }
-
+  /** finish() was called: no query is taken any more. */
   get finished (): boolean {
     return this.#finishing !== null
   }
 
-  // QueryExecutor: what does not run a query is the shared executor's.
-  get adapter (): DialectAdapter {
-    return this.#runtime.executor.adapter
-  }
-
-  get plugins (): readonly KyselyPlugin[] {
-    return this.#runtime.executor.plugins
-  }
-
-  transformQuery<T extends RootOperationNode> (node: T, queryId: QueryId): T {
-    return this.#runtime.executor.transformQuery(node, queryId)
-  }
-
-  compileQuery<R = unknown> (node: RootOperationNode, queryId: QueryId): CompiledQuery<R> {
-    return this.#runtime.executor.compileQuery(node, queryId)
-  }
-
-  /** Kysely's own executor on this session's connection: for what the short path does not cover. */
-  #kyselyExecutor (): QueryExecutor {
-    return this.#runtime.executor.withConnectionProvider(this)
-  }
-
-  withConnectionProvider (connectionProvider: ConnectionProvider): QueryExecutor {
-    return this.#runtime.executor.withConnectionProvider(connectionProvider)
-  }
-
-  withPlugin (plugin: KyselyPlugin): QueryExecutor {
-    return this.#kyselyExecutor().withPlugin(plugin)
-  }
-
-  withPlugins (plugins: readonly KyselyPlugin[]): QueryExecutor {
-    return this.#kyselyExecutor().withPlugins(plugins)
-  }
-
-  withPluginAtFront (plugin: KyselyPlugin): QueryExecutor {
-    return this.#kyselyExecutor().withPluginAtFront(plugin)
-  }
-
-  withoutPlugins (): QueryExecutor {
-    return this.#kyselyExecutor().withoutPlugins()
-  }
-
-  stream<R> (compiledQuery: CompiledQuery<R>, chunkSize: number, options?: AbortableOperationOptions): AsyncIterableIterator<QueryResult<R>> {
-    return this.#kyselyExecutor().stream(compiledQuery, chunkSize, options)
-  }
-
-  executeQuery<R> (compiledQuery: CompiledQuery<R>, options?: AbortableQueryOptions): Promise<QueryResult<R>> {
-    // Cancellation by AbortSignal is Kysely's own machinery: it gets Kysely's path.
-    if (options?.signal !== undefined) return this.#kyselyExecutor().executeQuery(compiledQuery, options)
+  /** Runs a query in the transaction, opening it with this query when it is the first. */
+  query<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
     const refused = this.#refusal()
     if (refused !== null) return refused
     return this.#running ? this.#later(() => this.#runQuery(compiledQuery)) : this.#runQuery(compiledQuery)
   }
 
-  /** ConnectionProvider, for Kysely's executor: the consumer gets the open transaction's connection. */
-  provideConnection<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
+  /** Hands the open transaction's connection to `consumer`, in its turn, opening the transaction first if needed. */
+  provide<T> (consumer: (connection: Lease) => Promise<T>): Promise<T> {
     const refused = this.#refusal()
     if (refused !== null) return refused
     return this.#running ? this.#later(() => this.#runConsumer(consumer)) : this.#runConsumer(consumer)
   }
 
-  /** A query after the finish is refused; a first query is remembered for a leak report. */
+  /** The guard: a query after finish() is refused; a first query is remembered for a leak report. */
   #refusal (): Promise<never> | null {
-    if (this.#finishing !== null) return Promise.reject(new TransactionFinishedError(this.#finishReason))
+    if (this.#status !== 'idle' && this.#status !== 'opening' && this.#status !== 'open') {
+      return Promise.reject(new TransactionFinishedError(this.#finishReason))
+    }
     // Captured here, while the caller's frames are still on the stack.
     if (this.#lease === null && this.#runtime.leakWatch !== null) this.#firstQuery ??= new Error('the first query was issued here')
     return null
@@ -157,21 +124,15 @@ export class DbSession implements QueryExecutor {
   }
 
   async #runQuery<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
-    let result: QueryResult<R>
     this.#running = true
     try {
-      result = this.#lease === null ? await this.#openWith(compiledQuery) : await this.#lease.executeQuery(compiledQuery)
+      return this.#lease === null ? await this.#openWith(compiledQuery) : await this.#lease.executeQuery(compiledQuery)
     } finally {
       this.#next()
     }
-    // As Kysely does, after the connection is free: a plugin may query the transaction itself.
-    for (const plugin of this.#runtime.executor.plugins) {
-      result = await plugin.transformResult(Object.freeze({ queryId: compiledQuery.queryId, result: result as QueryResult<any> })) as QueryResult<R>
-    }
-    return result
   }
 
-  async #runConsumer<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
+  async #runConsumer<T> (consumer: (connection: Lease) => Promise<T>): Promise<T> {
     this.#running = true
     try {
       return await consumer(this.#lease ?? await this.#open())
@@ -209,10 +170,10 @@ export class DbSession implements QueryExecutor {
       result = await lease.runAfter(prelude, compiledQuery)
     } catch (error) {
       if (error instanceof BeginFailure) throw this.#notOpened(lease, error.cause as Error)
-      this.#lease = lease
+      this.#opened(lease)
       throw lease.queryError(error as Error)
     }
-    this.#lease = lease
+    this.#opened(lease)
     return kyselyResult(result)
   }
 
@@ -225,15 +186,17 @@ export class DbSession implements QueryExecutor {
     } catch (cause) {
       throw this.#notOpened(lease, cause as Error)
     }
-    this.#lease = lease
+    this.#opened(lease)
     return lease
   }
 
   async #acquire (): Promise<Lease> {
+    this.#advance('idle', 'opening')
     let lease: Lease
     try {
       lease = await this.#runtime.source.acquire()
     } catch (error) {
+      this.#advance('opening', 'idle')
       // Made in a pool callback: its stack would say nothing of who asked.
       Error.captureStackTrace(error as Error)
       throw error
@@ -246,8 +209,22 @@ export class DbSession implements QueryExecutor {
     return lease
   }
 
+  #opened (lease: Lease): void {
+    this.#lease = lease
+    this.#advance('opening', 'open')
+  }
+
+  /**
+   * A step of an unfinished unit of work. Once finishing, the finish decides what comes next:
+   * a query that waited behind finish() may still open the transaction, for the finish to end it.
+   */
+  #advance (from: Status, to: Status): void {
+    if (this.#status === from) this.#status = to
+  }
+
   /** BEGIN failed: the connection is in doubt, and the query that tried gets a 503. */
   #notOpened (lease: Lease, cause: Error): Error {
+    this.#advance('opening', 'idle')
     this.#runtime.live.delete(this)
     this.#stopWatching()
     lease.release(true)
@@ -258,30 +235,30 @@ export class DbSession implements QueryExecutor {
   #abandon (lease: Lease): void {
     const error = new HoldTimeoutError(this.#runtime.leakWatch?.timeoutMillis)
     this.interrupt(error)
-    if (!lease.gone) this.#runtime.destroy([lease], error).catch(ignore)
+    if (!lease.gone) this.#runtime.source.destroy([lease], error).catch(ignore)
   }
 
   /**
    * Commits or rolls back after the queries already issued, and gives the connection back.
-   * Idempotent: later calls get the first call's outcome. Never rejects: resolves to the error
-   * a failed COMMIT should be reported as, or null.
+   * Idempotent: later calls get the first call's outcome. Never rejects.
    */
-  finish (commit: boolean, reason: string): Promise<Error | null> {
+  finish (commit: boolean, reason: string): Promise<Outcome> {
     if (this.#finishing === null) {
       this.#finishReason = reason
+      this.#status = 'finishing'
       // After the queries already issued, and never within this call: whoever finishes (the
       // hold limit) may destroy the connection first, and then no ROLLBACK is sent.
       const drained = this.#running ? new Promise<void>((resolve) => { this.#drained = resolve }) : SETTLED
       this.#finishing = drained.then(() => this.#end(commit))
     } else if (commit && this.#interruption !== null) {
       // Its owner still means to commit, but the work was rolled back for it: say so.
-      return this.#finishing.then(() => this.takeInterruption())
+      return this.#finishing.then(({ status, reason }) => ({ status, reason, error: this.takeInterruption() }))
     }
     return this.#finishing
   }
 
-  /** Rolls back on the owner's behalf (the server is closing); a later commit gets `error`. */
-  interrupt (error: Error): Promise<Error | null> {
+  /** Rolls back on the owner's behalf (the server is closing, the hold limit); a later commit gets `error`. */
+  interrupt (error: Error): Promise<Outcome> {
     this.#interruption ??= error
     return this.finish(false, error.message)
   }
@@ -294,60 +271,52 @@ export class DbSession implements QueryExecutor {
   }
 
   /** Runs when no query runs or waits: the open, if one was tried, has settled. Not async: the commit's promise is the finish's. */
-  #end (commit: boolean): Promise<Error | null> | Error | null {
+  #end (commit: boolean): Promise<Outcome> | Outcome {
     const lease = this.#lease
     // Never opened, or its open failed (the query that tried has already thrown).
-    if (lease === null) return null
+    if (lease === null) return this.#ended('never opened', null)
     this.#runtime.live.delete(this)
     this.#stopWatching()
     // close() or the hold limit destroyed the connection: PostgreSQL rolled back; a commit cannot be had.
     if (lease.gone) {
-      this.#runtime.source.counters.rollbacks++
-      return commit ? new ClosingError() : null
+      this.#runtime.source.telemetry.transactionEnded('rolled back')
+      return this.#ended('rolled back', commit ? new ClosingError() : null)
     }
     return commit ? this.#commit(lease) : this.#rollback(lease)
   }
 
-  async #commit (lease: Lease): Promise<Error | null> {
-    const { counters } = this.#runtime.source
-    const brokenBefore = lease.failure !== null
+  #ended (status: Outcome['status'], error: Error | null): Outcome {
+    this.#status = status
+    return { status, error, reason: this.#finishReason }
+  }
+
+  async #commit (lease: Lease): Promise<Outcome> {
+    this.#status = 'committing'
+    const brokenBeforeCommit = lease.failure !== null
     let error: Error | null = null
-    let rolledBack = true
     try {
       // PostgreSQL answers COMMIT with a ROLLBACK tag when an earlier statement failed.
       const { command } = await lease.command('COMMIT')
       if (command !== 'COMMIT') error = new TransactionAbortedError()
     } catch (cause) {
-      if (!lease.noteFailure(cause as Error)) {
-        error = commitError(cause as Error)
-      } else if (brokenBefore || (cause as { code?: string }).code !== undefined) {
-        // Broken before COMMIT was sent, or the server answered COMMIT with an error (a FATAL):
-        // PostgreSQL rolled back. Report why the connection broke, not pg's "not queryable".
-        error = commitError(lease.failure as Error)
-      } else {
-        // The connection was lost with COMMIT on its way or its answer on the way back: it may
-        // have committed, and nobody can say.
-        rolledBack = false
-        error = new CommitOutcomeUnknownError((cause as Error).message, { cause })
-      }
+      const classified = classify(cause as Error, 'commit', { ...lease.circumstances(), brokenBeforeCommit })
+      if (classified.broken) lease.broke(cause as Error)
+      error = classified.error
     }
-    if (error === null) {
-      counters.commits++
-    } else {
-      counters.commitFailures++
-      if (rolledBack) counters.rollbacks++
-    }
+    const status = error === null ? 'committed' : error instanceof CommitOutcomeUnknownError ? 'outcome unknown' : 'commit failed'
+    this.#runtime.source.telemetry.transactionEnded(status)
     lease.release()
-    return error
+    return this.#ended(status, error)
   }
 
-  async #rollback (lease: Lease): Promise<null> {
-    const { counters, log } = this.#runtime.source
-    counters.rollbacks++
+  async #rollback (lease: Lease): Promise<Outcome> {
+    this.#status = 'rolling back'
+    const { telemetry, log } = this.#runtime.source
+    telemetry.transactionEnded('rolled back')
     // A connection that already broke has nothing to roll back: PostgreSQL did it as it ended.
     if (lease.failure !== null) {
       lease.release(true)
-      return null
+      return this.#ended('rolled back', null)
     }
     const failed = await lease.command('ROLLBACK').then(
       () => false,
@@ -356,6 +325,6 @@ export class DbSession implements QueryExecutor {
         return true
       })
     lease.release(failed)
-    return null
+    return this.#ended('rolled back', null)
   }
 }

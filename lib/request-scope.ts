@@ -1,41 +1,45 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { DbSession } from './db-session.js'
-import type { SessionRuntime } from './db-session.js'
 import { ignore } from './callbacks.js'
 import { DbDisabledError, InvalidOptionError, TooEarlyError } from './errors.js'
+import { WorkExecutor } from './kysely-executor.js'
+import type { KyselyRuntime } from './kysely-executor.js'
 import type { routeSettingsResolver } from './transaction-settings.js'
-
-const kSession = Symbol('fastify-db-session.session')
-const kReply = Symbol('fastify-db-session.reply')
+import { UnitOfWork } from './unit-of-work.js'
+import type { WorkRuntime } from './unit-of-work.js'
 
 type CommitWhen = (request: FastifyRequest, reply: FastifyReply) => boolean
-type SessionRequest = FastifyRequest & { [kSession]: DbSession | null, [kReply]: FastifyReply | null }
 
 /**
  * `request.db` and what finishes its transaction on every way a request can end: onSend (before
  * the response leaves), onError (a thrown error), and the response's close, which is all that
  * happens for a client hang-up, a socket timeout, an HTTP/2 stream reset or a hijacked reply.
  */
-export function installRequestHooks (
+export function installRequestScope (
   fastify: FastifyInstance,
-  runtime: SessionRuntime,
+  runtime: WorkRuntime & KyselyRuntime,
   settings: ReturnType<typeof routeSettingsResolver>,
   commitWhen: CommitWhen,
   contextFor: ((request: FastifyRequest) => string) | null
 ): void {
-  function startSession (request: SessionRequest): DbSession {
+  // The request's private state, under symbols of this registration's own: a second
+  // registration in the same app keeps its own unit of work on the same request.
+  const kSession = Symbol('fastify-db-session.session')
+  const kReply = Symbol('fastify-db-session.reply')
+  type SessionRequest = FastifyRequest & { [kSession]: WorkExecutor | null, [kReply]: FastifyReply | null }
+
+  function startSession (request: SessionRequest): WorkExecutor {
     const { config } = request.routeOptions
     const beginSettings = settings.forConfig(config)
     if (beginSettings === null) throw new DbDisabledError(config.method, config.url)
     const reply = request[kReply]
     if (reply === null) throw new TooEarlyError()
     const owner = runtime.leakWatch === null ? null : () => ({ log: request.log, route: `${config.method} ${config.url}` })
-    const session = new DbSession(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner)
+    const session = new WorkExecutor(runtime, new UnitOfWork(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner))
     request[kSession] = session
     // Listened to only by requests that use the database: others pay nothing for it.
     const response = reply.raw
     const onClose = (): void => {
-      if (!session.finished) finishOnClose(session, request, reply)
+      if (!session.work.finished) finishOnClose(session.work, request, reply)
     }
     // Left in place once the session finished, and then a no-op: removing a response's listener
     // deletes a property of its event table, which makes every later event on it slower.
@@ -56,8 +60,8 @@ export function installRequestHooks (
 
   // Stands in for the session of a request whose response is out: request.db first touched after
   // that (in onResponse, or by work left running) throws instead of holding a connection forever.
-  const responded = new DbSession(runtime, { statements: ['BEGIN'] })
-  responded.finish(false, 'the response was already sent')
+  const responded = new WorkExecutor(runtime, new UnitOfWork(runtime, { statements: ['BEGIN'] }))
+  responded.work.finish(false, 'the response was already sent')
 
   fastify.decorateRequest(kSession, null)
   fastify.decorateRequest(kReply, null)
@@ -80,8 +84,8 @@ export function installRequestHooks (
   // Plain functions, not async: a request that never touched request.db costs no promise. One
   // that did returns a promise, which Fastify awaits, catching what its continuation throws.
   fastify.addHook('onSend', function (request, reply, payload, done) {
-    const session = (request as SessionRequest)[kSession]
-    if (session === null) {
+    const session = (request as SessionRequest)[kSession]?.work
+    if (session === undefined) {
       (request as SessionRequest)[kSession] = responded
       done(null, payload)
       return
@@ -96,7 +100,7 @@ export function installRequestHooks (
   })
 
   // Not async: the finish's own promise, continued once, is all that Fastify waits on.
-  function finishBeforeSending (session: DbSession, request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
+  function finishBeforeSending (session: UnitOfWork, request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
     let commit: boolean
     try {
       // Nobody would learn of a commit made for a client that is gone.
@@ -105,15 +109,15 @@ export function installRequestHooks (
       return session.finish(false, 'commitWhen threw').then(() => { throw error })
     }
     // A failed COMMIT becomes the response: the client never hears "200 OK" for lost work.
-    return session.finish(commit, 'the response was sent').then((failure) => {
-      if (failure !== null) throw failure
+    return session.finish(commit, 'the response was sent').then(({ error }) => {
+      if (error !== null) throw error
       return payload
     })
   }
 
   fastify.addHook('onError', function (request, _reply, error, done) {
-    const session = (request as SessionRequest)[kSession]
-    if (session === null) {
+    const session = (request as SessionRequest)[kSession]?.work
+    if (session === undefined) {
       done()
       return
     }
@@ -134,9 +138,9 @@ export function installRequestHooks (
    * and log what could not be told; if it never ended (a hang-up, a socket timeout, an HTTP/2
    * stream reset while the handler runs), roll back at once.
    */
-  function finishOnClose (session: DbSession, request: FastifyRequest, reply: FastifyReply): void {
+  function finishOnClose (session: UnitOfWork, request: FastifyRequest, reply: FastifyReply): void {
     if (!reply.raw.writableEnded) {
-      runtime.source.counters.aborts++
+      runtime.source.telemetry.aborted()
       session.finish(false, 'the client went away')
       return
     }
@@ -146,8 +150,8 @@ export function installRequestHooks (
     } catch (error) {
       request.log.error({ err: error }, 'fastify-db-session: commitWhen threw; rolled back')
     }
-    session.finish(commit, 'the hijacked response ended').then((failure) => {
-      if (failure !== null) request.log.error({ err: failure }, 'fastify-db-session: COMMIT failed after a hijacked response was sent')
+    session.finish(commit, 'the hijacked response ended').then(({ error }) => {
+      if (error !== null) request.log.error({ err: error }, 'fastify-db-session: COMMIT failed after a hijacked response was sent')
     })
   }
 }

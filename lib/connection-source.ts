@@ -1,0 +1,154 @@
+import type pg from 'pg'
+import type { FastifyBaseLogger } from 'fastify'
+import { AcquireDeadlines } from './acquire-deadlines.js'
+import type { CircuitBreaker } from './circuit-breaker.js'
+import { classify, PG_TIMEOUT_MESSAGE } from './classify.js'
+import { cancelStatement } from './cancel-statement.js'
+import { AcquireTimeoutError, ClosingError } from './errors.js'
+import { Lease } from './lease.js'
+import type { LeaseOwner } from './lease.js'
+import type { Telemetry } from './metrics.js'
+import { forgetWaiter } from './pg-internals.js'
+
+/** Hands out pooled connections with a deadline, and knows every one that is checked out. */
+export class ConnectionSource implements LeaseOwner {
+  readonly pool: pg.Pool
+  readonly telemetry: Telemetry
+  readonly log: FastifyBaseLogger
+  /** Checked-out connections, so that close() can end what their owners never did. */
+  readonly leases = new Set<Lease>()
+  /** Our acquire deadline, when the pool does not keep one (pg-pool's connectionTimeoutMillis). */
+  readonly #deadlines: AcquireDeadlines | null
+  readonly #boundedConnects: boolean
+  readonly #reportedDeadline: number
+  readonly #breaker: CircuitBreaker | null
+  /** How long a cancel of a destroyed connection's statement may take (closeTimeoutMillis). */
+  readonly #cancelTimeoutMillis: number
+  #closed = false
+
+  /**
+   * `boundedConnects`: the pool's clients have a connect timeout of the deadline's length (the
+   * owned pool's do), so a connection made at once for a caller needs no deadline of ours.
+   */
+  constructor (pool: pg.Pool, telemetry: Telemetry, log: FastifyBaseLogger, deadlines: { own: number, reported: number, boundedConnects: boolean, cancel: number }, breaker: CircuitBreaker | null) {
+    this.pool = pool
+    this.telemetry = telemetry
+    this.log = log
+    this.#deadlines = deadlines.own > 0 ? new AcquireDeadlines(deadlines.own) : null
+    this.#boundedConnects = deadlines.boundedConnects
+    this.#reportedDeadline = deadlines.reported
+    this.#breaker = breaker
+    this.#cancelTimeoutMillis = deadlines.cancel
+  }
+
+  get circuitOpen (): boolean {
+    return this.#breaker?.open ?? false
+  }
+
+  close (): void {
+    this.#closed = true
+  }
+
+  /**
+   * Destroys leases: their running statements are canceled first, then their sockets closed, and
+   * PostgreSQL rolls back what they held as their backends end.
+   */
+  async destroy (leases: Lease[], reason: Error): Promise<void> {
+    for (const lease of leases) lease.condemn(reason)
+    await Promise.all(leases.map((lease) => cancelStatement(lease.client, this.#cancelTimeoutMillis)))
+    for (const lease of leases) lease.release(true)
+  }
+
+  /** Destroys every connection still checked out (close()); each one counts as a leak. */
+  destroyCheckedOut (): Promise<void> {
+    // Not those being destroyed already (preClose's timer, the hold limit).
+    const stuck = [...this.leases].filter((lease) => !lease.gone)
+    this.telemetry.leaked(stuck.length)
+    return this.destroy(stuck, new ClosingError())
+  }
+
+  /** A connection from the pool, within the acquire deadline; through pg-pool's callback, which costs no promise of its own. */
+  acquire (): Promise<Lease> {
+    if (this.#closed) return Promise.reject(new ClosingError())
+    const refused = this.#admit()
+    if (refused !== null) return Promise.reject(refused)
+    const asked = performance.now()
+    return new Promise((resolve, reject) => {
+      const expire = (): void => {
+        // pg-pool's own timeout takes a waiter out of its queue the same way; one whose new
+        // connection is being made is not in it, and gets its answer late.
+        forgetWaiter(this.pool, answer)
+        reject(this.#acquireError(new Error(PG_TIMEOUT_MESSAGE)))
+      }
+      // As with pg-pool's own deadline: a caller that waits in the pool's queue gets the timeout;
+      // one for whom a connection is made at once gets that connection's outcome (two timers of
+      // the same length would otherwise race for which error it sees).
+      const waiter = this.#deadlines === null || this.#connectsAtOnce() ? null : this.#deadlines.wait(asked, expire)
+      const answer = (cause: Error | null | undefined, client?: pg.PoolClient): void => {
+        if (waiter !== null) {
+          if (waiter.expired) {
+            // Already answered with the timeout: a late connection goes back to the pool, and a
+            // late failure still counts against the database.
+            if (client !== undefined) client.release()
+            else this.#breaker?.failed()
+            return
+          }
+          (this.#deadlines as AcquireDeadlines).answered(waiter)
+        }
+        if (cause !== null && cause !== undefined) {
+          reject(this.#acquireError(cause))
+          return
+        }
+        this.#breaker?.succeeded()
+        // A caller that waited in the pool's queue while close() ran gets no connection after it.
+        if (this.#closed) {
+          (client as pg.PoolClient).release()
+          reject(new ClosingError())
+          return
+        }
+        const acquired = performance.now()
+        this.telemetry.acquired((acquired - asked) / 1000)
+        const lease = new Lease(client as pg.PoolClient, this, acquired)
+        this.leases.add(lease)
+        resolve(lease)
+      }
+      this.pool.connect(answer)
+    })
+  }
+
+  /** pg-pool makes a new connection for this caller right away, bounded by its connect timeout. */
+  #connectsAtOnce (): boolean {
+    return this.#boundedConnects && this.pool.idleCount === 0 && this.pool.totalCount < (this.pool.options.max as number)
+  }
+
+  /** The circuit breaker's refusal, if it refuses. */
+  #admit (): Error | null {
+    try {
+      this.#breaker?.admit()
+      return null
+    } catch (error) {
+      this.telemetry.circuitRejected()
+      return error as Error
+    }
+  }
+
+  /** What a failed acquire is reported as (classify's 'acquire'). */
+  #acquireError (cause: Error): Error {
+    const { error } = classify(cause, 'acquire', { acquireTimeoutMillis: this.#reportedDeadline })
+    if (error instanceof AcquireTimeoutError) {
+      // A full pool says nothing about the database's health.
+      this.#breaker?.inconclusive()
+      this.telemetry.acquireTimedOut()
+    } else {
+      this.#breaker?.failed()
+    }
+    return error
+  }
+
+  /** What a failed BEGIN is reported as (classify's 'begin'): PgBouncer's query_wait_timeout is an acquire timeout. */
+  beginError (cause: Error): Error {
+    const { error } = classify(cause, 'begin')
+    if (error instanceof AcquireTimeoutError) this.telemetry.acquireTimedOut()
+    return error
+  }
+}

@@ -1,0 +1,102 @@
+import { Transaction } from 'kysely'
+import type { AbortableOperationOptions, AbortableQueryOptions, CompiledQuery, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
+import type { UnitOfWork } from './unit-of-work.js'
+
+/** What every unit of work's Kysely face shares: the registration's Kysely executor and props. */
+export interface KyselyRuntime {
+  /** The registration's Kysely executor: its compiler, adapter and plugins serve every unit of work. */
+  readonly executor: QueryExecutor
+  readonly props: Omit<KyselyProps, 'executor'>
+}
+
+/**
+ * Kysely's QueryExecutor (and ConnectionProvider) over one unit of work: the Transaction users
+ * query through. A query goes straight to the unit of work; compiling and plugins are the shared
+ * executor's; only what Kysely's executor does per query (a connection-provider callback, async
+ * layers) is left out.
+ */
+export class WorkExecutor implements QueryExecutor, ConnectionProvider {
+  readonly work: UnitOfWork
+  readonly #runtime: KyselyRuntime
+  #transaction: Transaction<any> | null = null
+
+  constructor (runtime: KyselyRuntime, work: UnitOfWork) {
+    this.#runtime = runtime
+    this.work = work
+  }
+
+  /** The Kysely transaction users query through; nothing is sent until its first query. */
+  get transaction (): Transaction<any> {
+    const { config, dialect, driver } = this.#runtime.props
+    this.#transaction ??= new Transaction({ config, dialect, driver, executor: this })
+    return this.#transaction
+  }
+
+  // What does not run a query is the shared executor's.
+  get adapter (): DialectAdapter {
+    return this.#runtime.executor.adapter
+  }
+
+  get plugins (): readonly KyselyPlugin[] {
+    return this.#runtime.executor.plugins
+  }
+
+  transformQuery<T extends RootOperationNode> (node: T, queryId: QueryId): T {
+    return this.#runtime.executor.transformQuery(node, queryId)
+  }
+
+  compileQuery<R = unknown> (node: RootOperationNode, queryId: QueryId): CompiledQuery<R> {
+    return this.#runtime.executor.compileQuery(node, queryId)
+  }
+
+  /** Kysely's own executor on this unit of work's connection: for what the short path does not cover. */
+  #kyselyExecutor (): QueryExecutor {
+    return this.#runtime.executor.withConnectionProvider(this)
+  }
+
+  withConnectionProvider (connectionProvider: ConnectionProvider): QueryExecutor {
+    return this.#runtime.executor.withConnectionProvider(connectionProvider)
+  }
+
+  withPlugin (plugin: KyselyPlugin): QueryExecutor {
+    return this.#kyselyExecutor().withPlugin(plugin)
+  }
+
+  withPlugins (plugins: readonly KyselyPlugin[]): QueryExecutor {
+    return this.#kyselyExecutor().withPlugins(plugins)
+  }
+
+  withPluginAtFront (plugin: KyselyPlugin): QueryExecutor {
+    return this.#kyselyExecutor().withPluginAtFront(plugin)
+  }
+
+  withoutPlugins (): QueryExecutor {
+    return this.#kyselyExecutor().withoutPlugins()
+  }
+
+  stream<R> (compiledQuery: CompiledQuery<R>, chunkSize: number, options?: AbortableOperationOptions): AsyncIterableIterator<QueryResult<R>> {
+    return this.#kyselyExecutor().stream(compiledQuery, chunkSize, options)
+  }
+
+  executeQuery<R> (compiledQuery: CompiledQuery<R>, options?: AbortableQueryOptions): Promise<QueryResult<R>> {
+    // Cancellation by AbortSignal is Kysely's own machinery: it gets Kysely's path.
+    if (options?.signal !== undefined) return this.#kyselyExecutor().executeQuery(compiledQuery, options)
+    const result = this.work.query(compiledQuery)
+    // Without plugins (the usual case) the unit of work's promise is the query's: nothing more per query.
+    return this.#runtime.executor.plugins.length === 0 ? result : this.#transformed(result, compiledQuery.queryId)
+  }
+
+  /** As Kysely does, after the connection is free: a plugin may query the transaction itself. */
+  async #transformed<R> (pending: Promise<QueryResult<R>>, queryId: QueryId): Promise<QueryResult<R>> {
+    let result = await pending
+    for (const plugin of this.#runtime.executor.plugins) {
+      result = await plugin.transformResult(Object.freeze({ queryId, result: result as QueryResult<any> })) as QueryResult<R>
+    }
+    return result
+  }
+
+  /** ConnectionProvider, for Kysely's executor: the consumer gets the open transaction's connection. */
+  provideConnection<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
+    return this.work.provide(consumer)
+  }
+}

@@ -1,0 +1,144 @@
+import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
+import type { PostgresPool } from 'kysely'
+import type { FastifyInstance } from 'fastify'
+import type { DbTransactionOptions, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
+import { CircuitBreaker } from './circuit-breaker.js'
+import { ConnectionSource } from './connection-source.js'
+import { checkSettingNames } from './context-settings.js'
+import { ClosingError, InvalidOptionError } from './errors.js'
+import { checkStartup, ping } from './health.js'
+import { WorkExecutor } from './kysely-executor.js'
+import { LeakWatch } from './leak-watch.js'
+import { Counters, poolStats } from './metrics.js'
+import { resolveOptions } from './options.js'
+import { prometheusText } from './prometheus.js'
+import { installRequestScope } from './request-scope.js'
+import { contextStatement } from './sql.js'
+import { beginSettings, routeSettingsResolver, withDefaults } from './transaction-settings.js'
+import { UnitOfWork } from './unit-of-work.js'
+import type { WorkRuntime } from './unit-of-work.js'
+import type { KyselyRuntime } from './kysely-executor.js'
+
+/**
+ * One registration of the plugin: its pool and connection source, its Kysely, request.db (under
+ * symbols of its own), fastify.db (transaction(), stats(), metrics(), ping()), and its close.
+ * Nothing is shared with another registration.
+ */
+export async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOptions): Promise<void> {
+  const resolved = resolveOptions(options)
+  const { pool, closeTimeoutMillis } = resolved
+  // The telemetry sinks: the counters behind stats() and metrics(). Units of work report to the Telemetry interface.
+  const counters = new Counters()
+  const telemetry = counters
+  const breaker = resolved.circuitBreaker === null ? null : new CircuitBreaker(resolved.circuitBreaker)
+  const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, boundedConnects: resolved.ownsPool, cancel: closeTimeoutMillis }
+  const source = new ConnectionSource(pool, telemetry, fastify.log, deadlines, breaker)
+  if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
+
+  // fastify.db.kysely runs on Kysely's own driver, fed by our leases: same deadline, listening and release rules.
+  const leasingPool = { connect: () => source.acquire(), end: async () => {}, options: pool.options }
+  const dialect = new PostgresDialect({ pool: leasingPool as unknown as PostgresPool })
+  const kysely = new Kysely<any>({ dialect, plugins: resolved.plugins })
+  const runtime: WorkRuntime & KyselyRuntime = {
+    source,
+    executor: kysely.getExecutor(),
+    props: { config: { dialect }, dialect, driver: new DummyDriver() },
+    live: new Set(),
+    leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, telemetry)
+  }
+
+  const defaults = resolved.transactionDefaults
+  const routeSettings = routeSettingsResolver(defaults)
+  installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
+
+  async function transaction<T> (fn: (trx: any) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
+    if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
+    const { context, ...settings } = options ?? {}
+    const begin = beginSettings(withDefaults(defaults, settings), 'fastify.db.transaction: ')
+    let statement: (() => string) | null = null
+    // An empty context sets nothing, as for the plugin's context option.
+    if (context !== undefined && Object.keys(context).length > 0) {
+      checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
+      statement = () => contextStatement(context)
+    }
+    const owner = runtime.leakWatch === null ? null : () => ({ log: fastify.log, route: 'fastify.db.transaction' })
+    const work = new UnitOfWork(runtime, begin, statement, owner)
+    let result: T
+    try {
+      result = await fn(new WorkExecutor(runtime, work).transaction)
+    } catch (error) {
+      await work.finish(false, 'its callback threw')
+      throw error
+    }
+    const { error } = await work.finish(true, 'its callback returned')
+    if (error !== null) throw error
+    return result
+  }
+
+  const stats = () => poolStats(pool, counters, source.circuitOpen)
+  const db: FastifyDbSession<any> = {
+    kysely,
+    pool,
+    name: resolved.name,
+    transaction,
+    stats,
+    metrics: () => prometheusText([{ name: resolved.name, stats: stats() }]),
+    ping: async (options) => ping(source, pingTimeout(options))
+  }
+  fastify.decorate('db', db)
+  if (resolved.metricsRoute !== null) {
+    fastify.get(resolved.metricsRoute, { config: { db: false } }, async (_request, reply) => {
+      return reply.type('text/plain; version=0.0.4; charset=utf-8').send(db.metrics())
+    })
+  }
+
+  // A checked-out client is listened to by its lease; an idle one that fails must not crash the process.
+  const onIdleError = (error: Error): void => {
+    telemetry.idleError()
+    fastify.log.warn({ err: error }, 'fastify-db-session: an idle database connection failed; the pool dropped it')
+  }
+  const onConnect = (): void => { telemetry.connectionCreated() }
+  const onRemove = (): void => { telemetry.connectionRemoved() }
+  pool.on('error', onIdleError)
+  pool.on('connect', onConnect)
+  pool.on('remove', onRemove)
+
+  let closeTimer: NodeJS.Timeout | undefined
+  fastify.addHook('preClose', (done) => {
+    // Requests still running get closeTimeoutMillis to finish; a request stuck in the database
+    // would otherwise keep the server from closing.
+    closeTimer = setTimeout(() => source.destroyCheckedOut(), closeTimeoutMillis).unref()
+    done()
+  })
+  fastify.addHook('onClose', async () => {
+    clearTimeout(closeTimer)
+    source.close()
+    const rollbacks = [...runtime.live].map((work) => work.interrupt(new ClosingError()))
+    await within(closeTimeoutMillis, Promise.all(rollbacks))
+    await within(closeTimeoutMillis, source.destroyCheckedOut())
+    if (resolved.ownsPool) {
+      // The listener stays: pg-pool's end() resolves while its sockets may still report errors.
+      await within(closeTimeoutMillis, pool.end())
+    } else {
+      pool.removeListener('error', onIdleError)
+      pool.removeListener('connect', onConnect)
+      pool.removeListener('remove', onRemove)
+    }
+  })
+}
+
+function pingTimeout (options: { timeoutMillis?: number } | undefined): number {
+  const timeout = options?.timeoutMillis ?? 2000
+  if (!Number.isSafeInteger(timeout) || timeout < 1) {
+    throw new InvalidOptionError(`fastify.db.ping: timeoutMillis must be an integer of at least 1; instead got '${String(timeout)}'`)
+  }
+  return timeout
+}
+
+/** Waits for `work`, but never longer than `millis`. */
+async function within (millis: number, work: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, millis) })
+  await Promise.race([work, deadline])
+  clearTimeout(timer)
+}

@@ -1,0 +1,44 @@
+import pg from 'pg'
+import type { DbContextValue } from '../index.js'
+import { InvalidContextError, SessionStateError } from './errors.js'
+
+/*
+ * The SQL text the plugin writes into a transaction, and the session-level SQL it refuses to
+ * send. BEGIN and its SET LOCAL settings are built from checked settings in transaction-settings.ts.
+ */
+
+/**
+ * Statements whose effect outlives the transaction on its connection: a session-level SET or
+ * RESET, set_config(…, false), LISTEN, PREPARE, DISCARD, and session advisory locks. The next
+ * request to take the pooled connection would inherit them (behind PgBouncer in transaction mode,
+ * any client, and a prepared statement or a LISTEN would be on another server connection). Their
+ * transaction-scoped forms pass: SET LOCAL, SET TRANSACTION, SET CONSTRAINTS, set_config(…, true),
+ * pg_advisory_xact_lock. A heuristic on the statement's text: it finds these forms as written, not
+ * every way SQL can reach them.
+ */
+const SESSION_STATE = /^\s*(?:set\s+(?!local\b|transaction\b|constraints\b)|reset\b|listen\b|prepare\b|discard\b)|\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(|\bset_config\s*\([^)]*,\s*false\s*\)/i
+
+/** Throws FST_DB_SESSION_SESSION_STATE for a statement that would outlive the transaction. */
+export function refuseSessionState (sql: string): void {
+  if (SESSION_STATE.test(sql)) throw new SessionStateError(sql.trim().slice(0, 80))
+}
+
+/**
+ * The statement that follows BEGIN in the same round trip: one SELECT of transaction-local
+ * set_config calls (never SET, which would outlive the transaction on a pooled connection).
+ * Values are quoted by pg's escapeLiteral, so that the statement is complete in itself: it
+ * travels as a prelude before the first query, or in a simple-protocol string with BEGIN.
+ * null and undefined set the empty string, so a value never survives from an earlier request.
+ */
+export function contextStatement (values: Record<string, DbContextValue>): string {
+  let sql = 'SELECT '
+  let first = true
+  for (const name in values) {
+    const value = values[name]
+    const text = value === null || value === undefined ? '' : String(value)
+    if (text.includes('\0')) throw new InvalidContextError(name)
+    sql += `${first ? '' : ', '}set_config(${pg.escapeLiteral(name)}, ${pg.escapeLiteral(text)}, true)`
+    first = false
+  }
+  return sql
+}
