@@ -28,6 +28,16 @@ t.test('the default and named exports are one plugin, registered as fastify-db-s
   t.equal(new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
 })
 
+t.test('one fastify-plugin for the app: the version the official plugins depend on', async (t) => {
+  // With fastify-plugin 5 beside plugins on 6, an app installed two copies of it.
+  const { createRequire } = await import('node:module')
+  const ours = createRequire(import.meta.url).resolve('fastify-plugin')
+  const official = createRequire(createRequire(import.meta.url).resolve('@fastify/rate-limit')).resolve('fastify-plugin')
+  t.equal(ours, official, '@fastify/rate-limit and fastify-db-session load the same fastify-plugin')
+  const { default: pkg } = await import('../package.json', { with: { type: 'json' } })
+  t.match(pkg.dependencies['fastify-plugin'], /^\^6\./)
+})
+
 t.test('the built plugin works end to end', async (t) => {
   const db = await testDatabase(t)
   const app = Fastify()
