@@ -38,6 +38,19 @@ t.test('one fastify-plugin for the app: the version the official plugins depend 
   t.match(pkg.dependencies['fastify-plugin'], /^\^6\./)
 })
 
+t.test('engines: every Node the package accepts, its peers and dependencies accept too', async (t) => {
+  // kysely 0.29 wants Node 22, so a range that admits Node 20 promised what npm then warns about (EBADENGINE).
+  const { readFile } = await import('node:fs/promises')
+  const { subset } = await import('semver')
+  const read = async (path: string) => JSON.parse(await readFile(new URL(path, import.meta.url), 'utf8'))
+  const pkg = await read('../package.json')
+  const names = [...Object.keys(pkg.dependencies), ...Object.keys(pkg.peerDependencies)]
+  for (const name of names) {
+    const engine = (await read(`../node_modules/${name}/package.json`)).engines?.node
+    if (engine !== undefined) t.ok(subset(pkg.engines.node, engine), `${name} accepts every Node in '${pkg.engines.node}' (it asks for '${engine}')`)
+  }
+})
+
 t.test('the built plugin works end to end', async (t) => {
   const db = await testDatabase(t)
   const app = Fastify()
