@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
-import type { FastifyError } from '@fastify/error'
+import type { FastifyErrorConstructor } from '@fastify/error'
 // kysely is an ES module only: a CommonJS declaration file names its types with resolution-mode 'import'.
 import type { AccessMode, IsolationLevel, Kysely, KyselyPlugin, Transaction } from 'kysely' with { 'resolution-mode': 'import' }
 import type { Pool, PoolConfig } from 'pg'
@@ -214,32 +214,60 @@ declare namespace fastifyDbSession {
   /** Several registrations' metrics in one exposition, for one scrape endpoint; their names must differ. */
   export function combineMetrics (...dbs: Array<Pick<FastifyDbSession<any>, 'name' | 'stats'>>): string
 
-  /** Error classes, by code: match on `err.code`. */
+  /**
+   * An error class of the plugin (built with `@fastify/error`): its instances' `code` and
+   * `statusCode` are typed as literals, so `err.code === 'FST_DB_SESSION_ACQUIRE_TIMEOUT'` and
+   * `err instanceof errors.FST_DB_SESSION_ACQUIRE_TIMEOUT` narrow.
+   */
+  export type DbSessionErrorClass<Code extends string, Status extends number, Base extends Error = Error> =
+    FastifyErrorConstructor<{ code: Code, statusCode: Status } & Base>
+
+  /**
+   * Error classes, by code: match on `err.code`. `FST_DB_SESSION_INVALID_OPTION` extends `TypeError`.
+   *
+   * ```ts
+   * app.setErrorHandler((err, request, reply) => {
+   *   if (err instanceof errors.FST_DB_SESSION_ACQUIRE_TIMEOUT) {
+   *     // err.code is 'FST_DB_SESSION_ACQUIRE_TIMEOUT', err.statusCode is 503
+   *   }
+   *   reply.send(err)
+   * })
+   * ```
+   */
   export const errors: {
-    readonly FST_DB_SESSION_INVALID_OPTION: FastifyErrorConstructor
-    readonly FST_DB_SESSION_DISABLED: FastifyErrorConstructor
-    readonly FST_DB_SESSION_TRANSACTION_FINISHED: FastifyErrorConstructor
-    readonly FST_DB_SESSION_ACQUIRE_TIMEOUT: FastifyErrorConstructor
-    readonly FST_DB_SESSION_CONNECTION_FAILED: FastifyErrorConstructor
-    readonly FST_DB_SESSION_CONNECTION_LOST: FastifyErrorConstructor
-    readonly FST_DB_SESSION_COMMIT_FAILED: FastifyErrorConstructor
-    readonly FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN: FastifyErrorConstructor
-    readonly FST_DB_SESSION_TRANSACTION_ABORTED: FastifyErrorConstructor
-    readonly FST_DB_SESSION_SERIALIZATION_FAILURE: FastifyErrorConstructor
-    readonly FST_DB_SESSION_DEADLOCK: FastifyErrorConstructor
-    readonly FST_DB_SESSION_CLOSING: FastifyErrorConstructor
-    readonly FST_DB_SESSION_STREAM_UNSUPPORTED: FastifyErrorConstructor
-    readonly FST_DB_SESSION_INVALID_CONTEXT: FastifyErrorConstructor
-    readonly FST_DB_SESSION_TOO_EARLY: FastifyErrorConstructor
-    readonly FST_DB_SESSION_DATABASE_UNAVAILABLE: FastifyErrorConstructor
-    readonly FST_DB_SESSION_STARTUP_FAILED: FastifyErrorConstructor
-    readonly FST_DB_SESSION_PING_FAILED: FastifyErrorConstructor
-    readonly FST_DB_SESSION_STATEMENT_TIMEOUT: FastifyErrorConstructor
-    readonly FST_DB_SESSION_HOLD_TIMEOUT: FastifyErrorConstructor
-    readonly FST_DB_SESSION_SESSION_STATE: FastifyErrorConstructor
+    readonly FST_DB_SESSION_INVALID_OPTION: DbSessionErrorClass<'FST_DB_SESSION_INVALID_OPTION', 500, TypeError>
+    readonly FST_DB_SESSION_DISABLED: DbSessionErrorClass<'FST_DB_SESSION_DISABLED', 500>
+    readonly FST_DB_SESSION_TRANSACTION_FINISHED: DbSessionErrorClass<'FST_DB_SESSION_TRANSACTION_FINISHED', 500>
+    readonly FST_DB_SESSION_ACQUIRE_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_ACQUIRE_TIMEOUT', 503>
+    readonly FST_DB_SESSION_CONNECTION_FAILED: DbSessionErrorClass<'FST_DB_SESSION_CONNECTION_FAILED', 503>
+    readonly FST_DB_SESSION_CONNECTION_LOST: DbSessionErrorClass<'FST_DB_SESSION_CONNECTION_LOST', 503>
+    readonly FST_DB_SESSION_COMMIT_FAILED: DbSessionErrorClass<'FST_DB_SESSION_COMMIT_FAILED', 500>
+    readonly FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN: DbSessionErrorClass<'FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN', 500>
+    readonly FST_DB_SESSION_TRANSACTION_ABORTED: DbSessionErrorClass<'FST_DB_SESSION_TRANSACTION_ABORTED', 500>
+    readonly FST_DB_SESSION_SERIALIZATION_FAILURE: DbSessionErrorClass<'FST_DB_SESSION_SERIALIZATION_FAILURE', 409>
+    readonly FST_DB_SESSION_DEADLOCK: DbSessionErrorClass<'FST_DB_SESSION_DEADLOCK', 409>
+    readonly FST_DB_SESSION_CLOSING: DbSessionErrorClass<'FST_DB_SESSION_CLOSING', 503>
+    readonly FST_DB_SESSION_STREAM_UNSUPPORTED: DbSessionErrorClass<'FST_DB_SESSION_STREAM_UNSUPPORTED', 500>
+    readonly FST_DB_SESSION_INVALID_CONTEXT: DbSessionErrorClass<'FST_DB_SESSION_INVALID_CONTEXT', 500>
+    readonly FST_DB_SESSION_TOO_EARLY: DbSessionErrorClass<'FST_DB_SESSION_TOO_EARLY', 500>
+    readonly FST_DB_SESSION_DATABASE_UNAVAILABLE: DbSessionErrorClass<'FST_DB_SESSION_DATABASE_UNAVAILABLE', 503>
+    readonly FST_DB_SESSION_STARTUP_FAILED: DbSessionErrorClass<'FST_DB_SESSION_STARTUP_FAILED', 500>
+    readonly FST_DB_SESSION_PING_FAILED: DbSessionErrorClass<'FST_DB_SESSION_PING_FAILED', 503>
+    readonly FST_DB_SESSION_STATEMENT_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_STATEMENT_TIMEOUT', 503>
+    readonly FST_DB_SESSION_HOLD_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_HOLD_TIMEOUT', 500>
+    readonly FST_DB_SESSION_SESSION_STATE: DbSessionErrorClass<'FST_DB_SESSION_SESSION_STATE', 500>
   }
 
-  type FastifyErrorConstructor = new (...args: any[]) => FastifyError
+  /**
+   * Any error of the plugin: comparing `code` narrows to one class's instances.
+   *
+   * ```ts
+   * function retryable (err: DbSessionError): boolean {
+   *   return err.code === 'FST_DB_SESSION_SERIALIZATION_FAILURE' || err.code === 'FST_DB_SESSION_DEADLOCK'
+   * }
+   * ```
+   */
+  export type DbSessionError = InstanceType<(typeof errors)[keyof typeof errors]>
 
   /** The plugin itself, as a named export (also the default export and `module.exports`). */
   export const fastifyDbSession: FastifyDbSessionPlugin & {

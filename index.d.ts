@@ -7,6 +7,8 @@ export type {
   DbHistogram,
   DbPoolStats,
   DbRouteConfig,
+  DbSessionError,
+  DbSessionErrorClass,
   DbSessionRegister,
   DbTransactionOptions,
   DbTransactionSettings,
@@ -15,7 +17,7 @@ export type {
   RegisteredDatabase
 } from './index.cjs'
 
-/** Error classes, by code: match on `err.code`. */
+/** Error classes, by code: match on `err.code` (typed as each class's literal). */
 export declare const errors: FastifyDbSessionModule['errors']
 
 /** Several registrations' metrics in one exposition, for one scrape endpoint; their names must differ. */

@@ -1,11 +1,12 @@
 // Type tests for the public API as users import it: checked by `tsc -p test/types` in the
 // test command. Each @ts-expect-error fails the build if the wrong usage starts to compile.
 import Fastify from 'fastify'
-import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyContextConfig, FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
 import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
-import type { DbHistogram, DbPoolStats, DbRouteConfig, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionError, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+import { errors as runtimeErrors } from '../../lib/errors.js'
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
 function expectTrue<T extends true> (_proof?: T): void {}
@@ -91,11 +92,40 @@ const count: number = await app.db.transaction(async (trx) => {
 // @ts-expect-error the callback gets a transaction, not a string
 await app.db.transaction(async (trx: string) => trx)
 
-const code: 'FST_DB_SESSION_ACQUIRE_TIMEOUT' = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code as 'FST_DB_SESSION_ACQUIRE_TIMEOUT'
+const code = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code
+expectTrue<Equal<typeof code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT'>>()
+expectTrue<Equal<InstanceType<typeof errors.FST_DB_SESSION_SERIALIZATION_FAILURE>['statusCode'], 409>>()
+// @ts-expect-error an acquire timeout's code is never another code
+if (new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code === 'FST_DB_SESSION_CLOSING') throw new Error('unreachable')
+// @ts-expect-error codes are the plugin's own
+if (new errors.FST_DB_SESSION_DEADLOCK().code === 'FST_DB_SESSION_DEADLOCKED') throw new Error('unreachable')
+const invalidOption: TypeError = new errors.FST_DB_SESSION_INVALID_OPTION('x')
+expectTrue<Equal<InstanceType<typeof errors.FST_DB_SESSION_INVALID_OPTION> extends TypeError & FastifyError ? true : false, true>>()
+function statusOf (err: DbSessionError): 409 | 503 | 'other' {
+  if (err.code === 'FST_DB_SESSION_ACQUIRE_TIMEOUT') {
+    expectTrue<Equal<typeof err, InstanceType<typeof errors.FST_DB_SESSION_ACQUIRE_TIMEOUT>>>()
+    return err.statusCode
+  }
+  if (err.code === 'FST_DB_SESSION_DEADLOCK') return err.statusCode
+  return 'other'
+}
+function fromHandler (err: FastifyError): string {
+  if (err instanceof errors.FST_DB_SESSION_STATEMENT_TIMEOUT) {
+    expectTrue<Equal<typeof err.code, 'FST_DB_SESSION_STATEMENT_TIMEOUT'>>()
+  }
+  return err.code
+}
+// The declared classes are the runtime's: same codes, each with the same code and status.
+type Runtime = typeof runtimeErrors
+type Declared = typeof errors
+type CodeAndStatus<E extends Record<string, new (...args: any[]) => { code: string, statusCode?: number }>> = {
+  [K in keyof E]: [InstanceType<E[K]>['code'], InstanceType<E[K]>['statusCode']]
+}
+expectTrue<Equal<CodeAndStatus<Runtime>, CodeAndStatus<Declared>>>()
 // @ts-expect-error there is no such error
 const noSuchError = errors.FST_DB_SESSION_NOPE
 
 function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
-export { badBreaker, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+export { badBreaker, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
