@@ -68,25 +68,64 @@ declare namespace fastifyDbSession {
   /** `config.db` of a route: `false` gives the route no `request.db`. */
   export type DbRouteConfig = false | DbTransactionSettings
 
-  export interface FastifyDbSessionOptions extends DbTransactionSettings {
+  /**
+   * The plugin's options: `connectionString`, a `pg.PoolConfig` or an existing `pg.Pool`, with the
+   * options every registration takes. What cannot work together does not compile: no connection
+   * at all, a `connectionString` beside a `pg.Pool` or beside the config's own, sizing options for a `pg.Pool`.
+   *
+   * ```ts
+   * await app.register(dbSession, { connectionString: 'postgres://app@localhost/app', maxConnections: 20 })
+   * await app.register(dbSession, { pool: { host: 'db', database: 'app', max: 20 } })
+   * await app.register(dbSession, { pool: existingPool, acquireTimeoutMillis: 2000 })
+   * ```
+   */
+  export type FastifyDbSessionOptions = DbSessionConnectionStringOptions | DbSessionPoolConfigOptions | DbSessionExistingPoolOptions
+
+  /** A pool the plugin creates and owns, from a connection string. */
+  export interface DbSessionConnectionStringOptions extends DbSessionCommonOptions, DbSessionOwnedPoolOptions {
     /** A PostgreSQL connection string; the plugin creates and owns the pool. */
-    connectionString?: string
+    connectionString: string
+    /** More `pg.PoolConfig` settings for that pool (`ssl`, `application_name`, ...), without a connection string of their own. */
+    pool?: PoolConfig & { connectionString?: never }
+  }
+
+  /** A pool the plugin creates and owns, from a `pg.PoolConfig` (its fields are checked at register time). */
+  export interface DbSessionPoolConfigOptions extends DbSessionCommonOptions, DbSessionOwnedPoolOptions {
+    connectionString?: never
+    /** A `pg.PoolConfig` for a pool the plugin creates and owns. */
+    pool: PoolConfig
+  }
+
+  /** An existing pool: yours to size and to end. */
+  export interface DbSessionExistingPoolOptions extends DbSessionCommonOptions {
+    connectionString?: never
     /**
      * An existing `pg.Pool` (never ended by the plugin; pg-pool's `connect(callback)` and pg's
-     * JavaScript client, not `pg.native`), or a `pg.PoolConfig` for a pool the plugin creates and owns.
+     * JavaScript client, not `pg.native`). Size it on the pool itself.
      */
-    pool?: Pool | PoolConfig
-    /** Most connections the owned pool opens. Default 10. */
+    pool: Pool
+    maxConnections?: never
+    idleTimeoutMillis?: never
+    maxLifetimeSeconds?: never
+  }
+
+  /** Sizing of a pool the plugin creates and owns; each may instead be set as its pg name in a `pg.PoolConfig`, never both. */
+  export interface DbSessionOwnedPoolOptions {
+    /** Most connections the owned pool opens (pg's `max`). Default 10. */
     maxConnections?: number
+    /** How long an idle connection stays open in the owned pool. Default 10000 ms; 0 keeps it. */
+    idleTimeoutMillis?: number
+    /** Connections older than this are closed once released. Default 1800 s; 0 means no limit. */
+    maxLifetimeSeconds?: number
+  }
+
+  /** The options every registration takes, however it gets its connections. */
+  export interface DbSessionCommonOptions extends DbTransactionSettings {
     /**
      * How long a query waits for a connection before it fails with
      * `FST_DB_SESSION_ACQUIRE_TIMEOUT` (503). Default 5000 ms.
      */
     acquireTimeoutMillis?: number
-    /** How long an idle connection stays open in the owned pool. Default 10000 ms; 0 keeps it. */
-    idleTimeoutMillis?: number
-    /** Connections older than this are closed once released. Default 1800 s; 0 means no limit. */
-    maxLifetimeSeconds?: number
     /** How long `fastify.close()` waits for open transactions to roll back before destroying their connections. Default 5000 ms. */
     closeTimeoutMillis?: number
     /** Decides, synchronously, whether a request's transaction commits. Default: `reply.statusCode < 400`. */

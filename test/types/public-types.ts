@@ -5,7 +5,7 @@ import type { FastifyContextConfig, FastifyError, FastifyReply, FastifyRequest }
 import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
 import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
-import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionError, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
 import { errors as runtimeErrors } from '../../lib/errors.js'
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
@@ -26,6 +26,27 @@ await app.register(dbSession, { connectionString: 'postgres://localhost/app', ma
 await app.register(dbSession, { pool: new pg.Pool() })
 await app.register(dbSession, { pool: { host: 'localhost', max: 3 }, commitWhen: (_request, reply) => reply.statusCode < 300 })
 await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': (request) => request.headers['x-tenant'] as string, 'app.n': () => 1 } })
+await app.register(dbSession, { connectionString: 'postgres://x', pool: { ssl: false, application_name: 'api' } })
+await app.register(dbSession, { pool: new pg.Pool(), acquireTimeoutMillis: 100, closeTimeoutMillis: 100 })
+// Options that always fail registration do not compile:
+// @ts-expect-error no options: give connectionString or pool
+await app.register(dbSession)
+// @ts-expect-error no connectionString and no pool
+await app.register(dbSession, {})
+// @ts-expect-error no connectionString and no pool
+await app.register(dbSession, { maxConnections: 5 })
+// @ts-expect-error a connectionString beside an existing pg.Pool
+await app.register(dbSession, { connectionString: 'postgres://x', pool: new pg.Pool() })
+// @ts-expect-error a connectionString given twice
+await app.register(dbSession, { connectionString: 'postgres://x', pool: { connectionString: 'postgres://y' } })
+// @ts-expect-error an existing pg.Pool is sized on the pool itself
+await app.register(dbSession, { pool: new pg.Pool(), maxConnections: 5 })
+// @ts-expect-error an existing pg.Pool is sized on the pool itself
+await app.register(dbSession, { pool: new pg.Pool(), idleTimeoutMillis: 5 })
+// @ts-expect-error an existing pg.Pool is sized on the pool itself
+const badPoolLifetime: FastifyDbSessionOptions = { pool: new pg.Pool(), maxLifetimeSeconds: 5 }
+// @ts-expect-error no connection
+const noConnection: FastifyDbSessionOptions = { name: 'primary' }
 // @ts-expect-error context values are functions of the request
 await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': 'acme' } })
 // @ts-expect-error a context function returns a scalar
@@ -35,7 +56,7 @@ await app.register(dbSession, { connectionString: 'postgres://x', maxConnections
 // @ts-expect-error isolationLevel is one of PostgreSQL's levels
 await app.register(dbSession, { connectionString: 'postgres://x', isolationLevel: 'snapshot' })
 // @ts-expect-error commitWhen returns a boolean
-const badCommitWhen: FastifyDbSessionOptions = { commitWhen: () => 'yes' }
+const badCommitWhen: FastifyDbSessionOptions = { connectionString: 'postgres://x', commitWhen: () => 'yes' }
 
 app.post('/items', async (request) => {
   expectTrue<Equal<typeof request.db, Transaction<Database>>>()
@@ -72,7 +93,7 @@ const pingMillis: number = await app.db.ping({ timeoutMillis: 500 })
 await app.db.ping(500)
 const exposition: string = combineMetrics(app.db, app.db)
 expectTrue<Equal<typeof dbSession.combineMetrics, typeof combineMetrics>>()
-const safetyNets: FastifyDbSessionOptions = {
+const safetyNets: DbSessionCommonOptions = {
   statementTimeoutMillis: 5000,
   idleInTransactionTimeoutMillis: 10000,
   leakDetectionMillis: 2000,
@@ -82,8 +103,9 @@ const safetyNets: FastifyDbSessionOptions = {
   name: 'primary',
   metricsRoute: '/metrics'
 }
+await app.register(dbSession, { ...safetyNets, connectionString: 'postgres://x' })
 // @ts-expect-error circuitBreaker takes a boolean or settings
-const badBreaker: FastifyDbSessionOptions = { circuitBreaker: 'on' }
+const badBreaker: FastifyDbSessionOptions = { connectionString: 'postgres://x', circuitBreaker: 'on' }
 const routeTimeouts: FastifyContextConfig = { db: { statementTimeoutMillis: 100, idleInTransactionTimeoutMillis: 1000 } }
 const count: number = await app.db.transaction(async (trx) => {
   expectTrue<Equal<typeof trx, Transaction<Database>>>()
@@ -128,4 +150,4 @@ const noSuchError = errors.FST_DB_SESSION_NOPE
 function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
-export { badBreaker, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+export { badBreaker, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
