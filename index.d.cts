@@ -65,7 +65,14 @@ declare namespace fastifyDbSession {
     context?: Record<string, DbContextValue>
   }
 
-  /** `config.db` of a route: `false` gives the route no `request.db`. */
+  /**
+   * `config.db` of a route: `false` gives the route no `request.db`; settings override the plugin's.
+   * Checked when the route is declared: a bad value or an unknown key fails with `FST_DB_SESSION_INVALID_OPTION`.
+   *
+   * ```ts
+   * app.get('/report', { config: { db: { isolationLevel: 'repeatable read', accessMode: 'read only' } } }, handler)
+   * ```
+   */
   export type DbRouteConfig = false | DbTransactionSettings
 
   /**

@@ -74,6 +74,8 @@ app.get('/typed-config', async (request) => {
   return 'ok'
 })
 const routeConfig: FastifyContextConfig = { db: { accessMode: 'read only' } }
+// @ts-expect-error config.db takes only the transaction settings (at runtime too, when the route is declared)
+app.get('/misspelt', { config: { db: { isolationLvl: 'serializable' } } }, async () => 'ok')
 // @ts-expect-error config.db is false or settings, never true
 const badRouteConfig: FastifyContextConfig = { db: true }
 
