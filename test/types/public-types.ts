@@ -74,8 +74,8 @@ app.get('/typed-config', async (request) => {
   return 'ok'
 })
 const routeConfig: FastifyContextConfig = { db: { accessMode: 'read only' } }
-// @ts-expect-error config.db takes only the transaction settings (at runtime too, when the route is declared)
-app.get('/misspelt', { config: { db: { isolationLvl: 'serializable' } } }, async () => 'ok')
+// @ts-expect-error config.db takes only the transaction settings (refused at runtime too, when the route is declared)
+const misspeltRouteConfig: FastifyContextConfig = { db: { isolationLvl: 'serializable' } }
 // @ts-expect-error config.db is false or settings, never true
 const badRouteConfig: FastifyContextConfig = { db: true }
 
@@ -152,4 +152,4 @@ const noSuchError = errors.FST_DB_SESSION_NOPE
 function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
-export { badBreaker, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+export { badBreaker, misspeltRouteConfig, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
