@@ -1,242 +1,33 @@
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
-import type { FastifyError } from '@fastify/error'
-import type { AccessMode, IsolationLevel, Kysely, KyselyPlugin, Transaction } from 'kysely'
-import type { Pool, PoolConfig } from 'pg'
+// The package's types for ES modules: the declarations live in index.d.cts (what CommonJS users
+// load), so an augmentation of DbSessionRegister from either module system reaches the same interface.
+type FastifyDbSessionModule = typeof import('./index.cjs')
 
-/**
- * Augment this interface to type `request.db` and `fastify.db` with your database:
- *
- * ```ts
- * declare module 'fastify-db-session' {
- *   interface DbSessionRegister { database: Database }
- * }
- * ```
- */
-export interface DbSessionRegister {}
+export type {
+  DbContextValue,
+  DbHistogram,
+  DbPoolStats,
+  DbRouteConfig,
+  DbSessionCommonOptions,
+  DbSessionConnectionStringOptions,
+  DbSessionExistingPoolOptions,
+  DbSessionOwnedPoolOptions,
+  DbSessionPoolConfigOptions,
+  DbSessionError,
+  DbSessionErrorClass,
+  DbSessionRegister,
+  DbTransactionOptions,
+  DbTransactionSettings,
+  FastifyDbSession,
+  FastifyDbSessionOptions,
+  RegisteredDatabase
+} from './index.cjs'
 
-/** The database interface registered through {@link DbSessionRegister}, or `any`. */
-export type RegisteredDatabase = DbSessionRegister extends { database: infer DB } ? DB : any
-
-/** Transaction settings used for a request's transaction. */
-export interface DbTransactionSettings {
-  /** Sent with BEGIN; when unset, the server's `default_transaction_isolation` (read committed unless changed). */
-  isolationLevel?: Exclude<IsolationLevel, 'snapshot'>
-  /** `'read write'` or `'read only'`, sent with BEGIN; when unset, the server's `default_transaction_read_only`. */
-  accessMode?: AccessMode
-  /**
-   * `SET LOCAL statement_timeout` for the transaction: a query running longer is canceled and
-   * fails with `FST_DB_SESSION_STATEMENT_TIMEOUT` (503). 0 turns it off; unset keeps the server's.
-   */
-  statementTimeoutMillis?: number
-  /**
-   * `SET LOCAL idle_in_transaction_session_timeout`: PostgreSQL ends the connection of a
-   * transaction left idle this long (the request then fails and rolls back). 0 turns it off; unset keeps the server's.
-   */
-  idleInTransactionTimeoutMillis?: number
-}
-
-/** A context value; `null` and `undefined` set the empty string. */
-export type DbContextValue = string | number | boolean | bigint | null | undefined
-
-/** Options of `fastify.db.transaction()`. */
-export interface DbTransactionOptions extends DbTransactionSettings {
-  /** Transaction-local settings for this unit of work, e.g. `{ 'app.tenant_id': '42' }`. */
-  context?: Record<string, DbContextValue>
-}
-
-/** `config.db` of a route: `false` gives the route no `request.db`. */
-export type DbRouteConfig = false | DbTransactionSettings
-
-export interface FastifyDbSessionOptions extends DbTransactionSettings {
-  /** A PostgreSQL connection string; the plugin creates and owns the pool. */
-  connectionString?: string
-  /**
-   * An existing `pg.Pool` (never ended by the plugin; pg-pool's `connect(callback)` and pg's
-   * JavaScript client, not `pg.native`), or a `pg.PoolConfig` for a pool the plugin creates and owns.
-   */
-  pool?: Pool | PoolConfig
-  /** Most connections the owned pool opens. Default 10. */
-  maxConnections?: number
-  /**
-   * How long a query waits for a connection before it fails with
-   * `FST_DB_SESSION_ACQUIRE_TIMEOUT` (503). Default 5000 ms.
-   */
-  acquireTimeoutMillis?: number
-  /** How long an idle connection stays open in the owned pool. Default 10000 ms; 0 keeps it. */
-  idleTimeoutMillis?: number
-  /** Connections older than this are closed once released. Default 1800 s; 0 means no limit. */
-  maxLifetimeSeconds?: number
-  /** How long `fastify.close()` waits for open transactions to roll back before destroying their connections. Default 5000 ms. */
-  closeTimeoutMillis?: number
-  /** Decides, synchronously, whether a request's transaction commits. Default: `reply.statusCode < 400`. */
-  commitWhen?: (request: FastifyRequest, reply: FastifyReply) => boolean
-  /** Kysely plugins applied to `request.db` and `fastify.db.kysely`. */
-  plugins?: KyselyPlugin[]
-  /**
-   * Per-request database context: setting names (`namespace.name`) to functions of the request.
-   * Each request's transaction starts with `set_config(name, value, true)` for every name, sent
-   * with BEGIN and the first query in one round trip, so row-level security policies can read them with
-   * `current_setting(name, true)` and nothing survives into the next request on the connection.
-   *
-   * ```ts
-   * context: { 'app.tenant_id': (request) => request.user?.tenantId }
-   * ```
-   */
-  context?: Record<string, (request: FastifyRequest) => DbContextValue>
-  /** The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`. */
-  name?: string
-  /** Serves `metrics()` on this GET path, e.g. `'/metrics'`. Default (or `false`): no route. */
-  metricsRoute?: string | false
-  /**
-   * Logs a warning (once, with route, request id, age and where the first query was issued) for a
-   * transaction that holds its connection longer than this, and counts it in `leaks`. Default 0 (off).
-   */
-  leakDetectionMillis?: number
-  /**
-   * Rolls back a transaction that holds its connection this long: its running statement is
-   * canceled (with the connection's own cancel key) and the connection destroyed; the request fails
-   * with `FST_DB_SESSION_HOLD_TIMEOUT`. Default 0 (off).
-   */
-  leakTimeoutMillis?: number
-  /**
-   * Fails acquires at once with `FST_DB_SESSION_DATABASE_UNAVAILABLE` (503) after
-   * `failureThreshold` connection failures in a row, for `coolDownMillis`, then lets one probe
-   * through. `true` uses `{ failureThreshold: 5, coolDownMillis: 5000 }`. Default `false`.
-   */
-  circuitBreaker?: boolean | { failureThreshold?: number, coolDownMillis?: number }
-  /**
-   * Connects once at register time, retrying `retries` times with a delay that starts at
-   * `delayMillis` and doubles; registration then fails with `FST_DB_SESSION_STARTUP_FAILED`.
-   * Default `true`: `{ retries: 4, delayMillis: 250 }`. `false` skips the check.
-   */
-  startupCheck?: boolean | { retries?: number, delayMillis?: number }
-}
-
-/** A histogram of durations in seconds, with cumulative buckets as Prometheus defines them. */
-export interface DbHistogram {
-  /** Observations made. */
-  count: number
-  /** Their sum, in seconds. */
-  sum: number
-  /** How many observations were at most `le` seconds; the `+Inf` bucket is `count`. */
-  buckets: Array<{ le: number, count: number }>
-}
-
-/** Pool gauges, lifetime counters and histograms. */
-export interface DbPoolStats {
-  /** Connections open (idle + active). */
-  total: number
-  /** Connections open and not checked out. */
-  idle: number
-  /** Connections checked out. */
-  active: number
-  /** Callers waiting for a connection. */
-  waiting: number
-  /** The pool's size limit. */
-  max: number
-  /** Connections checked out since start. */
-  acquires: number
-  /** Transactions committed. */
-  commits: number
-  /** Transactions rolled back. */
-  rollbacks: number
-  /** COMMITs that failed (the transaction was rolled back). */
-  commitFailures: number
-  /** Acquires that gave up after `acquireTimeoutMillis`. */
-  acquireTimeouts: number
-  /** Connections destroyed instead of returned because their state was in doubt. */
-  destroyed: number
-  /** Transactions held past `leakDetectionMillis`/`leakTimeoutMillis`, and connections still checked out when `fastify.close()` had to destroy them. */
-  leaks: number
-  /** Transactions rolled back because the client went away or the socket timed out. */
-  aborts: number
-  /** Errors reported by idle pooled connections (the pool dropped them). */
-  idleErrors: number
-  /** Connections the pool opened. */
-  connectionsCreated: number
-  /** Connections the pool closed (idle timeout, lifetime, destroyed, errors). */
-  connectionsRemoved: number
-  /** True while the circuit breaker fails acquires fast. */
-  circuitOpen: boolean
-  /** Acquires refused at once by the open circuit breaker. */
-  circuitRejections: number
-  /** Time from asking for a connection to having it (successful acquires). */
-  acquireWaitSeconds: DbHistogram
-  /** Time each connection stayed checked out. */
-  holdSeconds: DbHistogram
-}
-
-/** The `fastify.db` decorator. */
-export interface FastifyDbSession<DB = RegisteredDatabase> {
-  /** A `Kysely` for work outside requests (jobs, scripts, migrations). */
-  readonly kysely: Kysely<DB>
-  /** The `pg.Pool` in use. */
-  readonly pool: Pool
-  /**
-   * Runs `fn` in a transaction with the same guarantees as `request.db`: commit when `fn`
-   * resolves, rollback when it throws, the connection always returned.
-   */
-  transaction<T>(fn: (trx: Transaction<DB>) => Promise<T>, options?: DbTransactionOptions): Promise<T>
-  /** The `name` option: the `pool` label of the metrics. */
-  readonly name: string
-  /** Pool gauges, counters and histograms. */
-  stats(): DbPoolStats
-  /** `stats()` in Prometheus' text exposition format (0.0.4), labelled with `pool`. */
-  metrics(): string
-  /**
-   * Runs `SELECT 1` on a pooled connection; resolves to the round trip in milliseconds, or
-   * rejects with `FST_DB_SESSION_PING_FAILED` (503) after `timeoutMillis` (default 2000).
-   */
-  ping(options?: { timeoutMillis?: number }): Promise<number>
-}
+/** Error classes, by code: match on `err.code` (typed as each class's literal). */
+export declare const errors: FastifyDbSessionModule['errors']
 
 /** Several registrations' metrics in one exposition, for one scrape endpoint; their names must differ. */
-export declare function combineMetrics (...dbs: Array<Pick<FastifyDbSession<any>, 'name' | 'stats'>>): string
+export declare const combineMetrics: FastifyDbSessionModule['combineMetrics']
 
-declare module 'fastify' {
-  interface FastifyInstance {
-    db: FastifyDbSession
-  }
-  interface FastifyRequest {
-    /** The request's transaction, opened on its first query. */
-    readonly db: Transaction<RegisteredDatabase>
-  }
-  interface FastifyContextConfig {
-    db?: DbRouteConfig
-  }
-}
-
-/** Error classes, by code: match on `err.code`. */
-export declare const errors: {
-  readonly FST_DB_SESSION_INVALID_OPTION: FastifyErrorConstructor
-  readonly FST_DB_SESSION_DISABLED: FastifyErrorConstructor
-  readonly FST_DB_SESSION_TRANSACTION_FINISHED: FastifyErrorConstructor
-  readonly FST_DB_SESSION_ACQUIRE_TIMEOUT: FastifyErrorConstructor
-  readonly FST_DB_SESSION_CONNECTION_FAILED: FastifyErrorConstructor
-  readonly FST_DB_SESSION_CONNECTION_LOST: FastifyErrorConstructor
-  readonly FST_DB_SESSION_COMMIT_FAILED: FastifyErrorConstructor
-  readonly FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN: FastifyErrorConstructor
-  readonly FST_DB_SESSION_TRANSACTION_ABORTED: FastifyErrorConstructor
-  readonly FST_DB_SESSION_SERIALIZATION_FAILURE: FastifyErrorConstructor
-  readonly FST_DB_SESSION_DEADLOCK: FastifyErrorConstructor
-  readonly FST_DB_SESSION_CLOSING: FastifyErrorConstructor
-  readonly FST_DB_SESSION_STREAM_UNSUPPORTED: FastifyErrorConstructor
-  readonly FST_DB_SESSION_INVALID_CONTEXT: FastifyErrorConstructor
-  readonly FST_DB_SESSION_TOO_EARLY: FastifyErrorConstructor
-  readonly FST_DB_SESSION_DATABASE_UNAVAILABLE: FastifyErrorConstructor
-  readonly FST_DB_SESSION_STARTUP_FAILED: FastifyErrorConstructor
-  readonly FST_DB_SESSION_PING_FAILED: FastifyErrorConstructor
-  readonly FST_DB_SESSION_STATEMENT_TIMEOUT: FastifyErrorConstructor
-  readonly FST_DB_SESSION_HOLD_TIMEOUT: FastifyErrorConstructor
-  readonly FST_DB_SESSION_SESSION_STATE: FastifyErrorConstructor
-}
-
-type FastifyErrorConstructor = new (...args: any[]) => FastifyError
-
-declare const fastifyDbSession: FastifyPluginAsync<FastifyDbSessionOptions> & {
-  readonly errors: typeof errors
-  readonly combineMetrics: typeof combineMetrics
-}
-
-export { fastifyDbSession }
+/** The plugin: `app.register(fastifyDbSession, options)`; also the default export. */
+export declare const fastifyDbSession: FastifyDbSessionModule
 export default fastifyDbSession

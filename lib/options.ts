@@ -5,6 +5,7 @@ import type { DbTransactionSettings, FastifyDbSessionOptions } from '../index.js
 import { InvalidOptionError } from './errors.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings } from './transaction-settings.js'
+import { checkPoolConfig, checkPoolMinimum } from './pool-config.js'
 import type { CircuitBreakerSettings } from './circuit-breaker.js'
 import type { StartupCheckSettings } from './health.js'
 import type { LeakSettings } from './leak-watch.js'
@@ -165,6 +166,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   }
 
   const config: pg.PoolConfig = { ...pool as pg.PoolConfig }
+  checkPoolConfig(config)
   for (const name of POOL_SIZING) {
     if (options[name] !== undefined && config[pgName(name)] !== undefined) {
       throw new InvalidOptionError(`${name} and pool.${pgName(name)} are both set; set only one`)
@@ -178,6 +180,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     throw new InvalidOptionError('acquireTimeoutMillis and pool.connectionTimeoutMillis are both set; set only one')
   }
   config.max ??= wholeNumber(options, 'maxConnections', 1)
+  checkPoolMinimum(config.min, config.max)
   config.idleTimeoutMillis ??= wholeNumber(options, 'idleTimeoutMillis', 0)
   config.maxLifetimeSeconds ??= wholeNumber(options, 'maxLifetimeSeconds', 0)
   // pg waits forever by default; a request must fail fast instead. A connectionTimeoutMillis of

@@ -1,7 +1,9 @@
 import type { DbRouteConfig, DbTransactionSettings } from '../index.js'
+import { closestName } from './closest-name.js'
 import { InvalidOptionError } from './errors.js'
 
 const ISOLATION_LEVELS = ['read uncommitted', 'read committed', 'repeatable read', 'serializable']
+const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis']
 const ACCESS_MODES = ['read write', 'read only']
 
 /** What a unit of work needs to start: BEGIN and the SET LOCAL statements after it, built once per settings. */
@@ -63,6 +65,14 @@ export function routeSettingsResolver (defaults: DbTransactionSettings) {
     if (routeConfig === false) return null
     if (routeConfig === null || typeof routeConfig !== 'object') {
       throw new InvalidOptionError(`${where}db must be false or an object like { isolationLevel, accessMode, statementTimeoutMillis }; instead got '${String(routeConfig)}'`)
+    }
+    // A misspelt key would otherwise be dropped in silence, as the plugin's own options never are.
+    for (const key of Object.keys(routeConfig)) {
+      if (!ROUTE_KEYS.includes(key)) {
+        const closest = closestName(key, ROUTE_KEYS)
+        const hint = closest === null ? '' : ` (did you mean '${closest}'?)`
+        throw new InvalidOptionError(`${where}db has an unknown key '${key}'${hint}; known keys are ${ROUTE_KEYS.join(', ')}`)
+      }
     }
     return beginSettings(withDefaults(defaults, routeConfig), where + 'db.')
   }

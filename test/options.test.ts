@@ -1,9 +1,11 @@
 import t from 'tap'
+import type { Test } from 'tap'
 import Fastify from 'fastify'
 import pg from 'pg'
 import { CamelCasePlugin, sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
+import type { TestDatabase } from './helpers/database.js'
 import { deferred } from './helpers/util.js'
 
 /** Registers the plugin with `options` and returns the error registration failed with. */
@@ -127,4 +129,104 @@ t.test('a PoolConfig with the password as a field: the startup check authenticat
   // And an empty context for fastify.db.transaction sets nothing.
   const other = await db.app()
   t.same(await other.db.transaction(async (trx) => (await sql<{ one: number }>`SELECT 1 AS one`.execute(trx)).rows[0], { context: {} }), { one: 1 })
+})
+
+/**
+ * Registers with a pg.PoolConfig for a database of the test's own plus each case's fields, and
+ * checks that registration fails with the case's message before creating a client or reaching the database.
+ */
+async function refusesPoolConfig (t: Test, cases: Array<[Record<string, unknown>, RegExp]>, db?: TestDatabase) {
+  db ??= await testDatabase(t)
+  const url = new URL(db.url)
+  let clients = 0
+  class CountingClient extends pg.Client {
+    constructor (config?: pg.ClientConfig) {
+      clients++
+      super(config)
+    }
+  }
+  const base = {
+    host: url.hostname,
+    port: Number(url.port),
+    database: url.pathname.slice(1),
+    user: decodeURIComponent(url.username),
+    password: decodeURIComponent(url.password),
+    Client: CountingClient
+  }
+  for (const [fields, message] of cases) {
+    const error = await registrationError({ pool: { ...base, ...fields }, startupCheck: { retries: 0 } })
+    t.equal(error.code, 'FST_DB_SESSION_INVALID_OPTION', `${JSON.stringify(fields)}: ${error.message}`)
+    t.match(error.message, message)
+  }
+  t.equal(clients, 0, 'no client was created')
+  t.equal(await db.connections(), 0, 'no connection reached the database')
+}
+
+t.test('a PoolConfig\'s sizing fields are checked before any connection', async (t) => {
+  await refusesPoolConfig(t, [
+    [{ max: 0 }, /pool\.max must be an integer from 1 to 9007199254740991; instead got 0/],
+    [{ max: -3 }, /pool\.max must be an integer from 1 .*; instead got -3/],
+    [{ max: 2.5 }, /pool\.max must be an integer .*; instead got 2\.5/],
+    [{ max: '10' }, /pool\.max must be an integer .*; instead got the string '10'/],
+    [{ min: -1 }, /pool\.min must be an integer from 0 .*; instead got -1/],
+    [{ min: 5, max: 2 }, /pool\.min must be at most the pool's max \(2\); instead got 5/],
+    [{ min: 11 }, /pool\.min must be at most the pool's max \(10\); instead got 11/],
+    [{ maxUses: 0 }, /pool\.maxUses must be an integer from 1 to 9007199254740991 or Infinity \(Infinity: no limit\); instead got 0/]
+  ])
+})
+
+t.test('a PoolConfig\'s pool timers are checked before any connection', async (t) => {
+  await refusesPoolConfig(t, [
+    [{ idleTimeoutMillis: -1 }, /pool\.idleTimeoutMillis must be an integer from 0 to 2147483647 or null \(0: idle connections stay open\); instead got -1/],
+    [{ idleTimeoutMillis: 2 ** 31 }, /pool\.idleTimeoutMillis must be .*; instead got 2147483648/],
+    [{ connectionTimeoutMillis: -5 }, /pool\.connectionTimeoutMillis must be an integer from 0 to 2147483647 \(0: no limit\); instead got -5/],
+    [{ maxLifetimeSeconds: -1 }, /pool\.maxLifetimeSeconds must be an integer from 0 to 2147483 \(0: no limit\); instead got -1/],
+    [{ keepAliveInitialDelayMillis: 'soon' }, /pool\.keepAliveInitialDelayMillis must be an integer .*; instead got the string 'soon'/]
+  ])
+})
+
+t.test('a PoolConfig\'s server timeouts are checked before any connection', async (t) => {
+  await refusesPoolConfig(t, [
+    [{ statement_timeout: -1 }, /pool\.statement_timeout must be an integer from 0 to 2147483647 or false \(0 or false: no limit\); instead got -1/],
+    [{ statement_timeout: true }, /pool\.statement_timeout must be .*; instead got true \(boolean\)/],
+    [{ query_timeout: -100 }, /pool\.query_timeout must be .*; instead got -100/],
+    [{ lock_timeout: 1.5 }, /pool\.lock_timeout must be .*; instead got 1\.5/],
+    [{ idle_in_transaction_session_timeout: null }, /pool\.idle_in_transaction_session_timeout must be .*; instead got null/]
+  ])
+})
+
+t.test('a PoolConfig\'s port is checked before any connection', async (t) => {
+  const db = await testDatabase(t)
+  const port = new URL(db.url).port
+  await refusesPoolConfig(t, [
+    [{ port }, new RegExp(`pool\\.port must be an integer from 1 to 65535; instead got the string '${port}'`)],
+    [{ port: 0 }, /pool\.port must be an integer from 1 to 65535; instead got 0/],
+    [{ port: 70000 }, /pool\.port must be .*; instead got 70000/]
+  ], db)
+})
+
+t.test('a PoolConfig with every checked field at a sensible value registers and serves requests', async (t) => {
+  const db = await testDatabase(t)
+  const url = new URL(db.url)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(dbSession, {
+    pool: {
+      connectionString: db.url,
+      port: Number(url.port),
+      max: 2,
+      min: 0,
+      maxUses: Infinity,
+      idleTimeoutMillis: 0,
+      connectionTimeoutMillis: 0,
+      maxLifetimeSeconds: 60,
+      keepAliveInitialDelayMillis: 0,
+      statement_timeout: false,
+      query_timeout: 0,
+      lock_timeout: 1000,
+      idle_in_transaction_session_timeout: 60000
+    }
+  })
+  app.get('/', async (request) => (await sql<{ lock_timeout: string }>`SHOW lock_timeout`.execute(request.db)).rows[0])
+  t.same((await app.inject('/')).json(), { lock_timeout: '1s' })
 })

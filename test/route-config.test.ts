@@ -61,6 +61,28 @@ t.test('a bad route config fails when the route is declared', async (t) => {
   })
 })
 
+t.test('an unknown key in a route\'s config.db fails when the route is declared, naming the route and the key', async (t) => {
+  const db = await testDatabase(t)
+  const app = await db.app()
+  t.throws(() => app.get('/misspelt', { config: { db: { isolationLvl: 'serializable' } as never } }, async () => 1), {
+    code: 'FST_DB_SESSION_INVALID_OPTION',
+    message: /route \/misspelt: config\.db has an unknown key 'isolationLvl' \(did you mean 'isolationLevel'\?\); known keys are isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis/
+  })
+  t.throws(() => app.post('/case', { config: { db: { AccessMode: 'read only' } as never } }, async () => 1), {
+    code: 'FST_DB_SESSION_INVALID_OPTION',
+    message: /route \/case: config\.db has an unknown key 'AccessMode' \(did you mean 'accessMode'\?\)/
+  })
+  t.throws(() => app.get('/unrelated', { config: { db: { accessMode: 'read only', retries: 3 } as never } }, async () => 1), {
+    code: 'FST_DB_SESSION_INVALID_OPTION',
+    message: /route \/unrelated: config\.db has an unknown key 'retries'; known keys are /
+  })
+  t.notOk(app.hasRoute({ method: 'GET', url: '/misspelt' }), 'the refused route was not added')
+  t.equal(await db.connections(), 0, 'the refused routes took no connection')
+  // An explicit undefined for a known key is no mistake: it keeps the plugin's default.
+  app.get('/known', { config: { db: { isolationLevel: undefined, statementTimeoutMillis: 1000 } } }, settingsRoute)
+  t.same((await app.inject('/known')).json(), { isolation: 'read committed', readOnly: 'off' })
+})
+
 t.test('routes declared before the plugin still get their settings', async (t) => {
   const db = await testDatabase(t)
   const { default: Fastify } = await import('fastify')

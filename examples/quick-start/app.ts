@@ -11,7 +11,7 @@ declare module 'fastify-db-session' {
 }
 
 export const app = Fastify()
-await app.register(dbSession, { connectionString: process.env.DATABASE_URL })
+await app.register(dbSession, { connectionString: process.env.DATABASE_URL! }) // DATABASE_URL must be set
 // The table (a real app runs migrations: fastify.db.kysely serves Kysely's Migrator too).
 await app.db.kysely.schema.createTable('items').ifNotExists()
   .addColumn('id', 'serial', (col) => col.primaryKey())

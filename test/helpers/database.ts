@@ -5,7 +5,7 @@ import pg from 'pg'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import dbSession from '../../lib/index.js'
-import type { FastifyDbSessionOptions } from '../../index.js'
+import type { DbSessionConnectionStringOptions } from '../../index.js'
 
 export interface TestDatabase {
   /** Connection string of this file's own database. */
@@ -20,7 +20,7 @@ export interface TestDatabase {
   /** Runs `fn` with a server-level connection after the database is dropped (e.g. to drop a role). */
   afterDrop: (fn: (admin: pg.Client) => Promise<unknown>) => void
   /** A Fastify app with the plugin registered on this database; closed when the test ends. */
-  app: (options?: Partial<FastifyDbSessionOptions>, fastifyOptions?: FastifyServerOptions) => Promise<FastifyInstance>
+  app: (options?: Partial<DbSessionConnectionStringOptions>, fastifyOptions?: FastifyServerOptions) => Promise<FastifyInstance>
 }
 
 interface Teardown { teardown: (fn: () => unknown) => void }

@@ -1,11 +1,12 @@
 // Type tests for the public API as users import it: checked by `tsc -p test/types` in the
 // test command. Each @ts-expect-error fails the build if the wrong usage starts to compile.
 import Fastify from 'fastify'
-import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyContextConfig, FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
 import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
-import type { DbHistogram, DbPoolStats, DbRouteConfig, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+import { errors as runtimeErrors } from '../../lib/errors.js'
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
 function expectTrue<T extends true> (_proof?: T): void {}
@@ -25,6 +26,27 @@ await app.register(dbSession, { connectionString: 'postgres://localhost/app', ma
 await app.register(dbSession, { pool: new pg.Pool() })
 await app.register(dbSession, { pool: { host: 'localhost', max: 3 }, commitWhen: (_request, reply) => reply.statusCode < 300 })
 await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': (request) => request.headers['x-tenant'] as string, 'app.n': () => 1 } })
+await app.register(dbSession, { connectionString: 'postgres://x', pool: { ssl: false, application_name: 'api' } })
+await app.register(dbSession, { pool: new pg.Pool(), acquireTimeoutMillis: 100, closeTimeoutMillis: 100 })
+// Options that always fail registration do not compile:
+// @ts-expect-error no options: give connectionString or pool
+await app.register(dbSession)
+// @ts-expect-error no connectionString and no pool
+await app.register(dbSession, {})
+// @ts-expect-error no connectionString and no pool
+await app.register(dbSession, { maxConnections: 5 })
+// @ts-expect-error a connectionString beside an existing pg.Pool
+await app.register(dbSession, { connectionString: 'postgres://x', pool: new pg.Pool() })
+// @ts-expect-error a connectionString given twice
+await app.register(dbSession, { connectionString: 'postgres://x', pool: { connectionString: 'postgres://y' } })
+// @ts-expect-error an existing pg.Pool is sized on the pool itself
+await app.register(dbSession, { pool: new pg.Pool(), maxConnections: 5 })
+// @ts-expect-error an existing pg.Pool is sized on the pool itself
+await app.register(dbSession, { pool: new pg.Pool(), idleTimeoutMillis: 5 })
+// @ts-expect-error an existing pg.Pool is sized on the pool itself
+const badPoolLifetime: FastifyDbSessionOptions = { pool: new pg.Pool(), maxLifetimeSeconds: 5 }
+// @ts-expect-error no connection
+const noConnection: FastifyDbSessionOptions = { name: 'primary' }
 // @ts-expect-error context values are functions of the request
 await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': 'acme' } })
 // @ts-expect-error a context function returns a scalar
@@ -34,7 +56,7 @@ await app.register(dbSession, { connectionString: 'postgres://x', maxConnections
 // @ts-expect-error isolationLevel is one of PostgreSQL's levels
 await app.register(dbSession, { connectionString: 'postgres://x', isolationLevel: 'snapshot' })
 // @ts-expect-error commitWhen returns a boolean
-const badCommitWhen: FastifyDbSessionOptions = { commitWhen: () => 'yes' }
+const badCommitWhen: FastifyDbSessionOptions = { connectionString: 'postgres://x', commitWhen: () => 'yes' }
 
 app.post('/items', async (request) => {
   expectTrue<Equal<typeof request.db, Transaction<Database>>>()
@@ -52,6 +74,8 @@ app.get('/typed-config', async (request) => {
   return 'ok'
 })
 const routeConfig: FastifyContextConfig = { db: { accessMode: 'read only' } }
+// @ts-expect-error config.db takes only the transaction settings (refused at runtime too, when the route is declared)
+const misspeltRouteConfig: FastifyContextConfig = { db: { isolationLvl: 'serializable' } }
 // @ts-expect-error config.db is false or settings, never true
 const badRouteConfig: FastifyContextConfig = { db: true }
 
@@ -71,7 +95,7 @@ const pingMillis: number = await app.db.ping({ timeoutMillis: 500 })
 await app.db.ping(500)
 const exposition: string = combineMetrics(app.db, app.db)
 expectTrue<Equal<typeof dbSession.combineMetrics, typeof combineMetrics>>()
-const safetyNets: FastifyDbSessionOptions = {
+const safetyNets: DbSessionCommonOptions = {
   statementTimeoutMillis: 5000,
   idleInTransactionTimeoutMillis: 10000,
   leakDetectionMillis: 2000,
@@ -81,8 +105,9 @@ const safetyNets: FastifyDbSessionOptions = {
   name: 'primary',
   metricsRoute: '/metrics'
 }
+await app.register(dbSession, { ...safetyNets, connectionString: 'postgres://x' })
 // @ts-expect-error circuitBreaker takes a boolean or settings
-const badBreaker: FastifyDbSessionOptions = { circuitBreaker: 'on' }
+const badBreaker: FastifyDbSessionOptions = { connectionString: 'postgres://x', circuitBreaker: 'on' }
 const routeTimeouts: FastifyContextConfig = { db: { statementTimeoutMillis: 100, idleInTransactionTimeoutMillis: 1000 } }
 const count: number = await app.db.transaction(async (trx) => {
   expectTrue<Equal<typeof trx, Transaction<Database>>>()
@@ -91,11 +116,40 @@ const count: number = await app.db.transaction(async (trx) => {
 // @ts-expect-error the callback gets a transaction, not a string
 await app.db.transaction(async (trx: string) => trx)
 
-const code: 'FST_DB_SESSION_ACQUIRE_TIMEOUT' = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code as 'FST_DB_SESSION_ACQUIRE_TIMEOUT'
+const code = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code
+expectTrue<Equal<typeof code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT'>>()
+expectTrue<Equal<InstanceType<typeof errors.FST_DB_SESSION_SERIALIZATION_FAILURE>['statusCode'], 409>>()
+// @ts-expect-error an acquire timeout's code is never another code
+if (new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code === 'FST_DB_SESSION_CLOSING') throw new Error('unreachable')
+// @ts-expect-error codes are the plugin's own
+if (new errors.FST_DB_SESSION_DEADLOCK().code === 'FST_DB_SESSION_DEADLOCKED') throw new Error('unreachable')
+const invalidOption: TypeError = new errors.FST_DB_SESSION_INVALID_OPTION('x')
+expectTrue<Equal<InstanceType<typeof errors.FST_DB_SESSION_INVALID_OPTION> extends TypeError & FastifyError ? true : false, true>>()
+function statusOf (err: DbSessionError): 409 | 503 | 'other' {
+  if (err.code === 'FST_DB_SESSION_ACQUIRE_TIMEOUT') {
+    expectTrue<Equal<typeof err, InstanceType<typeof errors.FST_DB_SESSION_ACQUIRE_TIMEOUT>>>()
+    return err.statusCode
+  }
+  if (err.code === 'FST_DB_SESSION_DEADLOCK') return err.statusCode
+  return 'other'
+}
+function fromHandler (err: FastifyError): string {
+  if (err instanceof errors.FST_DB_SESSION_STATEMENT_TIMEOUT) {
+    expectTrue<Equal<typeof err.code, 'FST_DB_SESSION_STATEMENT_TIMEOUT'>>()
+  }
+  return err.code
+}
+// The declared classes are the runtime's: same codes, each with the same code and status.
+type Runtime = typeof runtimeErrors
+type Declared = typeof errors
+type CodeAndStatus<E extends Record<string, new (...args: any[]) => { code: string, statusCode?: number }>> = {
+  [K in keyof E]: [InstanceType<E[K]>['code'], InstanceType<E[K]>['statusCode']]
+}
+expectTrue<Equal<CodeAndStatus<Runtime>, CodeAndStatus<Declared>>>()
 // @ts-expect-error there is no such error
 const noSuchError = errors.FST_DB_SESSION_NOPE
 
 function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
-export { badBreaker, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+export { badBreaker, misspeltRouteConfig, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }

@@ -1,0 +1,328 @@
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyErrorConstructor } from '@fastify/error'
+// kysely is an ES module only: a CommonJS declaration file names its types with resolution-mode 'import'.
+import type { AccessMode, IsolationLevel, Kysely, KyselyPlugin, Transaction } from 'kysely' with { 'resolution-mode': 'import' }
+import type { Pool, PoolConfig } from 'pg'
+
+// The package's types, in the form official Fastify plugins use (`export =` a function merged
+// with a namespace): CommonJS users load this file directly, and index.d.ts re-exports it for ES
+// modules, so both see one set of declarations and one DbSessionRegister to augment.
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    db: fastifyDbSession.FastifyDbSession
+  }
+  interface FastifyRequest {
+    /** The request's transaction, opened on its first query. */
+    readonly db: Transaction<fastifyDbSession.RegisteredDatabase>
+  }
+  interface FastifyContextConfig {
+    db?: fastifyDbSession.DbRouteConfig
+  }
+}
+
+type FastifyDbSessionPlugin = FastifyPluginAsync<fastifyDbSession.FastifyDbSessionOptions>
+
+declare namespace fastifyDbSession {
+  /**
+   * Augment this interface to type `request.db` and `fastify.db` with your database:
+   *
+   * ```ts
+   * declare module 'fastify-db-session' {
+   *   interface DbSessionRegister { database: Database }
+   * }
+   * ```
+   */
+  export interface DbSessionRegister {}
+
+  /** The database interface registered through {@link DbSessionRegister}, or `any`. */
+  export type RegisteredDatabase = DbSessionRegister extends { database: infer DB } ? DB : any
+
+  /** Transaction settings used for a request's transaction. */
+  export interface DbTransactionSettings {
+    /** Sent with BEGIN; when unset, the server's `default_transaction_isolation` (read committed unless changed). */
+    isolationLevel?: Exclude<IsolationLevel, 'snapshot'>
+    /** `'read write'` or `'read only'`, sent with BEGIN; when unset, the server's `default_transaction_read_only`. */
+    accessMode?: AccessMode
+    /**
+     * `SET LOCAL statement_timeout` for the transaction: a query running longer is canceled and
+     * fails with `FST_DB_SESSION_STATEMENT_TIMEOUT` (503). 0 turns it off; unset keeps the server's.
+     */
+    statementTimeoutMillis?: number
+    /**
+     * `SET LOCAL idle_in_transaction_session_timeout`: PostgreSQL ends the connection of a
+     * transaction left idle this long (the request then fails and rolls back). 0 turns it off; unset keeps the server's.
+     */
+    idleInTransactionTimeoutMillis?: number
+  }
+
+  /** A context value; `null` and `undefined` set the empty string. */
+  export type DbContextValue = string | number | boolean | bigint | null | undefined
+
+  /** Options of `fastify.db.transaction()`. */
+  export interface DbTransactionOptions extends DbTransactionSettings {
+    /** Transaction-local settings for this unit of work, e.g. `{ 'app.tenant_id': '42' }`. */
+    context?: Record<string, DbContextValue>
+  }
+
+  /**
+   * `config.db` of a route: `false` gives the route no `request.db`; settings override the plugin's.
+   * Checked when the route is declared: a bad value or an unknown key fails with `FST_DB_SESSION_INVALID_OPTION`.
+   *
+   * ```ts
+   * app.get('/report', { config: { db: { isolationLevel: 'repeatable read', accessMode: 'read only' } } }, handler)
+   * ```
+   */
+  export type DbRouteConfig = false | DbTransactionSettings
+
+  /**
+   * The plugin's options: `connectionString`, a `pg.PoolConfig` or an existing `pg.Pool`, with the
+   * options every registration takes. What cannot work together does not compile: no connection
+   * at all, a `connectionString` beside a `pg.Pool` or beside the config's own, sizing options for a `pg.Pool`.
+   *
+   * ```ts
+   * await app.register(dbSession, { connectionString: 'postgres://app@localhost/app', maxConnections: 20 })
+   * await app.register(dbSession, { pool: { host: 'db', database: 'app', max: 20 } })
+   * await app.register(dbSession, { pool: existingPool, acquireTimeoutMillis: 2000 })
+   * ```
+   */
+  export type FastifyDbSessionOptions = DbSessionConnectionStringOptions | DbSessionPoolConfigOptions | DbSessionExistingPoolOptions
+
+  /** A pool the plugin creates and owns, from a connection string. */
+  export interface DbSessionConnectionStringOptions extends DbSessionCommonOptions, DbSessionOwnedPoolOptions {
+    /** A PostgreSQL connection string; the plugin creates and owns the pool. */
+    connectionString: string
+    /** More `pg.PoolConfig` settings for that pool (`ssl`, `application_name`, ...), without a connection string of their own. */
+    pool?: PoolConfig & { connectionString?: never }
+  }
+
+  /** A pool the plugin creates and owns, from a `pg.PoolConfig` (its fields are checked at register time). */
+  export interface DbSessionPoolConfigOptions extends DbSessionCommonOptions, DbSessionOwnedPoolOptions {
+    connectionString?: never
+    /** A `pg.PoolConfig` for a pool the plugin creates and owns. */
+    pool: PoolConfig
+  }
+
+  /** An existing pool: yours to size and to end. */
+  export interface DbSessionExistingPoolOptions extends DbSessionCommonOptions {
+    connectionString?: never
+    /**
+     * An existing `pg.Pool` (never ended by the plugin; pg-pool's `connect(callback)` and pg's
+     * JavaScript client, not `pg.native`). Size it on the pool itself.
+     */
+    pool: Pool
+    maxConnections?: never
+    idleTimeoutMillis?: never
+    maxLifetimeSeconds?: never
+  }
+
+  /** Sizing of a pool the plugin creates and owns; each may instead be set as its pg name in a `pg.PoolConfig`, never both. */
+  export interface DbSessionOwnedPoolOptions {
+    /** Most connections the owned pool opens (pg's `max`). Default 10. */
+    maxConnections?: number
+    /** How long an idle connection stays open in the owned pool. Default 10000 ms; 0 keeps it. */
+    idleTimeoutMillis?: number
+    /** Connections older than this are closed once released. Default 1800 s; 0 means no limit. */
+    maxLifetimeSeconds?: number
+  }
+
+  /** The options every registration takes, however it gets its connections. */
+  export interface DbSessionCommonOptions extends DbTransactionSettings {
+    /**
+     * How long a query waits for a connection before it fails with
+     * `FST_DB_SESSION_ACQUIRE_TIMEOUT` (503). Default 5000 ms.
+     */
+    acquireTimeoutMillis?: number
+    /** How long `fastify.close()` waits for open transactions to roll back before destroying their connections. Default 5000 ms. */
+    closeTimeoutMillis?: number
+    /** Decides, synchronously, whether a request's transaction commits. Default: `reply.statusCode < 400`. */
+    commitWhen?: (request: FastifyRequest, reply: FastifyReply) => boolean
+    /** Kysely plugins applied to `request.db` and `fastify.db.kysely`. */
+    plugins?: KyselyPlugin[]
+    /**
+     * Per-request database context: setting names (`namespace.name`) to functions of the request.
+     * Each request's transaction starts with `set_config(name, value, true)` for every name, sent
+     * with BEGIN and the first query in one round trip, so row-level security policies can read them with
+     * `current_setting(name, true)` and nothing survives into the next request on the connection.
+     *
+     * ```ts
+     * context: { 'app.tenant_id': (request) => request.user?.tenantId }
+     * ```
+     */
+    context?: Record<string, (request: FastifyRequest) => DbContextValue>
+    /** The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`. */
+    name?: string
+    /** Serves `metrics()` on this GET path, e.g. `'/metrics'`. Default (or `false`): no route. */
+    metricsRoute?: string | false
+    /**
+     * Logs a warning (once, with route, request id, age and where the first query was issued) for a
+     * transaction that holds its connection longer than this, and counts it in `leaks`. Default 0 (off).
+     */
+    leakDetectionMillis?: number
+    /**
+     * Rolls back a transaction that holds its connection this long: its running statement is
+     * canceled (with the connection's own cancel key) and the connection destroyed; the request fails
+     * with `FST_DB_SESSION_HOLD_TIMEOUT`. Default 0 (off).
+     */
+    leakTimeoutMillis?: number
+    /**
+     * Fails acquires at once with `FST_DB_SESSION_DATABASE_UNAVAILABLE` (503) after
+     * `failureThreshold` connection failures in a row, for `coolDownMillis`, then lets one probe
+     * through. `true` uses `{ failureThreshold: 5, coolDownMillis: 5000 }`. Default `false`.
+     */
+    circuitBreaker?: boolean | { failureThreshold?: number, coolDownMillis?: number }
+    /**
+     * Connects once at register time, retrying `retries` times with a delay that starts at
+     * `delayMillis` and doubles; registration then fails with `FST_DB_SESSION_STARTUP_FAILED`.
+     * Default `true`: `{ retries: 4, delayMillis: 250 }`. `false` skips the check.
+     */
+    startupCheck?: boolean | { retries?: number, delayMillis?: number }
+  }
+
+  /** A histogram of durations in seconds, with cumulative buckets as Prometheus defines them. */
+  export interface DbHistogram {
+    /** Observations made. */
+    count: number
+    /** Their sum, in seconds. */
+    sum: number
+    /** How many observations were at most `le` seconds; the `+Inf` bucket is `count`. */
+    buckets: Array<{ le: number, count: number }>
+  }
+
+  /** Pool gauges, lifetime counters and histograms. */
+  export interface DbPoolStats {
+    /** Connections open (idle + active). */
+    total: number
+    /** Connections open and not checked out. */
+    idle: number
+    /** Connections checked out. */
+    active: number
+    /** Callers waiting for a connection. */
+    waiting: number
+    /** The pool's size limit. */
+    max: number
+    /** Connections checked out since start. */
+    acquires: number
+    /** Transactions committed. */
+    commits: number
+    /** Transactions rolled back. */
+    rollbacks: number
+    /** COMMITs that failed (the transaction was rolled back). */
+    commitFailures: number
+    /** Acquires that gave up after `acquireTimeoutMillis`. */
+    acquireTimeouts: number
+    /** Connections destroyed instead of returned because their state was in doubt. */
+    destroyed: number
+    /** Transactions held past `leakDetectionMillis`/`leakTimeoutMillis`, and connections still checked out when `fastify.close()` had to destroy them. */
+    leaks: number
+    /** Transactions rolled back because the client went away or the socket timed out. */
+    aborts: number
+    /** Errors reported by idle pooled connections (the pool dropped them). */
+    idleErrors: number
+    /** Connections the pool opened. */
+    connectionsCreated: number
+    /** Connections the pool closed (idle timeout, lifetime, destroyed, errors). */
+    connectionsRemoved: number
+    /** True while the circuit breaker fails acquires fast. */
+    circuitOpen: boolean
+    /** Acquires refused at once by the open circuit breaker. */
+    circuitRejections: number
+    /** Time from asking for a connection to having it (successful acquires). */
+    acquireWaitSeconds: DbHistogram
+    /** Time each connection stayed checked out. */
+    holdSeconds: DbHistogram
+  }
+
+  /** The `fastify.db` decorator. */
+  export interface FastifyDbSession<DB = RegisteredDatabase> {
+    /** A `Kysely` for work outside requests (jobs, scripts, migrations). */
+    readonly kysely: Kysely<DB>
+    /** The `pg.Pool` in use. */
+    readonly pool: Pool
+    /**
+     * Runs `fn` in a transaction with the same guarantees as `request.db`: commit when `fn`
+     * resolves, rollback when it throws, the connection always returned.
+     */
+    transaction<T>(fn: (trx: Transaction<DB>) => Promise<T>, options?: DbTransactionOptions): Promise<T>
+    /** The `name` option: the `pool` label of the metrics. */
+    readonly name: string
+    /** Pool gauges, counters and histograms. */
+    stats(): DbPoolStats
+    /** `stats()` in Prometheus' text exposition format (0.0.4), labelled with `pool`. */
+    metrics(): string
+    /**
+     * Runs `SELECT 1` on a pooled connection; resolves to the round trip in milliseconds, or
+     * rejects with `FST_DB_SESSION_PING_FAILED` (503) after `timeoutMillis` (default 2000).
+     */
+    ping(options?: { timeoutMillis?: number }): Promise<number>
+  }
+
+  /** Several registrations' metrics in one exposition, for one scrape endpoint; their names must differ. */
+  export function combineMetrics (...dbs: Array<Pick<FastifyDbSession<any>, 'name' | 'stats'>>): string
+
+  /**
+   * An error class of the plugin (built with `@fastify/error`): its instances' `code` and
+   * `statusCode` are typed as literals, so `err.code === 'FST_DB_SESSION_ACQUIRE_TIMEOUT'` and
+   * `err instanceof errors.FST_DB_SESSION_ACQUIRE_TIMEOUT` narrow.
+   */
+  export type DbSessionErrorClass<Code extends string, Status extends number, Base extends Error = Error> =
+    FastifyErrorConstructor<{ code: Code, statusCode: Status } & Base>
+
+  /**
+   * Error classes, by code: match on `err.code`. `FST_DB_SESSION_INVALID_OPTION` extends `TypeError`.
+   *
+   * ```ts
+   * app.setErrorHandler((err, request, reply) => {
+   *   if (err instanceof errors.FST_DB_SESSION_ACQUIRE_TIMEOUT) {
+   *     // err.code is 'FST_DB_SESSION_ACQUIRE_TIMEOUT', err.statusCode is 503
+   *   }
+   *   reply.send(err)
+   * })
+   * ```
+   */
+  export const errors: {
+    readonly FST_DB_SESSION_INVALID_OPTION: DbSessionErrorClass<'FST_DB_SESSION_INVALID_OPTION', 500, TypeError>
+    readonly FST_DB_SESSION_DISABLED: DbSessionErrorClass<'FST_DB_SESSION_DISABLED', 500>
+    readonly FST_DB_SESSION_TRANSACTION_FINISHED: DbSessionErrorClass<'FST_DB_SESSION_TRANSACTION_FINISHED', 500>
+    readonly FST_DB_SESSION_ACQUIRE_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_ACQUIRE_TIMEOUT', 503>
+    readonly FST_DB_SESSION_CONNECTION_FAILED: DbSessionErrorClass<'FST_DB_SESSION_CONNECTION_FAILED', 503>
+    readonly FST_DB_SESSION_CONNECTION_LOST: DbSessionErrorClass<'FST_DB_SESSION_CONNECTION_LOST', 503>
+    readonly FST_DB_SESSION_COMMIT_FAILED: DbSessionErrorClass<'FST_DB_SESSION_COMMIT_FAILED', 500>
+    readonly FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN: DbSessionErrorClass<'FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN', 500>
+    readonly FST_DB_SESSION_TRANSACTION_ABORTED: DbSessionErrorClass<'FST_DB_SESSION_TRANSACTION_ABORTED', 500>
+    readonly FST_DB_SESSION_SERIALIZATION_FAILURE: DbSessionErrorClass<'FST_DB_SESSION_SERIALIZATION_FAILURE', 409>
+    readonly FST_DB_SESSION_DEADLOCK: DbSessionErrorClass<'FST_DB_SESSION_DEADLOCK', 409>
+    readonly FST_DB_SESSION_CLOSING: DbSessionErrorClass<'FST_DB_SESSION_CLOSING', 503>
+    readonly FST_DB_SESSION_STREAM_UNSUPPORTED: DbSessionErrorClass<'FST_DB_SESSION_STREAM_UNSUPPORTED', 500>
+    readonly FST_DB_SESSION_INVALID_CONTEXT: DbSessionErrorClass<'FST_DB_SESSION_INVALID_CONTEXT', 500>
+    readonly FST_DB_SESSION_TOO_EARLY: DbSessionErrorClass<'FST_DB_SESSION_TOO_EARLY', 500>
+    readonly FST_DB_SESSION_DATABASE_UNAVAILABLE: DbSessionErrorClass<'FST_DB_SESSION_DATABASE_UNAVAILABLE', 503>
+    readonly FST_DB_SESSION_STARTUP_FAILED: DbSessionErrorClass<'FST_DB_SESSION_STARTUP_FAILED', 500>
+    readonly FST_DB_SESSION_PING_FAILED: DbSessionErrorClass<'FST_DB_SESSION_PING_FAILED', 503>
+    readonly FST_DB_SESSION_STATEMENT_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_STATEMENT_TIMEOUT', 503>
+    readonly FST_DB_SESSION_HOLD_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_HOLD_TIMEOUT', 500>
+    readonly FST_DB_SESSION_SESSION_STATE: DbSessionErrorClass<'FST_DB_SESSION_SESSION_STATE', 500>
+  }
+
+  /**
+   * Any error of the plugin: comparing `code` narrows to one class's instances.
+   *
+   * ```ts
+   * function retryable (err: DbSessionError): boolean {
+   *   return err.code === 'FST_DB_SESSION_SERIALIZATION_FAILURE' || err.code === 'FST_DB_SESSION_DEADLOCK'
+   * }
+   * ```
+   */
+  export type DbSessionError = InstanceType<(typeof errors)[keyof typeof errors]>
+
+  /** The plugin itself, as a named export (also the default export and `module.exports`). */
+  export const fastifyDbSession: FastifyDbSessionPlugin & {
+    readonly errors: typeof errors
+    readonly combineMetrics: typeof combineMetrics
+  }
+  export { fastifyDbSession as default }
+}
+
+/** The plugin: `app.register(fastifyDbSession, options)`. */
+declare function fastifyDbSession (...params: Parameters<FastifyDbSessionPlugin>): ReturnType<FastifyDbSessionPlugin>
+export = fastifyDbSession
