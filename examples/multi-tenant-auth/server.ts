@@ -1,5 +1,6 @@
 // npm start: the multi-tenant auth service. PostgreSQL is DATABASE_URL's (used as the owner for
-// migrations), or an embedded one whose data lives in ./data (git-ignored) across restarts.
+// migrations), or an embedded one whose data lives in ./data (git-ignored; DATA_DIR elsewhere)
+// across restarts.
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
@@ -9,8 +10,10 @@ import { prepareDatabase } from './setup.js'
 const DATABASE = 'multi_tenant_auth'
 
 async function embeddedOwnerUrl (): Promise<{ url: string, stop: () => Promise<void> }> {
-  const { startEmbeddedPostgres } = await import('../embedded-postgres.mjs')
-  const server = await startEmbeddedPostgres({ databaseDir: fileURLToPath(new URL('./data', import.meta.url)), persistent: true })
+  const { exitOnStartProblem, startEmbeddedPostgres } = await import('../embedded-postgres.mjs')
+  const databaseDir = process.env.DATA_DIR ?? fileURLToPath(new URL('./data', import.meta.url))
+  // A folder PostgreSQL's user cannot reach, or one another instance holds: said, and exit 1.
+  const server = await startEmbeddedPostgres({ databaseDir, persistent: true }).catch(exitOnStartProblem)
   const admin = new pg.Client({ connectionString: server.url })
   await admin.connect()
   const { rowCount } = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [DATABASE])
