@@ -12,7 +12,7 @@ t.test('the README walk-through works as written', async (t) => {
   t.ok(block, 'the README has the walk-through block')
   const db = await testDatabase(t)
   const role = 'mt_app_' + db.name
-  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${role}`))
+  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${role}, ${role}_owner`))
   const { port, output } = await startScript(t, 'examples/multi-tenant-auth/server.ts', { DATABASE_URL: db.url, APP_DB_ROLE: role })
   t.match(output, `multi-tenant-auth listening on http://127.0.0.1:${port}`)
 

@@ -4,7 +4,8 @@
 import { sql } from 'kysely'
 import type { Transaction } from 'kysely'
 import type { AppSettings } from '../app.js'
-import { hashPassword, verifyPassword } from '../passwords.js'
+import { verifyAccountPassword } from '../account-password.js'
+import { hashPassword } from '../passwords.js'
 import type { Database, Role } from '../schema.js'
 
 /**
@@ -29,15 +30,11 @@ export async function joinWithPassword (
     await db.insertInto('memberships').values({ tenant_id: member.tenantId, user_id: rows[0].id, role: member.role }).execute()
     return { userId: rows[0].id, role: member.role }
   }
-  // The membership first: row-level security shows an account only to the tenants it is a member
-  // of, so only now can this transaction read the hash it must check.
+  // The password first (the app role cannot read hashes: the database checks it), then the
+  // membership; an account that is a member already keeps its role.
+  if (!(await verifyAccountPassword(db, existing, member.password, settings.dummyPasswordHash))) return null
   await db.insertInto('memberships').values({ tenant_id: member.tenantId, user_id: existing, role: member.role })
     .onConflict((conflict) => conflict.columns(['tenant_id', 'user_id']).doNothing()).execute()
-  const account = await db.selectFrom('users')
-    .innerJoin('memberships', 'memberships.user_id', 'users.id')
-    .select(['users.password_hash', 'memberships.role'])
-    .where('users.id', '=', existing)
-    .executeTakeFirstOrThrow()
-  if (!(await verifyPassword(member.password, account.password_hash))) return null
-  return { userId: existing, role: account.role }
+  const membership = await db.selectFrom('memberships').select('role').where('user_id', '=', existing).executeTakeFirstOrThrow()
+  return { userId: existing, role: membership.role }
 }

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto'
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { verifyPassword } from '../passwords.js'
+import { verifyAccountPassword } from '../account-password.js'
 import { parseRefreshToken } from '../tokens.js'
 import { joinWithPassword } from './accounts.js'
 import { Email, Password, Problem, problem, Text, Tokens, Uuid } from './common.js'
@@ -54,11 +54,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     // Only members of this tenant are visible here (row-level security on users and memberships).
     const member = await request.db.selectFrom('users')
       .innerJoin('memberships', 'memberships.user_id', 'users.id')
-      .select(['users.id', 'users.password_hash', 'memberships.role'])
+      .select(['users.id', 'memberships.role'])
       .where('users.email', '=', request.body.email.toLowerCase())
       .executeTakeFirst()
     // An unknown email costs the same scrypt as a wrong password: no timing oracle.
-    const valid = await verifyPassword(request.body.password, member?.password_hash ?? settings.dummyPasswordHash)
+    const valid = await verifyAccountPassword(request.db, member?.id ?? null, request.body.password, settings.dummyPasswordHash)
     if (member === undefined || !valid) return problem(reply, 401, 'INVALID_CREDENTIALS', 'invalid email, password or tenant')
     return issueTokens(request.db, settings, { userId: member.id, tenantId: request.body.tenantId, role: member.role })
   })

@@ -304,7 +304,7 @@ t.test('in the database: the app role sees nothing without a tenant, only its te
     t.same((await client.query('SELECT DISTINCT tenant_id FROM memberships UNION SELECT DISTINCT tenant_id FROM refresh_tokens UNION SELECT DISTINCT tenant_id FROM invitations')).rows, [{ tenant_id: A }])
     t.same((await client.query('SELECT id FROM users ORDER BY id')).rows.map((r) => r.id), [a.owner.userId, a.admin.userId, a.member.userId].sort())
     t.same((await client.query('SELECT id FROM notes WHERE id = ANY($1::uuid[])', [b.noteIds])).rows, [], 'B\'s notes by id: none')
-    t.same((await client.query('SELECT password_hash FROM users WHERE id = $1', [b.owner.userId])).rows, [], 'B\'s owner\'s account: not visible')
+    t.same((await client.query('SELECT id, email FROM users WHERE id = $1', [b.owner.userId])).rows, [], 'B\'s owner\'s account: not visible')
 
     const rlsViolation = { code: '42501', message: /row-level security/ }
     async function refused (sql: string, values: unknown[], message: string): Promise<void> {

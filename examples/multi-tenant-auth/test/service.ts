@@ -23,7 +23,7 @@ export async function startService (t: Test, options: Partial<AppOptions> = {}):
   const db = await testDatabase(t)
   // Roles are server-wide: one per test database, dropped after it.
   const appRole = 'mt_app_' + db.name
-  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${appRole}`))
+  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${appRole}, ${appRole}_owner`))
   const appDatabaseUrl = await prepareDatabase(db.url, appRole)
   const tokenSecret = randomBytes(32)
   const app = await buildApp({ databaseUrl: appDatabaseUrl, tokenSecret, passwordCost: TEST_PASSWORD_COST, ...options })

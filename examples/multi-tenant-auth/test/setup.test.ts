@@ -14,7 +14,7 @@ import { TEST_PASSWORD_COST } from './service.js'
 async function database (t: Test): Promise<{ db: TestDatabase, appRole: string }> {
   const db = await testDatabase(t)
   const appRole = 'mt_app_' + db.name
-  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${appRole}`))
+  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${appRole}, ${appRole}_owner`))
   return { db, appRole }
 }
 
