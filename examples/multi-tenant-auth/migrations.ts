@@ -1,6 +1,6 @@
 // Schema and row-level security, applied by Kysely's Migrator as the database's owner role (not a
 // superuser: see setup.ts). The app connects as `appRole`, which owns nothing, cannot bypass RLS,
-// and gets only the grants below. Applied migrations are never edited: 005 corrects 002 and 003.
+// and gets only the grants below. Applied migrations are never edited: 006 corrects 002 and 003.
 import { sql } from 'kysely'
 import type { Transaction } from 'kysely'
 import { Migrator } from 'kysely/migration'
@@ -138,7 +138,8 @@ function migrations (appRole: string): Record<string, Migration> {
         await sql`GRANT SELECT, INSERT, UPDATE ON invitations TO ${role}`.execute(db)
       }
     },
-    '005_least_privilege': {
+    // 006, not 005: 005 is the HTTP side's (the sign-up's invitations), applied before this one.
+    '006_least_privilege': {
       async up (db) {
         // SECURITY DEFINER functions run as their owner: with a search_path of `public` alone,
         // pg_temp is searched first, and a temporary table named `users` (with a trigger) would
