@@ -1,13 +1,14 @@
 // The multi-tenant auth service: accounts, tenants, memberships and notes, isolated by
 // PostgreSQL row-level security keyed on fastify-db-session's per-request context.
 import Fastify from 'fastify'
-import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import rateLimit from '@fastify/rate-limit'
 import dbSession from 'fastify-db-session'
 import { hashPassword, PRODUCTION_COST } from './passwords.js'
 import type { PasswordCost } from './passwords.js'
-import { verifyAccessToken } from './tokens.js'
+import { answerError, formatSchemaErrors } from './http-errors.js'
+import { UUID, verifyAccessToken } from './tokens.js'
 import type { AccessClaims } from './tokens.js'
 import authRoutes from './routes/auth.js'
 import invitationRoutes from './routes/invitations.js'
@@ -31,7 +32,8 @@ export interface AppOptions {
   /** How long an invitation's token can be accepted. */
   invitationDays?: number
   maxConnections?: number
-  logger?: boolean
+  /** Fastify's `logger` option. */
+  logger?: FastifyServerOptions['logger']
 }
 
 export interface AppSettings {
@@ -67,16 +69,6 @@ declare module 'fastify' {
 
 export type App = FastifyInstance<any, any, any, any, TypeBoxTypeProvider>
 
-/** Ajv's messages, naming the unknown property that "must NOT have additional properties" leaves out. */
-function formatSchemaErrors (errors: FastifySchemaValidationError[], dataVar: string): Error {
-  const message = errors.map((error) => {
-    const path = dataVar + error.instancePath
-    const extra = (error.params as { additionalProperty?: string }).additionalProperty
-    return extra === undefined ? `${path} ${error.message}` : `${path} must NOT have additional property '${extra}'`
-  }).join(', ')
-  return new Error(message)
-}
-
 export async function buildApp (options: AppOptions): Promise<App> {
   if (options.tokenSecret.length < 32) throw new Error('tokenSecret must be at least 32 bytes')
   const app = Fastify({
@@ -85,9 +77,11 @@ export async function buildApp (options: AppOptions): Promise<App> {
     bodyLimit: 64 * 1024,
     // Refuse what the schemas do not allow, instead of Fastify's defaults of silently dropping
     // unknown properties and coercing types ({"title": 42} is not a title).
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+    // Ids have one spelling, the one the service issues (see Uuid in routes/common.ts).
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, formats: { 'lowercase-uuid': UUID } } },
     schemaErrorFormatter: formatSchemaErrors
   }).withTypeProvider<TypeBoxTypeProvider>()
+  app.setErrorHandler(answerError)
   const passwordCost = options.passwordCost ?? PRODUCTION_COST
   app.decorate('settings', {
     tokenSecret: options.tokenSecret,
@@ -127,8 +121,9 @@ export async function buildApp (options: AppOptions): Promise<App> {
   app.decorateRequest('dbContext', null)
   app.decorateRequest('commitDespiteError', false)
   app.decorate('authenticate', async function (request: FastifyRequest, reply: FastifyReply) {
-    const header = request.headers.authorization
-    const claims = header?.startsWith('Bearer ') === true ? verifyAccessToken(options.tokenSecret, header.slice(7)) : null
+    // The scheme is case-insensitive, followed by one or more spaces (RFC 9110, 11.4 and 11.6.2).
+    const bearer = /^Bearer +(\S+)$/i.exec(request.headers.authorization ?? '')
+    const claims = bearer === null ? null : verifyAccessToken(options.tokenSecret, bearer[1])
     if (claims === null) {
       return reply.code(401).header('www-authenticate', 'Bearer').send({ code: 'UNAUTHORIZED', message: 'a valid access token is required' })
     }

@@ -12,7 +12,8 @@ export interface AccessClaims {
   exp: number
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+/** A UUID as the service issues them: lower case, hyphenated, nothing around it. */
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const ROLES = new Set(['owner', 'admin', 'member'])
 
 function sign (secret: Buffer, payload: string): Buffer {
@@ -28,8 +29,10 @@ export function signAccessToken (secret: Buffer, claims: Omit<AccessClaims, 'exp
 export function verifyAccessToken (secret: Buffer, token: string): AccessClaims | null {
   const [version, payload, signature, extra] = token.split('.')
   if (version !== 'v1' || payload === undefined || signature === undefined || extra !== undefined) return null
-  const given = Buffer.from(signature, 'base64url')
-  const expected = sign(secret, payload)
+  // The text is compared, not the bytes it decodes to: a decoder forgives extra '=', the other
+  // base64 alphabet and changed padding bits, and a token must have one spelling only.
+  const given = Buffer.from(signature)
+  const expected = Buffer.from(sign(secret, payload).toString('base64url'))
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null
   let claims: AccessClaims
   try {

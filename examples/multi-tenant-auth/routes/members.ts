@@ -29,7 +29,7 @@ const memberRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       body: Type.Object({
         email: Email,
-        role: Type.Union([Type.Literal('admin'), Type.Literal('member')])
+        role: Type.Unsafe<'admin' | 'member'>(Type.String({ enum: ['admin', 'member'] }))
       }, { additionalProperties: false }),
       response: { 201: Invitation, 403: Problem, 409: Problem }
     }

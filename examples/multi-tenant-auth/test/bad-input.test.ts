@@ -538,7 +538,6 @@ t.test('bad, expired and tampered access tokens', async (t) => {
     ['the token without a scheme', owner.accessToken],
     ['the Basic scheme', `Basic ${Buffer.from(`${owner.email}:${owner.password}`).toString('base64')}`],
     ['a Token scheme', `Token ${owner.accessToken}`],
-    ['two spaces after Bearer', `Bearer  ${owner.accessToken}`],
     ['garbage', 'Bearer garbage'],
     ['empty parts', 'Bearer v1..'],
     ['a long garbage token', `Bearer ${'x'.repeat(4000)}`],
