@@ -10,6 +10,8 @@ import type { PasswordCost } from './passwords.js'
 import { answerError, formatSchemaErrors } from './http-errors.js'
 import { UUID, verifyAccessToken } from './tokens.js'
 import type { AccessClaims } from './tokens.js'
+import type { Mailer } from './mailer.js'
+import type { Role } from './schema.js'
 import authRoutes from './routes/auth.js'
 import invitationRoutes from './routes/invitations.js'
 import memberRoutes from './routes/members.js'
@@ -21,12 +23,19 @@ export interface AppOptions {
   databaseUrl: string
   /** Secret for signing access tokens: 32 random bytes or more. */
   tokenSecret: Buffer
+  /** Sends sign-up confirmations and invitations (mailer.ts: the example's writes to a folder). */
+  mailer: Mailer
   passwordCost?: PasswordCost
   accessTokenSeconds?: number
   refreshTokenDays?: number
   /** Login attempts per email and address in `loginWindowMillis`. */
   loginAttempts?: number
-  /** Sign-ups (POST /tenants) and invitation acceptances, each per address in `loginWindowMillis`: both check a password. */
+  /** Login attempts per address, whatever the email, in `loginWindowMillis`: each costs a password hash. */
+  loginAttemptsPerAddress?: number
+  /**
+   * Sign-ups (POST /tenants: each sends a mail) and invitation acceptances (each costs a password
+   * hash), each per address in `loginWindowMillis`.
+   */
   signupAttempts?: number
   loginWindowMillis?: number
   /** How long an invitation's token can be accepted. */
@@ -42,6 +51,7 @@ export interface AppSettings {
   accessTokenSeconds: number
   refreshTokenDays: number
   loginAttempts: number
+  loginAttemptsPerAddress: number
   signupAttempts: number
   loginWindowMillis: number
   invitationDays: number
@@ -51,8 +61,8 @@ export interface AppSettings {
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** Who is asking, once authenticate ran. */
-    auth: AccessClaims | null
+    /** Who is asking, once authenticate ran: the token's claims, and the role read from the database. */
+    auth: (AccessClaims & { role: Role }) | null
     /** What the database context functions read: set by authenticate, or by a handler before its first query. */
     dbContext: { tenantId?: string, userId?: string } | null
     /**
@@ -63,6 +73,7 @@ declare module 'fastify' {
   }
   interface FastifyInstance {
     settings: AppSettings
+    mailer: Mailer
     authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   }
 }
@@ -89,11 +100,13 @@ export async function buildApp (options: AppOptions): Promise<App> {
     accessTokenSeconds: options.accessTokenSeconds ?? 900,
     refreshTokenDays: options.refreshTokenDays ?? 30,
     loginAttempts: options.loginAttempts ?? 10,
+    loginAttemptsPerAddress: options.loginAttemptsPerAddress ?? 30,
     signupAttempts: options.signupAttempts ?? 10,
     loginWindowMillis: options.loginWindowMillis ?? 60_000,
     invitationDays: options.invitationDays ?? 7,
     dummyPasswordHash: await hashPassword('not a real password', passwordCost)
   })
+  app.decorate('mailer', options.mailer)
 
   await app.register(dbSession, {
     connectionString: options.databaseUrl,
@@ -127,8 +140,24 @@ export async function buildApp (options: AppOptions): Promise<App> {
     if (claims === null) {
       return reply.code(401).header('www-authenticate', 'Bearer').send({ code: 'UNAUTHORIZED', message: 'a valid access token is required' })
     }
-    request.auth = claims
     request.dbContext = { tenantId: claims.tid, userId: claims.sub }
+    // The session is still open (not logged out, not revoked by a reused refresh token) and the
+    // user still a member: one indexed query, the first of this request's transaction (its BEGIN
+    // rides along), so a logout or a removal takes effect at the next request, and the role is
+    // the one the database holds now, not the one at login.
+    const member = await request.db.selectFrom('memberships')
+      .select('role')
+      .where('user_id', '=', claims.sub)
+      .where((eb) => eb.exists(eb.selectFrom('refresh_tokens').select('family_id')
+        .where('family_id', '=', claims.sid)
+        .where('user_id', '=', claims.sub)
+        .where('revoked_at', 'is', null)
+        .where('expires_at', '>', new Date())))
+      .executeTakeFirst()
+    if (member === undefined) {
+      return reply.code(401).header('www-authenticate', 'Bearer').send({ code: 'SESSION_ENDED', message: 'this session has ended (logged out, revoked, or no longer a member); log in again' })
+    }
+    request.auth = { ...claims, role: member.role }
   })
 
   await app.register(authRoutes)

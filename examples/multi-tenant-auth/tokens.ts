@@ -1,20 +1,22 @@
 // Short-lived access tokens (HMAC-signed claims) and opaque refresh tokens (stored hashed).
 import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
-import type { Role } from './schema.js'
 
 export interface AccessClaims {
   /** user id */
   sub: string
   /** tenant id */
   tid: string
-  role: Role
+  /**
+   * session id: the refresh-token family the token was issued with. Each request checks that the
+   * session is still open (app.ts, authenticate), so logout ends its access tokens at once.
+   */
+  sid: string
   /** expiry, seconds since the epoch */
   exp: number
 }
 
 /** A UUID as the service issues them: lower case, hyphenated, nothing around it. */
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
-const ROLES = new Set(['owner', 'admin', 'member'])
 
 function sign (secret: Buffer, payload: string): Buffer {
   return createHmac('sha256', secret).update('v1.' + payload).digest()
@@ -43,7 +45,7 @@ export function verifyAccessToken (secret: Buffer, token: string): AccessClaims 
   const valid = typeof claims === 'object' && claims !== null &&
     typeof claims.sub === 'string' && UUID.test(claims.sub) &&
     typeof claims.tid === 'string' && UUID.test(claims.tid) &&
-    ROLES.has(claims.role) && Number.isInteger(claims.exp)
+    typeof claims.sid === 'string' && UUID.test(claims.sid) && Number.isInteger(claims.exp)
   return valid && claims.exp > Date.now() / 1000 ? claims : null
 }
 
