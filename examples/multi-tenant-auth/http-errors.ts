@@ -26,18 +26,20 @@ function describe (error: FastifySchemaValidationError): string {
 /** The service's error handler. */
 export function answerError (error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   const status = error.statusCode ?? 500
+  if ((status === 409 || status === 503) && error.code !== undefined) {
+    // fastify-db-session's conflicts (retry the request) and unavailability (retry later), and
+    // Fastify's own 503s, keep their code; their messages can carry PostgreSQL's text, so a
+    // generic one replaces them.
+    request.log.warn({ err: error }, 'request failed')
+    const message = status === 409 ? 'the request conflicted with a concurrent one and changed nothing; retry it' : 'the service is busy or its database unavailable; retry later'
+    return reply.code(status).send({ statusCode: status, code: error.code, error: STATUS_CODES[status], message, requestId: request.id })
+  }
   if (status >= 400 && status < 500) {
     // Bad input, a body too large, a rate limit: the message is about the request, and says how to fix it.
     if (status !== 429) request.log.info({ err: error }, 'request refused')
     return reply.code(status).send({ statusCode: status, code: error.code, error: STATUS_CODES[status], message: error.message })
   }
   request.log.error({ err: error }, 'request failed')
-  if ((status === 409 || status === 503) && error.code !== undefined) {
-    // fastify-db-session's conflicts (retry the request) and unavailability (retry later) keep
-    // their code; their messages can carry PostgreSQL's text, so a generic one replaces them.
-    const message = status === 409 ? 'the request conflicted with a concurrent one and changed nothing; retry it' : 'the service is busy or its database unavailable; retry later'
-    return reply.code(status).send({ statusCode: status, code: error.code, error: STATUS_CODES[status], message, requestId: request.id })
-  }
   return reply.code(500).send({
     statusCode: 500,
     code: 'INTERNAL_ERROR',

@@ -3,6 +3,7 @@
 // field's validation message is said once.
 import t from 'tap'
 import { sql } from 'kysely'
+import { errors } from 'fastify-db-session'
 import { capturedLogs } from '../../../test/helpers/util.js'
 import { bearer, signUp, startService } from './service.js'
 
@@ -46,6 +47,18 @@ t.test('an unexpected error answers a code and a generic message; the detail is 
 
   const invalid = await app.inject({ method: 'POST', url: '/notes', headers: bearer(owner), payload: { titel: 'typo' } })
   t.same([invalid.statusCode, invalid.json().message], [400, "body must have required property 'title'"], '4xx messages stay as useful as they were')
+})
+
+t.test('the plugin\'s coded 409 and 503 keep their code, with a message that says what to do and no database text', async (t) => {
+  const { app } = await startService(t)
+  const cause = new Error('could not serialize access due to read/write dependencies among transactions (secret detail)')
+  app.get('/conflict', async () => { throw new errors.FST_DB_SESSION_SERIALIZATION_FAILURE({ cause }) })
+  app.get('/busy', async () => { throw new errors.FST_DB_SESSION_CONNECTION_LOST('terminating connection due to administrator command (secret detail)') })
+  const conflict = await app.inject({ method: 'GET', url: '/conflict' })
+  t.match(conflict.json(), { statusCode: 409, code: 'FST_DB_SESSION_SERIALIZATION_FAILURE', message: /retry/, requestId: String })
+  const busy = await app.inject({ method: 'GET', url: '/busy' })
+  t.match(busy.json(), { statusCode: 503, code: 'FST_DB_SESSION_CONNECTION_LOST', message: /retry later/, requestId: String })
+  t.notMatch(conflict.body + busy.body, /secret detail/, 'no database text')
 })
 
 t.test('one message per field, naming what is allowed', async (t) => {
