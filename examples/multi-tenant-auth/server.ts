@@ -29,7 +29,11 @@ const databaseUrl = await prepareDatabase(ownerUrl, process.env.APP_DB_ROLE ?? '
 const tokenSecret = process.env.TOKEN_SECRET ? Buffer.from(process.env.TOKEN_SECRET, 'base64url') : randomBytes(32)
 // Mail is written to a folder (see mailer.ts): ./data/outbox unless MAIL_OUTBOX names another.
 const outbox = process.env.MAIL_OUTBOX ?? fileURLToPath(new URL('./data/outbox', import.meta.url))
-const app = await buildApp({ databaseUrl, tokenSecret, mailer: outboxMailer(outbox), logger: process.env.LOG === '1' })
+// The window of the login, sign-up and acceptance limits: 60 s unless RATE_LIMIT_WINDOW_SECONDS says.
+const window = process.env.RATE_LIMIT_WINDOW_SECONDS
+if (window !== undefined && !/^[1-9]\d*$/.test(window)) throw new Error(`RATE_LIMIT_WINDOW_SECONDS: expected a whole number of seconds, got '${window}'`)
+const loginWindowMillis = window === undefined ? undefined : Number(window) * 1000
+const app = await buildApp({ databaseUrl, tokenSecret, mailer: outboxMailer(outbox), loginWindowMillis, logger: process.env.LOG === '1' })
 const address = await app.listen({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 3000) })
 console.log(`multi-tenant-auth listening on ${address}`)
 
