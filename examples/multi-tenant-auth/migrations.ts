@@ -138,6 +138,18 @@ function migrations (appRole: string): Record<string, Migration> {
         await sql`GRANT SELECT, INSERT, UPDATE ON invitations TO ${role}`.execute(db)
       }
     },
+    '005_signup_invitations': {
+      async up (db) {
+        // Proof of the email before any account: POST /tenants makes the tenant and mails its
+        // owner an invitation (made by nobody), which POST /invitations/accept turns into the
+        // account and the membership, like any other invitation.
+        await sql`
+          ALTER TABLE invitations DROP CONSTRAINT invitations_role_check,
+            ADD CONSTRAINT invitations_role_check CHECK (role IN ('owner', 'admin', 'member')),
+            ALTER COLUMN created_by DROP NOT NULL;
+        `.execute(db)
+      }
+    },
     // 006, not 005: 005 is the HTTP side's (the sign-up's invitations), applied before this one.
     '006_least_privilege': {
       async up (db) {

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { buildApp } from './app.js'
+import { outboxMailer } from './mailer.js'
 import { prepareDatabase } from './setup.js'
 
 const DATABASE = 'multi_tenant_auth'
@@ -29,7 +30,13 @@ const ownerUrl = process.env.DATABASE_URL ?? embedded!.url
 const databaseUrl = await prepareDatabase(ownerUrl, process.env.APP_DB_ROLE ?? 'mt_app')
 // Access tokens last minutes; refresh tokens live in the database and survive a restart.
 const tokenSecret = process.env.TOKEN_SECRET ? Buffer.from(process.env.TOKEN_SECRET, 'base64url') : randomBytes(32)
-const app = await buildApp({ databaseUrl, tokenSecret, logger: process.env.LOG === '1' })
+// Mail is written to a folder (see mailer.ts): ./data/outbox unless MAIL_OUTBOX names another.
+const outbox = process.env.MAIL_OUTBOX ?? fileURLToPath(new URL('./data/outbox', import.meta.url))
+// The window of the login, sign-up and acceptance limits: 60 s unless RATE_LIMIT_WINDOW_SECONDS says.
+const window = process.env.RATE_LIMIT_WINDOW_SECONDS
+if (window !== undefined && !/^[1-9]\d*$/.test(window)) throw new Error(`RATE_LIMIT_WINDOW_SECONDS: expected a whole number of seconds, got '${window}'`)
+const loginWindowMillis = window === undefined ? undefined : Number(window) * 1000
+const app = await buildApp({ databaseUrl, tokenSecret, mailer: outboxMailer(outbox), loginWindowMillis, logger: process.env.LOG === '1' })
 const address = await app.listen({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 3000) })
 console.log(`multi-tenant-auth listening on ${address}`)
 
