@@ -1,11 +1,11 @@
 // The test command's last step: a real PostgreSQL for the run (embedded, unless DATABASE_URL is
 // set), then tap with DATABASE_URL pointing at it, then the server stopped whatever happened.
 import { spawn } from 'node:child_process'
-import { startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
+import { exitOnStartProblem, startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
 
 let server = null
 if (!process.env.DATABASE_URL) {
-  server = await startEmbeddedPostgres()
+  server = await startEmbeddedPostgres().catch(exitOnStartProblem)
   process.env.DATABASE_URL = server.url
   console.log(`test: embedded PostgreSQL on 127.0.0.1:${server.port}`)
 }

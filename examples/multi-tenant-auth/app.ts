@@ -1,14 +1,17 @@
 // The multi-tenant auth service: accounts, tenants, memberships and notes, isolated by
 // PostgreSQL row-level security keyed on fastify-db-session's per-request context.
 import Fastify from 'fastify'
-import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import rateLimit from '@fastify/rate-limit'
 import dbSession from 'fastify-db-session'
 import { hashPassword, PRODUCTION_COST } from './passwords.js'
 import type { PasswordCost } from './passwords.js'
-import { verifyAccessToken } from './tokens.js'
+import { answerError, formatSchemaErrors } from './http-errors.js'
+import { UUID, verifyAccessToken } from './tokens.js'
 import type { AccessClaims } from './tokens.js'
+import type { Mailer } from './mailer.js'
+import type { Role } from './schema.js'
 import authRoutes from './routes/auth.js'
 import invitationRoutes from './routes/invitations.js'
 import memberRoutes from './routes/members.js'
@@ -20,18 +23,26 @@ export interface AppOptions {
   databaseUrl: string
   /** Secret for signing access tokens: 32 random bytes or more. */
   tokenSecret: Buffer
+  /** Sends sign-up confirmations and invitations (mailer.ts: the example's writes to a folder). */
+  mailer: Mailer
   passwordCost?: PasswordCost
   accessTokenSeconds?: number
   refreshTokenDays?: number
   /** Login attempts per email and address in `loginWindowMillis`. */
   loginAttempts?: number
-  /** Sign-ups (POST /tenants) and invitation acceptances, each per address in `loginWindowMillis`: both check a password. */
+  /** Login attempts per address, whatever the email, in `loginWindowMillis`: each costs a password hash. */
+  loginAttemptsPerAddress?: number
+  /**
+   * Sign-ups (POST /tenants: each sends a mail) and invitation acceptances (each costs a password
+   * hash), each per address in `loginWindowMillis`.
+   */
   signupAttempts?: number
   loginWindowMillis?: number
   /** How long an invitation's token can be accepted. */
   invitationDays?: number
   maxConnections?: number
-  logger?: boolean
+  /** Fastify's `logger` option. */
+  logger?: FastifyServerOptions['logger']
 }
 
 export interface AppSettings {
@@ -40,6 +51,7 @@ export interface AppSettings {
   accessTokenSeconds: number
   refreshTokenDays: number
   loginAttempts: number
+  loginAttemptsPerAddress: number
   signupAttempts: number
   loginWindowMillis: number
   invitationDays: number
@@ -49,8 +61,8 @@ export interface AppSettings {
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** Who is asking, once authenticate ran. */
-    auth: AccessClaims | null
+    /** Who is asking, once authenticate ran: the token's claims, and the role read from the database. */
+    auth: (AccessClaims & { role: Role }) | null
     /** What the database context functions read: set by authenticate, or by a handler before its first query. */
     dbContext: { tenantId?: string, userId?: string } | null
     /**
@@ -61,21 +73,12 @@ declare module 'fastify' {
   }
   interface FastifyInstance {
     settings: AppSettings
+    mailer: Mailer
     authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   }
 }
 
 export type App = FastifyInstance<any, any, any, any, TypeBoxTypeProvider>
-
-/** Ajv's messages, naming the unknown property that "must NOT have additional properties" leaves out. */
-function formatSchemaErrors (errors: FastifySchemaValidationError[], dataVar: string): Error {
-  const message = errors.map((error) => {
-    const path = dataVar + error.instancePath
-    const extra = (error.params as { additionalProperty?: string }).additionalProperty
-    return extra === undefined ? `${path} ${error.message}` : `${path} must NOT have additional property '${extra}'`
-  }).join(', ')
-  return new Error(message)
-}
 
 export async function buildApp (options: AppOptions): Promise<App> {
   if (options.tokenSecret.length < 32) throw new Error('tokenSecret must be at least 32 bytes')
@@ -85,9 +88,11 @@ export async function buildApp (options: AppOptions): Promise<App> {
     bodyLimit: 64 * 1024,
     // Refuse what the schemas do not allow, instead of Fastify's defaults of silently dropping
     // unknown properties and coercing types ({"title": 42} is not a title).
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+    // Ids have one spelling, the one the service issues (see Uuid in routes/common.ts).
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, formats: { 'lowercase-uuid': UUID } } },
     schemaErrorFormatter: formatSchemaErrors
   }).withTypeProvider<TypeBoxTypeProvider>()
+  app.setErrorHandler(answerError)
   const passwordCost = options.passwordCost ?? PRODUCTION_COST
   app.decorate('settings', {
     tokenSecret: options.tokenSecret,
@@ -95,11 +100,13 @@ export async function buildApp (options: AppOptions): Promise<App> {
     accessTokenSeconds: options.accessTokenSeconds ?? 900,
     refreshTokenDays: options.refreshTokenDays ?? 30,
     loginAttempts: options.loginAttempts ?? 10,
+    loginAttemptsPerAddress: options.loginAttemptsPerAddress ?? 30,
     signupAttempts: options.signupAttempts ?? 10,
     loginWindowMillis: options.loginWindowMillis ?? 60_000,
     invitationDays: options.invitationDays ?? 7,
     dummyPasswordHash: await hashPassword('not a real password', passwordCost)
   })
+  app.decorate('mailer', options.mailer)
 
   await app.register(dbSession, {
     connectionString: options.databaseUrl,
@@ -127,13 +134,30 @@ export async function buildApp (options: AppOptions): Promise<App> {
   app.decorateRequest('dbContext', null)
   app.decorateRequest('commitDespiteError', false)
   app.decorate('authenticate', async function (request: FastifyRequest, reply: FastifyReply) {
-    const header = request.headers.authorization
-    const claims = header?.startsWith('Bearer ') === true ? verifyAccessToken(options.tokenSecret, header.slice(7)) : null
+    // The scheme is case-insensitive, followed by one or more spaces (RFC 9110, 11.4 and 11.6.2).
+    const bearer = /^Bearer +(\S+)$/i.exec(request.headers.authorization ?? '')
+    const claims = bearer === null ? null : verifyAccessToken(options.tokenSecret, bearer[1])
     if (claims === null) {
       return reply.code(401).header('www-authenticate', 'Bearer').send({ code: 'UNAUTHORIZED', message: 'a valid access token is required' })
     }
-    request.auth = claims
     request.dbContext = { tenantId: claims.tid, userId: claims.sub }
+    // The session is still open (not logged out, not revoked by a reused refresh token) and the
+    // user still a member: one indexed query, the first of this request's transaction (its BEGIN
+    // rides along), so a logout or a removal takes effect at the next request, and the role is
+    // the one the database holds now, not the one at login.
+    const member = await request.db.selectFrom('memberships')
+      .select('role')
+      .where('user_id', '=', claims.sub)
+      .where((eb) => eb.exists(eb.selectFrom('refresh_tokens').select('family_id')
+        .where('family_id', '=', claims.sid)
+        .where('user_id', '=', claims.sub)
+        .where('revoked_at', 'is', null)
+        .where('expires_at', '>', new Date())))
+      .executeTakeFirst()
+    if (member === undefined) {
+      return reply.code(401).header('www-authenticate', 'Bearer').send({ code: 'SESSION_ENDED', message: 'this session has ended (logged out, revoked, or no longer a member); log in again' })
+    }
+    request.auth = { ...claims, role: member.role }
   })
 
   await app.register(authRoutes)

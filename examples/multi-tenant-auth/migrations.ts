@@ -1,5 +1,6 @@
-// Schema and row-level security, applied by Kysely's Migrator as the database owner. The app
-// connects as `appRole`, which owns nothing, cannot bypass RLS, and gets only the grants below.
+// Schema and row-level security, applied by Kysely's Migrator as the database's owner role (not a
+// superuser: see setup.ts). The app connects as `appRole`, which owns nothing, cannot bypass RLS,
+// and gets only the grants below. Applied migrations are never edited: 006 corrects 002 and 003.
 import { sql } from 'kysely'
 import type { Transaction } from 'kysely'
 import { Migrator } from 'kysely/migration'
@@ -136,17 +137,88 @@ function migrations (appRole: string): Record<string, Migration> {
         `.execute(db)
         await sql`GRANT SELECT, INSERT, UPDATE ON invitations TO ${role}`.execute(db)
       }
+    },
+    '005_signup_invitations': {
+      async up (db) {
+        // Proof of the email before any account: POST /tenants makes the tenant and mails its
+        // owner an invitation (made by nobody), which POST /invitations/accept turns into the
+        // account and the membership, like any other invitation.
+        await sql`
+          ALTER TABLE invitations DROP CONSTRAINT invitations_role_check,
+            ADD CONSTRAINT invitations_role_check CHECK (role IN ('owner', 'admin', 'member')),
+            ALTER COLUMN created_by DROP NOT NULL;
+        `.execute(db)
+      }
+    },
+    // 006, not 005: 005 is the HTTP side's (the sign-up's invitations), applied before this one.
+    '006_least_privilege': {
+      async up (db) {
+        // SECURITY DEFINER functions run as their owner: with a search_path of `public` alone,
+        // pg_temp is searched first, and a temporary table named `users` (with a trigger) would
+        // run the caller's code as the owner. PostgreSQL's rule: pg_temp last, and here every name
+        // schema-qualified too. The password hash never leaves these functions.
+        await sql`
+          CREATE OR REPLACE FUNCTION create_user(p_email text, p_password_hash text) RETURNS uuid
+            LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+            AS $$ INSERT INTO public.users (email, password_hash) VALUES (p_email, p_password_hash) RETURNING id $$;
+          CREATE OR REPLACE FUNCTION user_id_by_email(p_email text) RETURNS uuid
+            LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+            AS $$ SELECT id FROM public.users WHERE email = p_email $$;
+          -- password_settings: the stored hash without its key (scheme, cost and salt: not secret),
+          -- which the app hashes a password with; NULL for no such account.
+          CREATE FUNCTION password_settings(p_user_id uuid) RETURNS text
+            LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+            AS $$ SELECT pg_catalog.regexp_replace(password_hash, '[$][^$]*$', '') FROM public.users WHERE id = p_user_id $$;
+          -- password_matches: whether the app's hash of a password, made with those settings, is the
+          -- stored one. (A plain comparison: the caller cannot choose scrypt's output byte by byte.)
+          CREATE FUNCTION password_matches(p_user_id uuid, p_password_hash text) RETURNS boolean
+            LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+            AS $$ SELECT coalesce((SELECT password_hash = p_password_hash FROM public.users WHERE id = p_user_id), false) $$;
+          -- The context functions are SECURITY INVOKER (they run as the caller), yet the same rule
+          -- costs nothing.
+          ALTER FUNCTION app_tenant() SET search_path = pg_catalog, pg_temp;
+          ALTER FUNCTION app_user() SET search_path = pg_catalog, pg_temp;
+
+          -- Row-level security binds the owner too. The owner's functions above see every account
+          -- by this policy, said out loud, instead of by the owner's silent exemption.
+          ALTER TABLE users FORCE ROW LEVEL SECURITY;
+          CREATE POLICY definer_functions ON users TO CURRENT_USER USING (true) WITH CHECK (true);
+          DROP POLICY update_self ON users;
+
+          -- PostgreSQL lets PUBLIC execute every new function: no more, for this owner's.
+          ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+          REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC;
+          -- Nobody but the owner creates anything in public (PUBLIC could before PostgreSQL 15).
+          REVOKE ALL ON SCHEMA public FROM PUBLIC;
+        `.execute(db)
+        // Accounts: the app reads ids and emails (of the accounts row-level security shows it),
+        // and no hash; it writes accounts only through create_user.
+        await sql`REVOKE ALL ON users FROM ${role}`.execute(db)
+        await sql`GRANT SELECT (id, email, created_at) ON users TO ${role}`.execute(db)
+        await sql`GRANT EXECUTE ON FUNCTION create_user(text, text), user_id_by_email(text), password_settings(uuid),
+          password_matches(uuid, text), app_tenant(), app_user() TO ${role}`.execute(db)
+        // No temporary objects, and no other role's way in: the database's PUBLIC privileges
+        // (CONNECT and TEMP by default) are taken, and CONNECT given to the app role alone. Only
+        // the database's owner may; a setup whose migrating role does not own it keeps PostgreSQL's.
+        const { rows } = await sql<{ name: string, owns: boolean }>`
+          SELECT datname AS name, pg_has_role(datdba, 'MEMBER') AS owns FROM pg_database WHERE datname = current_database()
+        `.execute(db)
+        if (rows[0].owns) {
+          await sql`REVOKE ALL ON DATABASE ${sql.id(rows[0].name)} FROM PUBLIC`.execute(db)
+          await sql`GRANT CONNECT ON DATABASE ${sql.id(rows[0].name)} TO ${role}`.execute(db)
+        }
+      }
     }
   }
 }
 
 /**
- * Migrates the schema to the latest version, inside the owner's setup transaction (see setup.ts,
- * which creates `appRole` first).
+ * Migrates the schema to the latest version (or to `target`, a migration's name), inside the
+ * owner's setup transaction (see setup.ts, which creates `appRole` first).
  */
-export async function migrate (owner: Transaction<any>, appRole: string): Promise<void> {
+export async function migrate (owner: Transaction<any>, appRole: string, target?: string): Promise<void> {
   const migrator = new Migrator({ db: owner, provider: { getMigrations: async () => migrations(appRole) } })
-  const { error, results } = await migrator.migrateToLatest()
+  const { error, results } = target === undefined ? await migrator.migrateToLatest() : await migrator.migrateTo(target)
   if (error !== undefined) {
     const failed = results?.find((result) => result.status === 'Error')
     throw new Error(`migration ${failed?.migrationName ?? '(unknown)'} failed: ${(error as Error).message}`, { cause: error })

@@ -25,6 +25,23 @@ export async function hashPassword (password: string, cost: PasswordCost): Promi
   return ['scrypt', cost.N, cost.r, cost.p, salt.toString('base64url'), key.toString('base64url')].join('$')
 }
 
+/**
+ * `password` hashed with the settings of a stored hash (`scrypt$N$r$p$salt`, the stored hash
+ * without its key): the stored hash itself exactly when the password is right. How the app checks
+ * a password without being able to read the stored hash (see password_matches in migrations.ts).
+ */
+export async function hashWithSettings (password: string, settings: string): Promise<string> {
+  const [scheme, N, r, p, salt] = settings.split('$')
+  if (scheme !== 'scrypt' || salt === undefined) throw new Error(`not scrypt settings: '${settings}'`)
+  const key = await derive(password, Buffer.from(salt, 'base64url'), { N: Number(N), r: Number(r), p: Number(p) })
+  return [scheme, N, r, p, salt, key.toString('base64url')].join('$')
+}
+
+/** The settings part of a stored hash: all but the key. */
+export function settingsOf (stored: string): string {
+  return stored.slice(0, stored.lastIndexOf('$'))
+}
+
 export async function verifyPassword (password: string, stored: string): Promise<boolean> {
   const [scheme, N, r, p, salt, hash] = stored.split('$')
   if (scheme !== 'scrypt') return false

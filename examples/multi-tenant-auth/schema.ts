@@ -31,10 +31,11 @@ export interface Database {
     id: Generated<string>
     tenant_id: string
     email: string
-    role: Exclude<Role, 'owner'>
+    role: Role
     token_hash: Buffer
     expires_at: Date
-    created_by: string
+    /** null for a sign-up's invitation of the new tenant's owner */
+    created_by: string | null
     created_at: Generated<Date>
     accepted_at: Date | null
     accepted_by: string | null

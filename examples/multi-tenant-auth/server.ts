@@ -1,16 +1,20 @@
 // npm start: the multi-tenant auth service. PostgreSQL is DATABASE_URL's (used as the owner for
-// migrations), or an embedded one whose data lives in ./data (git-ignored) across restarts.
+// migrations), or an embedded one whose data lives in ./data (git-ignored; DATA_DIR elsewhere)
+// across restarts.
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { buildApp } from './app.js'
+import { outboxMailer } from './mailer.js'
 import { prepareDatabase } from './setup.js'
 
 const DATABASE = 'multi_tenant_auth'
 
 async function embeddedOwnerUrl (): Promise<{ url: string, stop: () => Promise<void> }> {
-  const { startEmbeddedPostgres } = await import('../embedded-postgres.mjs')
-  const server = await startEmbeddedPostgres({ databaseDir: fileURLToPath(new URL('./data', import.meta.url)), persistent: true })
+  const { exitOnStartProblem, startEmbeddedPostgres } = await import('../embedded-postgres.mjs')
+  const databaseDir = process.env.DATA_DIR ?? fileURLToPath(new URL('./data', import.meta.url))
+  // A folder PostgreSQL's user cannot reach, or one another instance holds: said, and exit 1.
+  const server = await startEmbeddedPostgres({ databaseDir, persistent: true }).catch(exitOnStartProblem)
   const admin = new pg.Client({ connectionString: server.url })
   await admin.connect()
   const { rowCount } = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [DATABASE])
@@ -26,7 +30,13 @@ const ownerUrl = process.env.DATABASE_URL ?? embedded!.url
 const databaseUrl = await prepareDatabase(ownerUrl, process.env.APP_DB_ROLE ?? 'mt_app')
 // Access tokens last minutes; refresh tokens live in the database and survive a restart.
 const tokenSecret = process.env.TOKEN_SECRET ? Buffer.from(process.env.TOKEN_SECRET, 'base64url') : randomBytes(32)
-const app = await buildApp({ databaseUrl, tokenSecret, logger: process.env.LOG === '1' })
+// Mail is written to a folder (see mailer.ts): ./data/outbox unless MAIL_OUTBOX names another.
+const outbox = process.env.MAIL_OUTBOX ?? fileURLToPath(new URL('./data/outbox', import.meta.url))
+// The window of the login, sign-up and acceptance limits: 60 s unless RATE_LIMIT_WINDOW_SECONDS says.
+const window = process.env.RATE_LIMIT_WINDOW_SECONDS
+if (window !== undefined && !/^[1-9]\d*$/.test(window)) throw new Error(`RATE_LIMIT_WINDOW_SECONDS: expected a whole number of seconds, got '${window}'`)
+const loginWindowMillis = window === undefined ? undefined : Number(window) * 1000
+const app = await buildApp({ databaseUrl, tokenSecret, mailer: outboxMailer(outbox), loginWindowMillis, logger: process.env.LOG === '1' })
 const address = await app.listen({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 3000) })
 console.log(`multi-tenant-auth listening on ${address}`)
 

@@ -1,5 +1,6 @@
-// Prepares a database for the service, as its owner and in one transaction: the app's login
-// role (its password made once and kept in the database), then the migrations.
+// Prepares a database for the service, in one transaction: the app's login role (its password
+// made once and kept in the database), then the migrations, run as an owner role that is not a
+// superuser whenever the given connection is one.
 import { randomBytes } from 'node:crypto'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import type { Transaction } from 'kysely'
@@ -7,11 +8,14 @@ import pg from 'pg'
 import { migrate } from './migrations.js'
 
 /**
- * Migrates as the owner and returns a connection string for `appRole`. Every instance started on
- * the same database gets the same password, so starting a second one leaves the first working.
+ * Migrates and returns a connection string for `appRole`. Every instance started on the same
+ * database gets the same password, so starting a second one leaves the first working.
+ * `adminUrl` is a superuser's (the embedded server's, or the test run's): it then creates
+ * `ownerRole`, which owns the database and everything in it and runs the migrations. With a role
+ * that is not a superuser, the migrations run as that role.
  */
-export async function prepareDatabase (ownerUrl: string, appRole = 'mt_app'): Promise<string> {
-  const owner = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: ownerUrl, max: 1 }) }) })
+export async function prepareDatabase (adminUrl: string, appRole = 'mt_app', ownerRole = `${appRole}_owner`): Promise<string> {
+  const owner = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: adminUrl, max: 1 }) }) })
   let password: string
   try {
     password = await owner.transaction().execute(async (trx) => {
@@ -19,13 +23,14 @@ export async function prepareDatabase (ownerUrl: string, appRole = 'mt_app'): Pr
       // or both run the migrations.
       await sql`SELECT pg_advisory_xact_lock(hashtext('multi-tenant-auth: setup'))`.execute(trx)
       const password = await appRolePassword(trx, appRole)
+      await becomeOwner(trx, ownerRole)
       await migrate(trx, appRole)
       return password
     })
   } finally {
     await owner.destroy()
   }
-  const url = new URL(ownerUrl)
+  const url = new URL(adminUrl)
   url.username = appRole
   url.password = password
   return url.toString()
@@ -66,4 +71,38 @@ async function appRolePassword (owner: Transaction<any>, appRole: string): Promi
     ON CONFLICT (role) DO UPDATE SET password = excluded.password, created_at = now()
   `.execute(owner)
   return password
+}
+
+/**
+ * As a superuser: creates `ownerRole` (no login, no superuser, no BYPASSRLS), gives it the
+ * database, its public schema and whatever an earlier setup made there as the superuser, and
+ * switches to it for the rest of the transaction. SECURITY DEFINER functions, tables and policies
+ * then belong to a role that cannot do more than own them. As anyone else: nothing.
+ */
+async function becomeOwner (admin: Transaction<any>, ownerRole: string): Promise<void> {
+  const { rows } = await sql<{ superuser: boolean, exists: boolean, database: string }>`
+    SELECT rolsuper AS superuser, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${ownerRole}) AS exists,
+      current_database() AS database
+    FROM pg_roles WHERE rolname = current_user
+  `.execute(admin)
+  const { superuser, exists, database } = rows[0]
+  if (!superuser) return
+  const owner = sql.id(ownerRole)
+  if (!exists) await sql`CREATE ROLE ${owner} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE`.execute(admin)
+  await sql`ALTER DATABASE ${sql.id(database)} OWNER TO ${owner}`.execute(admin)
+  await sql`ALTER SCHEMA public OWNER TO ${owner}`.execute(admin)
+  // Tables (with their indexes, policies and sequences), views, lone sequences and functions.
+  const { rows: handOver } = await sql<{ command: string }>`
+    SELECT format('ALTER %s %s OWNER TO %I', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+      WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, c.oid::regclass, ${ownerRole}::text) AS command
+    FROM pg_class c
+    WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+      AND c.relowner <> ${ownerRole}::regrole
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
+    UNION ALL
+    SELECT format('ALTER ROUTINE %s OWNER TO %I', p.oid::regprocedure, ${ownerRole}::text)
+    FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace AND p.proowner <> ${ownerRole}::regrole
+  `.execute(admin)
+  for (const { command } of handOver) await sql.raw(command).execute(admin)
+  await sql`SET LOCAL ROLE ${owner}`.execute(admin)
 }

@@ -1,19 +1,22 @@
 // Short-lived access tokens (HMAC-signed claims) and opaque refresh tokens (stored hashed).
 import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
-import type { Role } from './schema.js'
 
 export interface AccessClaims {
   /** user id */
   sub: string
   /** tenant id */
   tid: string
-  role: Role
+  /**
+   * session id: the refresh-token family the token was issued with. Each request checks that the
+   * session is still open (app.ts, authenticate), so logout ends its access tokens at once.
+   */
+  sid: string
   /** expiry, seconds since the epoch */
   exp: number
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
-const ROLES = new Set(['owner', 'admin', 'member'])
+/** A UUID as the service issues them: lower case, hyphenated, nothing around it. */
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
 function sign (secret: Buffer, payload: string): Buffer {
   return createHmac('sha256', secret).update('v1.' + payload).digest()
@@ -28,8 +31,10 @@ export function signAccessToken (secret: Buffer, claims: Omit<AccessClaims, 'exp
 export function verifyAccessToken (secret: Buffer, token: string): AccessClaims | null {
   const [version, payload, signature, extra] = token.split('.')
   if (version !== 'v1' || payload === undefined || signature === undefined || extra !== undefined) return null
-  const given = Buffer.from(signature, 'base64url')
-  const expected = sign(secret, payload)
+  // The text is compared, not the bytes it decodes to: a decoder forgives extra '=', the other
+  // base64 alphabet and changed padding bits, and a token must have one spelling only.
+  const given = Buffer.from(signature)
+  const expected = Buffer.from(sign(secret, payload).toString('base64url'))
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null
   let claims: AccessClaims
   try {
@@ -40,7 +45,7 @@ export function verifyAccessToken (secret: Buffer, token: string): AccessClaims 
   const valid = typeof claims === 'object' && claims !== null &&
     typeof claims.sub === 'string' && UUID.test(claims.sub) &&
     typeof claims.tid === 'string' && UUID.test(claims.tid) &&
-    ROLES.has(claims.role) && Number.isInteger(claims.exp)
+    typeof claims.sid === 'string' && UUID.test(claims.sid) && Number.isInteger(claims.exp)
   return valid && claims.exp > Date.now() / 1000 ? claims : null
 }
 

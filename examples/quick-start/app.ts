@@ -19,8 +19,14 @@ await app.db.kysely.schema.createTable('items').ifNotExists()
   .execute()
 
 app.post<{ Body: { name: string } }>('/items', async (request, reply) => {
-  const row = await request.db.insertInto('items').values(request.body).returningAll().executeTakeFirstOrThrow()
-  return reply.code(201).send(row) // committed before this 201 is sent; a duplicate name rolls back
+  try {
+    const row = await request.db.insertInto('items').values(request.body).returningAll().executeTakeFirstOrThrow()
+    return reply.code(201).send(row) // committed before this 201 is sent
+  } catch (error) {
+    // A duplicate name (PostgreSQL's unique_violation): 409, which rolls back, without PostgreSQL's text.
+    if ((error as { code?: string }).code === '23505') return reply.code(409).send({ message: 'an item with this name exists' })
+    throw error
+  }
 })
 app.get('/items', async (request) => request.db.selectFrom('items').selectAll().orderBy('id').execute())
 // No request.db here: the health check takes no connection.

@@ -1,8 +1,8 @@
 // npm run quick-start: the README's quick start (app.ts, exactly as the README shows it) on an
 // embedded PostgreSQL, or on DATABASE_URL when it is set.
-import { startEmbeddedPostgres } from '../embedded-postgres.mjs'
+import { exitOnStartProblem, startEmbeddedPostgres } from '../embedded-postgres.mjs'
 
-const embedded = process.env.DATABASE_URL ? null : await startEmbeddedPostgres()
+const embedded = process.env.DATABASE_URL ? null : await startEmbeddedPostgres().catch(exitOnStartProblem)
 if (embedded !== null) process.env.DATABASE_URL = embedded.url
 // app.ts prints where it listens, last: tests read up to that line and close the pipe.
 const { app } = await import('./app.js')

@@ -1,43 +1,47 @@
-// Tenants with their owner (a new account, or an existing one proving its password), log in,
-// refresh (rotated; a reused token revokes its family), log out, me.
+// Sign-up (a tenant, and an invitation mailed to its owner), log in, refresh (rotated; a reused
+// token revokes its family), log out, me.
 import { randomUUID } from 'node:crypto'
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { verifyPassword } from '../passwords.js'
-import { parseRefreshToken } from '../tokens.js'
-import { joinWithPassword } from './accounts.js'
-import { Email, Password, Problem, problem, Text, Tokens, Uuid } from './common.js'
+import { verifyAccountPassword } from '../account-password.js'
+import { newInvitationToken, parseRefreshToken } from '../tokens.js'
+import { Email, Problem, problem, Text, Tokens, Uuid } from './common.js'
+import { signUpMail } from './mails.js'
+import { limitPerAddress } from './rate-limits.js'
 import { issueTokens } from './session-tokens.js'
 
 const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { settings } = app
 
   app.post('/tenants', {
-    // Each sign-up checks a password when the email has an account: limited like logins.
+    // Each sign-up sends a mail: limited per address.
     config: { rateLimit: { max: settings.signupAttempts, timeWindow: settings.loginWindowMillis } },
     schema: {
-      body: Type.Object({ name: Text({ minLength: 1, maxLength: 100 }), email: Email, password: Password }, { additionalProperties: false }),
-      response: {
-        201: Type.Object({ tenant: Type.Object({ id: Uuid, name: Type.String() }), user: Type.Object({ id: Uuid, email: Type.String() }), ...Tokens.properties }),
-        401: Problem
-      }
+      body: Type.Object({ name: Text({ minLength: 1, maxLength: 100 }), email: Email }, { additionalProperties: false }),
+      response: { 202: Type.Object({ message: Type.String() }) }
     }
   }, async (request, reply) => {
     const email = request.body.email.toLowerCase()
     const tenantId = randomUUID()
-    // The context functions run at the first query: the new tenant is this request's tenant.
-    request.dbContext = { tenantId }
-    await request.db.insertInto('tenants').values({ id: tenantId, name: request.body.name }).execute()
-    // A new email gets an account; an existing account's owner signs in with its password to own
-    // the new tenant too. A wrong one is 401, which rolls back the tenant and the membership.
-    const owner = await joinWithPassword(request.db, settings, { tenantId, email, password: request.body.password, role: 'owner' })
-    if (owner === null) return problem(reply, 401, 'INVALID_CREDENTIALS', 'invalid email or password')
-    const tokens = await issueTokens(request.db, settings, { userId: owner.userId, tenantId, role: 'owner' })
-    return reply.code(201).send({ tenant: { id: tenantId, name: request.body.name }, user: { id: owner.userId, email }, ...tokens })
+    const { token, hash } = newInvitationToken(tenantId)
+    const expiresAt = new Date(Date.now() + settings.invitationDays * 86_400_000)
+    // The tenant, and an invitation to own it: no account is made or looked at until the owner
+    // proves the email by accepting with the mailed token. So the answer (and its time) is the
+    // same whether or not the email has an account, and nobody can sign up someone else's.
+    await app.db.transaction(async (trx) => {
+      await trx.insertInto('tenants').values({ id: tenantId, name: request.body.name }).execute()
+      await trx.insertInto('invitations').values({ tenant_id: tenantId, email, role: 'owner', token_hash: hash, expires_at: expiresAt, created_by: null }).execute()
+    }, { context: { 'app.tenant_id': tenantId } })
+    // Mailed once the transaction has committed, with no connection held.
+    await app.mailer.send(signUpMail({ to: email, tenantName: request.body.name, token, expiresAt }))
+    return reply.code(202).send({ message: `to confirm, accept the invitation mailed to ${email}` })
   })
 
   app.post('/login', {
+    // Each attempt costs a password hash. Per address, whatever the email, before the body is read...
+    onRequest: limitPerAddress(app, settings.loginAttemptsPerAddress, settings.loginWindowMillis),
     config: {
+      // ...and per address and email, to slow down guessing one account's password.
       rateLimit: {
         max: settings.loginAttempts,
         timeWindow: settings.loginWindowMillis,
@@ -50,17 +54,22 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: Tokens, 401: Problem }
     }
   }, async (request, reply) => {
-    request.dbContext = { tenantId: request.body.tenantId }
+    // No request.db: its transaction would hold a pooled connection across the ~100 ms hash.
+    // The account is read in one short transaction, the hash runs with no connection held, and
+    // the session is written in another.
+    const context = { 'app.tenant_id': request.body.tenantId }
     // Only members of this tenant are visible here (row-level security on users and memberships).
-    const member = await request.db.selectFrom('users')
+    const member = await app.db.transaction((trx) => trx.selectFrom('users')
       .innerJoin('memberships', 'memberships.user_id', 'users.id')
-      .select(['users.id', 'users.password_hash', 'memberships.role'])
+      .select('users.id')
       .where('users.email', '=', request.body.email.toLowerCase())
-      .executeTakeFirst()
+      .executeTakeFirst(), { context })
     // An unknown email costs the same scrypt as a wrong password: no timing oracle.
-    const valid = await verifyPassword(request.body.password, member?.password_hash ?? settings.dummyPasswordHash)
+    // The database compares the hash (the app role cannot read it): two statements on the pool,
+    // with no connection held while the password is hashed.
+    const valid = await verifyAccountPassword(app.db.kysely, member?.id ?? null, request.body.password, settings.dummyPasswordHash)
     if (member === undefined || !valid) return problem(reply, 401, 'INVALID_CREDENTIALS', 'invalid email, password or tenant')
-    return issueTokens(request.db, settings, { userId: member.id, tenantId: request.body.tenantId, role: member.role })
+    return app.db.transaction((trx) => issueTokens(trx, settings, { userId: member.id, tenantId: request.body.tenantId }), { context })
   })
 
   app.post('/refresh', {
@@ -95,10 +104,10 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       }
       return problem(reply, 401, 'INVALID_REFRESH_TOKEN', 'invalid refresh token')
     }
-    const membership = await request.db.selectFrom('memberships').select('role')
+    const membership = await request.db.selectFrom('memberships').select('user_id')
       .where('user_id', '=', used.user_id).executeTakeFirst()
     if (membership === undefined) return problem(reply, 401, 'INVALID_REFRESH_TOKEN', 'no longer a member of this tenant')
-    return issueTokens(request.db, settings, { userId: used.user_id, tenantId: parsed.tenantId, role: membership.role }, used.family_id)
+    return issueTokens(request.db, settings, { userId: used.user_id, tenantId: parsed.tenantId }, used.family_id)
   })
 
   app.post('/logout', {
@@ -135,7 +144,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       .select(['users.id', 'users.email', 'tenants.id as tenantId', 'tenants.name', 'memberships.role'])
       .where('users.id', '=', request.auth!.sub)
       .executeTakeFirst()
-    // A token outlives a removed membership by at most its few minutes; it opens nothing.
+    // authenticate found the membership; it can have been removed since, by a commit in between.
     if (row === undefined) return problem(reply, 401, 'NOT_A_MEMBER', 'this account is no longer a member of this tenant')
     return { user: { id: row.id, email: row.email }, tenant: { id: row.tenantId, name: row.name }, role: row.role }
   })

@@ -2,7 +2,12 @@
 import { Type } from '@sinclair/typebox'
 import type { FastifyReply } from 'fastify'
 
-export const Uuid = Type.String({ format: 'uuid' })
+/**
+ * Ids in the one form the service issues (app.ts registers the format). Ajv's own `uuid` also
+ * takes upper case and a `urn:uuid:` prefix: the first makes tokens that never verify, the second
+ * reaches PostgreSQL, which refuses it.
+ */
+export const Uuid = Type.String({ format: 'lowercase-uuid' })
 
 /**
  * Text PostgreSQL can store as sent: no NUL (it refuses those) and no lone surrogate halves

@@ -1,18 +1,18 @@
-// Accepting an invitation: its token (mailed to the invitee in production) and a password. An
-// email without an account gets one with that password; an existing account must be given its own
-// password, so an invitation never lets anyone into somebody else's account.
+// Accepting an invitation, or a sign-up's confirmation (an invitation to own the new tenant): its
+// token, mailed to the invitee, and a password. An email without an account gets one with that
+// password; an existing account must be given its own password, so an invitation never lets
+// anyone into somebody else's account.
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { parseInvitationToken } from '../tokens.js'
-import { joinWithPassword } from './accounts.js'
+import { acceptInvitation } from './accounts.js'
 import { Password, Problem, problem, Tokens, Uuid } from './common.js'
-import { issueTokens } from './session-tokens.js'
 
 const invitationRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { settings } = app
 
   app.post('/invitations/accept', {
-    // Each attempt may check an existing account's password: limited per address like sign-ups.
+    // Each attempt costs a password hash: limited per address like sign-ups.
     config: { rateLimit: { max: settings.signupAttempts, timeWindow: settings.loginWindowMillis } },
     schema: {
       body: Type.Object({ token: Type.String({ maxLength: 200 }), password: Password }, { additionalProperties: false }),
@@ -27,28 +27,16 @@ const invitationRoutes: FastifyPluginAsyncTypebox = async (app) => {
       }
     }
   }, async (request, reply) => {
+    // No request.db here: acceptInvitation hashes the password between two short transactions of
+    // its own, and request.db's transaction would hold a connection across the hash.
     const parsed = parseInvitationToken(request.body.token)
-    if (parsed === null) return problem(reply, 401, 'INVALID_INVITATION', 'invalid, used or expired invitation')
-    request.dbContext = { tenantId: parsed.tenantId }
-    // Locked until this request's transaction ends: a concurrent accept of the same token waits,
-    // then finds it used (or, if this one answered 401 and rolled back, still open).
-    const invitation = await request.db.selectFrom('invitations')
-      .select(['id', 'email', 'role'])
-      .where('token_hash', '=', parsed.hash)
-      .where('accepted_at', 'is', null)
-      .where('expires_at', '>', new Date())
-      .forUpdate()
-      .executeTakeFirst()
-    if (invitation === undefined) return problem(reply, 401, 'INVALID_INVITATION', 'invalid, used or expired invitation')
-    const member = await joinWithPassword(request.db, settings, { tenantId: parsed.tenantId, email: invitation.email, password: request.body.password, role: invitation.role })
-    // The email has an account and this is not its password: the 401 rolls back the membership
-    // just made, and the invitation stays open for the account's owner.
-    if (member === null) return problem(reply, 401, 'INVALID_CREDENTIALS', 'invalid email or password')
-    await request.db.updateTable('invitations').set({ accepted_at: new Date(), accepted_by: member.userId })
-      .where('id', '=', invitation.id).execute()
-    const tenant = await request.db.selectFrom('tenants').select(['id', 'name']).executeTakeFirstOrThrow()
-    const tokens = await issueTokens(request.db, settings, { userId: member.userId, tenantId: parsed.tenantId, role: member.role })
-    return { tenant, user: { id: member.userId, email: invitation.email }, role: member.role, ...tokens }
+    const accepted = parsed === null ? null : await acceptInvitation(app, parsed, request.body.password)
+    if (accepted === null || (!accepted.ok && accepted.code === 'INVALID_INVITATION')) {
+      return problem(reply, 401, 'INVALID_INVITATION', 'invalid, used or expired invitation')
+    }
+    if (!accepted.ok) return problem(reply, 401, 'INVALID_CREDENTIALS', 'invalid email or password')
+    const { ok, ...answer } = accepted
+    return answer
   })
 }
 

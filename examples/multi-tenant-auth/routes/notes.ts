@@ -4,7 +4,7 @@ import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { Transaction } from 'kysely'
 import type { Database } from '../schema.js'
-import type { AccessClaims } from '../tokens.js'
+import type { FastifyRequest } from 'fastify'
 import { Problem, problem, Text, Uuid } from './common.js'
 
 // Serialized as ISO strings; Kysely hands back Dates.
@@ -46,7 +46,7 @@ const noteRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   /** Whether the caller may change the note: its author, or an owner or admin. Locks the row. */
-  async function editable (db: Transaction<Database>, id: string, auth: AccessClaims): Promise<'ok' | 'missing' | 'forbidden'> {
+  async function editable (db: Transaction<Database>, id: string, auth: NonNullable<FastifyRequest['auth']>): Promise<'ok' | 'missing' | 'forbidden'> {
     const note = await db.selectFrom('notes').select('author_id').where('id', '=', id).forUpdate().executeTakeFirst()
     if (note === undefined) return 'missing'
     return note.author_id === auth.sub || auth.role !== 'member' ? 'ok' : 'forbidden'

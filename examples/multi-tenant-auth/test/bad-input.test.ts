@@ -3,12 +3,15 @@
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import type { Test } from 'tap'
-import { addMember, bearer, invite, signUp, startService } from './service.js'
+import { addMember, bearer, invite, mailedToken, signUp, startService } from './service.js'
 import type { Account } from './service.js'
 import type { App } from '../app.js'
 import type { TestDatabase } from '../../../test/helpers/database.js'
 import { hashRefreshToken, signAccessToken } from '../tokens.js'
 import type { AccessClaims } from '../tokens.js'
+
+// Hundreds of requests and password hashes: more than tap's 30 s default on a loaded machine.
+t.setTimeout(120_000)
 
 const TABLES = ['tenants', 'users', 'memberships', 'notes', 'refresh_tokens', 'invitations']
 const BODY_LIMIT = 64 * 1024
@@ -128,8 +131,8 @@ function bodyRoutes (f: Fixture): Route[] {
     {
       method: 'POST',
       url: '/tenants',
-      valid: () => ({ name: 'New tenant', email: uniqueEmail('owner'), password: 'a good long password' }),
-      fields: ['name', 'email', 'password']
+      valid: () => ({ name: 'New tenant', email: uniqueEmail('owner') }),
+      fields: ['name', 'email']
     },
     {
       method: 'POST',
@@ -175,7 +178,8 @@ function bodyRoutes (f: Fixture): Route[] {
 
 /** Properties a client might try to smuggle in, per route: all must be refused, not ignored. */
 function smuggled (f: Fixture, url: string): Record<string, unknown> {
-  if (url === '/tenants') return { id: f.other.tenantId, role: 'admin' }
+  // A sign-up takes no password: it is chosen by whoever reads the mail.
+  if (url === '/tenants') return { id: f.other.tenantId, role: 'admin', password: 'a good long password' }
   if (url === '/login') return { role: 'owner' }
   if (url === '/members') return { tenantId: f.other.tenantId, userId: f.owner.userId, password: 'a good long password' }
   if (url === '/invitations/accept') return { tenantId: f.other.tenantId, email: f.owner.email, role: 'admin' }
@@ -238,7 +242,7 @@ t.test('bodies: out-of-range values', async (t) => {
   const f = await fixture(t)
   const { app, db, owner, noteId } = f
   const auth = bearer(owner)
-  const tenants = (body: object): Request => ({ method: 'POST', url: '/tenants', payload: { name: 'T', email: uniqueEmail(), password: 'a good long password', ...body } })
+  const tenants = (body: object): Request => ({ method: 'POST', url: '/tenants', payload: { name: 'T', email: uniqueEmail(), ...body } })
   const members = (body: object): Request => ({ method: 'POST', url: '/members', headers: auth, payload: { email: uniqueEmail(), role: 'member', ...body } })
   const accept = (body: object): Request => ({ method: 'POST', url: '/invitations/accept', payload: { token: f.invitation, password: 'a good long password', ...body } })
   const login = (body: object): Request => ({ method: 'POST', url: '/login', payload: { tenantId: owner.tenantId, email: owner.email, password: owner.password, ...body } })
@@ -252,7 +256,6 @@ t.test('bodies: out-of-range values', async (t) => {
   }
   for (const password of ['', 'short', '123456789', 'x'.repeat(201)]) {
     const label = `a password of ${password.length} characters`
-    await refused(t, db, app, `POST /tenants with ${label}`, tenants({ password }), { status: 400, field: 'password' })
     await refused(t, db, app, `POST /invitations/accept with ${label}`, accept({ password }), { status: 400, field: 'password' })
   }
   await refused(t, db, app, 'POST /login with an empty password', login({ password: '' }), { status: 400, field: 'password' })
@@ -361,18 +364,21 @@ t.test('SQL metacharacters in every string field: stored exactly, or refused wit
   for (const [label, value] of METACHARACTERS) {
     await t.test(label, async (t) => {
       await t.test('tenant name', async (t) => {
-        await storedOrRefused(t, { method: 'POST', url: '/tenants', payload: { name: value, email: uniqueEmail(), password: 'a good long password' } }, 201, 'name', async (res) => {
-          t.equal(res.body.tenant.name, value, 'returned exactly')
-          const { rows } = await db.query('SELECT name FROM tenants WHERE id = $1', [res.body.tenant.id])
+        const email = uniqueEmail()
+        await storedOrRefused(t, { method: 'POST', url: '/tenants', payload: { name: value, email } }, 202, 'name', async () => {
+          const confirmed = await send(app, { method: 'POST', url: '/invitations/accept', payload: { token: await mailedToken(app, email), password: 'a good long password' } })
+          t.equal(confirmed.body.tenant.name, value, 'returned exactly')
+          const { rows } = await db.query('SELECT name FROM tenants WHERE id = $1', [confirmed.body.tenant.id])
           t.equal(rows[0]?.name, value, 'stored exactly')
-          t.equal((await send(app, { method: 'GET', url: '/me', headers: bearer(res.body) })).body?.tenant?.name, value, 'read back exactly')
+          t.equal((await send(app, { method: 'GET', url: '/me', headers: bearer(confirmed.body) })).body?.tenant?.name, value, 'read back exactly')
         })
       })
 
       const password = `password ${value} password`
       await t.test('password of a new tenant\'s owner', async (t) => {
         const email = uniqueEmail()
-        await storedOrRefused(t, { method: 'POST', url: '/tenants', payload: { name: 'T', email, password } }, 201, 'password', async (res) => {
+        t.equal((await send(app, { method: 'POST', url: '/tenants', payload: { name: 'T', email } })).status, 202)
+        await storedOrRefused(t, { method: 'POST', url: '/invitations/accept', payload: { token: await mailedToken(app, email), password } }, 200, 'password', async (res) => {
           const login = await send(app, { method: 'POST', url: '/login', payload: { tenantId: res.body.tenant.id, email, password } })
           t.equal(login.status, 200, 'logs in with exactly that password')
           const wrong = await send(app, { method: 'POST', url: '/login', payload: { tenantId: res.body.tenant.id, email, password: 'password  password' } })
@@ -382,7 +388,8 @@ t.test('SQL metacharacters in every string field: stored exactly, or refused wit
 
       const email = `x${++counter}${value}@example.test`.toLowerCase()
       await t.test('email of a new tenant\'s owner', async (t) => {
-        await storedOrRefused(t, { method: 'POST', url: '/tenants', payload: { name: 'T', email, password: 'a good long password' } }, 201, 'email', async (res) => {
+        await storedOrRefused(t, { method: 'POST', url: '/tenants', payload: { name: 'T', email } }, 202, 'email', async () => {
+          const res = await send(app, { method: 'POST', url: '/invitations/accept', payload: { token: await mailedToken(app, email), password: 'a good long password' } })
           t.equal(res.body.user.email, email, 'returned exactly')
           const { rows } = await db.query('SELECT email FROM users WHERE id = $1', [res.body.user.id])
           t.equal(rows[0]?.email, email, 'stored exactly')
@@ -414,9 +421,10 @@ t.test('SQL metacharacters in every string field: stored exactly, or refused wit
       await t.test('email of an invited member, and the password it accepts with', async (t) => {
         await storedOrRefused(t, { method: 'POST', url: '/members', headers: bearer(owner), payload: { email: memberEmail, role: 'member' } }, 201, 'email', async (res) => {
           t.equal(res.body.email, memberEmail, 'returned exactly')
-          const { rows } = await db.query('SELECT email FROM invitations WHERE token_hash = $1', [hashRefreshToken(res.body.invitationToken)])
+          const token = await mailedToken(app, memberEmail, owner.tenantId)
+          const { rows } = await db.query('SELECT email FROM invitations WHERE token_hash = $1', [hashRefreshToken(token)])
           t.equal(rows[0]?.email, memberEmail, 'stored exactly')
-          await storedOrRefused(t, { method: 'POST', url: '/invitations/accept', payload: { token: res.body.invitationToken, password } }, 200, 'password', async (joined) => {
+          await storedOrRefused(t, { method: 'POST', url: '/invitations/accept', payload: { token, password } }, 200, 'password', async (joined) => {
             t.equal(joined.body.user.email, memberEmail, 'the account has exactly that email')
             const members = await send(app, { method: 'GET', url: '/members', headers: bearer(owner) })
             t.ok(members.body.some((m: { email: string }) => m.email === memberEmail), 'listed exactly')
@@ -456,8 +464,10 @@ t.test('SQL metacharacters in every string field: stored exactly, or refused wit
       })
 
       await t.test('password of an existing account signing up a tenant', async (t) => {
+        t.equal((await send(app, { method: 'POST', url: '/tenants', payload: { name: 'T', email: owner.email } })).status, 202)
+        const token = await mailedToken(app, owner.email)
         const before = await snapshot(db)
-        const res = await send(app, { method: 'POST', url: '/tenants', payload: { name: 'T', email: owner.email, password } })
+        const res = await send(app, { method: 'POST', url: '/invitations/accept', payload: { token, password } })
         t.ok([400, 401].includes(res.status), `refused with 400 or 401: got ${res.status} ${res.text.slice(0, 200)}`)
         t.same(await snapshot(db), before, 'nothing written')
       })
@@ -519,7 +529,7 @@ function tamper (token: string, change: (claims: AccessClaims) => object): strin
 t.test('bad, expired and tampered access tokens', async (t) => {
   const f = await fixture(t)
   const { app, db, tokenSecret, owner, member, other } = f
-  const ownerClaims = { sub: owner.userId, tid: owner.tenantId, role: 'owner' as const }
+  const ownerClaims = { sub: owner.userId, tid: owner.tenantId, sid: JSON.parse(Buffer.from(owner.accessToken.split('.')[1], 'base64url').toString('utf8')).sid }
 
   // Controls: each way of making a token below makes a working one when nothing is wrong with it.
   const me = (authorization: string): Promise<Reply> => send(app, { method: 'GET', url: '/me', headers: { authorization } })
@@ -538,7 +548,6 @@ t.test('bad, expired and tampered access tokens', async (t) => {
     ['the token without a scheme', owner.accessToken],
     ['the Basic scheme', `Basic ${Buffer.from(`${owner.email}:${owner.password}`).toString('base64')}`],
     ['a Token scheme', `Token ${owner.accessToken}`],
-    ['two spaces after Bearer', `Bearer  ${owner.accessToken}`],
     ['garbage', 'Bearer garbage'],
     ['empty parts', 'Bearer v1..'],
     ['a long garbage token', `Bearer ${'x'.repeat(4000)}`],
@@ -550,13 +559,13 @@ t.test('bad, expired and tampered access tokens', async (t) => {
     ['a truncated signature', `Bearer ${owner.accessToken.slice(0, -2)}`],
     ['a token signed with another secret', `Bearer ${signAccessToken(randomBytes(32), ownerClaims, 900)}`],
     ['the tenant swapped to another tenant', `Bearer ${tamper(owner.accessToken, (claims) => ({ ...claims, tid: other.tenantId }))}`],
-    ['a member\'s role changed to owner', `Bearer ${tamper(member.accessToken, (claims) => ({ ...claims, role: 'owner' }))}`],
+    ['a member\'s session changed to the owner\'s', `Bearer ${tamper(member.accessToken, (claims) => ({ ...claims, sid: ownerClaims.sid }))}`],
     ['a member\'s subject changed to the owner', `Bearer ${tamper(member.accessToken, (claims) => ({ ...claims, sub: owner.userId }))}`],
     ['a member\'s payload with the owner\'s signature', `Bearer v1.${memberPayload}.${ownerSignature}`],
     ['an expiry pushed back', `Bearer ${tamper(signAccessToken(tokenSecret, ownerClaims, -60), (claims) => ({ ...claims, exp: later }))}`],
     ['an expired token', `Bearer ${signAccessToken(tokenSecret, ownerClaims, -60)}`],
     ['a token expiring this second', `Bearer ${signAccessToken(tokenSecret, ownerClaims, 0)}`],
-    ['a signed token with an unknown role', `Bearer ${signAccessToken(tokenSecret, { ...ownerClaims, role: 'superuser' as AccessClaims['role'] }, 900)}`],
+    ['a signed token with a session id that is not a uuid', `Bearer ${signAccessToken(tokenSecret, { ...ownerClaims, sid: "'; DROP TABLE notes; --" }, 900)}`],
     ['a signed token with a tenant that is not a uuid', `Bearer ${signAccessToken(tokenSecret, { ...ownerClaims, tid: "'; DROP TABLE notes; --" }, 900)}`]
   ]
   for (const [label, authorization] of headers) {

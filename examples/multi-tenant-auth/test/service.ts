@@ -1,10 +1,14 @@
 // The service on a fresh test database, migrated as the owner and run as its own app role.
 import { randomBytes } from 'node:crypto'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import type { Test } from 'tap'
 import { testDatabase } from '../../../test/helpers/database.js'
 import type { TestDatabase } from '../../../test/helpers/database.js'
 import { buildApp } from '../app.js'
 import type { App, AppOptions } from '../app.js'
+import { outboxMailer } from '../mailer.js'
 import { prepareDatabase } from '../setup.js'
 
 /** Cheap enough for hundreds of hashes in a test run; production uses PRODUCTION_COST. */
@@ -17,18 +21,58 @@ export interface Service {
   appDatabaseUrl: string
   appRole: string
   tokenSecret: Buffer
+  /** The folder the service's mailer writes to. */
+  outbox: string
 }
+
+const outboxes = new WeakMap<App, string>()
 
 export async function startService (t: Test, options: Partial<AppOptions> = {}): Promise<Service> {
   const db = await testDatabase(t)
   // Roles are server-wide: one per test database, dropped after it.
   const appRole = 'mt_app_' + db.name
-  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${appRole}`))
+  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${appRole}, ${appRole}_owner`))
   const appDatabaseUrl = await prepareDatabase(db.url, appRole)
   const tokenSecret = randomBytes(32)
-  const app = await buildApp({ databaseUrl: appDatabaseUrl, tokenSecret, passwordCost: TEST_PASSWORD_COST, ...options })
+  const outbox = await mkdtemp(join(tmpdir(), 'mt-outbox-'))
+  t.teardown(() => rm(outbox, { recursive: true, force: true }))
+  // Limits per address high enough for a test's many sign-ups from 127.0.0.1; the tests of the
+  // limits set their own.
+  const app = await buildApp({
+    databaseUrl: appDatabaseUrl,
+    tokenSecret,
+    mailer: outboxMailer(outbox),
+    passwordCost: TEST_PASSWORD_COST,
+    signupAttempts: 1000,
+    loginAttemptsPerAddress: 1000,
+    ...options
+  })
+  outboxes.set(app, outbox)
   t.teardown(() => app.close())
-  return { app, db, appDatabaseUrl, appRole, tokenSecret }
+  return { app, db, appDatabaseUrl, appRole, tokenSecret, outbox }
+}
+
+export interface Mail { file: string, to: string, subject: string, text: string, token: string | undefined }
+
+/** Every mail the service sent, oldest first, as the outbox folder holds them. */
+export async function mails (app: App): Promise<Mail[]> {
+  const outbox = outboxes.get(app)
+  if (outbox === undefined) throw new Error('not a service started by startService')
+  const files = (await readdir(outbox)).filter((name) => name.endsWith('.eml')).sort()
+  return Promise.all(files.map(async (file) => {
+    const content = await readFile(join(outbox, file), 'utf8')
+    const [head, ...body] = content.split('\n\n')
+    const header = (name: string): string => new RegExp(`^${name}: (.*)$`, 'm').exec(head)?.[1] ?? ''
+    const text = body.join('\n\n')
+    return { file, to: header('To'), subject: header('Subject'), text, token: /^Token: (\S+)$/m.exec(text)?.[1] }
+  }))
+}
+
+/** The token of the newest mail to `to` (whose token is for `tenantId`, when given). */
+export async function mailedToken (app: App, to: string, tenantId?: string): Promise<string> {
+  const found = (await mails(app)).filter((mail) => mail.to === to.toLowerCase() && (tenantId === undefined || mail.token?.startsWith(tenantId + '.'))).at(-1)
+  if (found?.token === undefined) throw new Error(`no mail with a token to ${to}`)
+  return found.token
 }
 
 export interface Account {
@@ -42,13 +86,16 @@ export interface Account {
 
 let counter = 0
 
-/** Creates a tenant with its owner through the API. */
-export async function signUp (app: App, name = `Tenant ${++counter}`): Promise<Account> {
-  const email = `owner${++counter}.${randomBytes(3).toString('hex')}@example.test`
-  const password = 'correct horse battery staple'
-  const res = await app.inject({ method: 'POST', url: '/tenants', payload: { name, email, password } })
-  if (res.statusCode !== 201) throw new Error(`sign-up failed: ${res.statusCode} ${res.body}`)
-  const body = res.json()
+/** Creates a tenant with its owner through the API: the sign-up, then its mailed token accepted. */
+export async function signUp (app: App, name = `Tenant ${++counter}`, options: { email?: string, password?: string } = {}): Promise<Account> {
+  const email = options.email ?? `owner${++counter}.${randomBytes(3).toString('hex')}@example.test`
+  const password = options.password ?? 'correct horse battery staple'
+  const res = await app.inject({ method: 'POST', url: '/tenants', payload: { name, email } })
+  if (res.statusCode !== 202) throw new Error(`sign-up failed: ${res.statusCode} ${res.body}`)
+  const token = await mailedToken(app, email)
+  const accepted = await app.inject({ method: 'POST', url: '/invitations/accept', payload: { token, password } })
+  if (accepted.statusCode !== 200) throw new Error(`confirming the sign-up of ${email} failed: ${accepted.statusCode} ${accepted.body}`)
+  const body = accepted.json()
   return { tenantId: body.tenant.id, userId: body.user.id, email, password, accessToken: body.accessToken, refreshToken: body.refreshToken }
 }
 
@@ -56,11 +103,11 @@ export function bearer (account: { accessToken: string }): Record<string, string
   return { authorization: `Bearer ${account.accessToken}` }
 }
 
-/** Invites `email` to the inviter's tenant: the token the invitee would get by mail. */
-export async function invite (app: App, inviter: { accessToken: string }, email: string, role: 'admin' | 'member'): Promise<string> {
+/** Invites `email` to the inviter's tenant: the token the invitee gets by mail. */
+export async function invite (app: App, inviter: { accessToken: string, tenantId: string }, email: string, role: 'admin' | 'member'): Promise<string> {
   const res = await app.inject({ method: 'POST', url: '/members', headers: bearer(inviter), payload: { email, role } })
   if (res.statusCode !== 201) throw new Error(`inviting ${email} failed: ${res.statusCode} ${res.body}`)
-  return res.json().invitationToken
+  return mailedToken(app, email, inviter.tenantId)
 }
 
 /**

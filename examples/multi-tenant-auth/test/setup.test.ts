@@ -1,6 +1,9 @@
 // Starting the service: the app role's password is made once and kept in the database, so a
 // second instance on the same database (or a restart) leaves the first one working.
 import { randomBytes } from 'node:crypto'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t from 'tap'
 import type { Test } from 'tap'
 import pg from 'pg'
@@ -9,17 +12,18 @@ import type { TestDatabase } from '../../../test/helpers/database.js'
 import { buildApp } from '../app.js'
 import type { App } from '../app.js'
 import { prepareDatabase } from '../setup.js'
+import { outboxMailer } from '../mailer.js'
 import { TEST_PASSWORD_COST } from './service.js'
 
 async function database (t: Test): Promise<{ db: TestDatabase, appRole: string }> {
   const db = await testDatabase(t)
   const appRole = 'mt_app_' + db.name
-  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${appRole}`))
+  db.afterDrop((admin) => admin.query(`DROP ROLE IF EXISTS ${appRole}, ${appRole}_owner`))
   return { db, appRole }
 }
 
-async function start (t: Test, databaseUrl: string): Promise<App> {
-  const app = await buildApp({ databaseUrl, tokenSecret: randomBytes(32), passwordCost: TEST_PASSWORD_COST })
+async function start (t: Test, databaseUrl: string, outbox = tmpdir()): Promise<App> {
+  const app = await buildApp({ databaseUrl, tokenSecret: randomBytes(32), mailer: outboxMailer(outbox), passwordCost: TEST_PASSWORD_COST })
   t.teardown(() => app.close())
   return app
 }
@@ -44,15 +48,21 @@ t.test('a second instance started on the same database leaves the first one work
   const firstUrl = await prepareDatabase(db.url, appRole)
   // buildApp's startup check connects with a client of its own: the pool stays empty, so the
   // request below needs a new connection, made with the first instance's password.
-  const first = await start(t, firstUrl)
+  const outbox = await mkdtemp(join(tmpdir(), 'mt-outbox-'))
+  t.teardown(() => rm(outbox, { recursive: true, force: true }))
+  const first = await start(t, firstUrl, outbox)
   const secondUrl = await prepareDatabase(db.url, appRole)
-  const second = await start(t, secondUrl)
+  const second = await start(t, secondUrl, outbox)
   t.equal(password(secondUrl), password(firstUrl), 'the second start read the same password')
 
-  const signUp = await first.inject({ method: 'POST', url: '/tenants', payload: { name: 'First', email: 'ada@first.test', password: 'correct horse battery' } })
-  t.equal(signUp.statusCode, 201, `the first instance still reaches the database (${signUp.body.slice(0, 200)})`)
-  const login = await second.inject({ method: 'POST', url: '/login', payload: { tenantId: signUp.json().tenant.id, email: 'ada@first.test', password: 'correct horse battery' } })
-  t.equal(login.statusCode, 200, 'and the second one serves the same data')
+  const signUp = await first.inject({ method: 'POST', url: '/tenants', payload: { name: 'First', email: 'ada@first.test' } })
+  t.equal(signUp.statusCode, 202, `the first instance still reaches the database (${signUp.body.slice(0, 200)})`)
+  const [mail] = await readdir(outbox)
+  const token = /^Token: (\S+)$/m.exec(await readFile(join(outbox, mail), 'utf8'))![1]
+  const joined = await second.inject({ method: 'POST', url: '/invitations/accept', payload: { token, password: 'correct horse battery' } })
+  t.equal(joined.statusCode, 200, 'the second one serves the same data')
+  const login = await first.inject({ method: 'POST', url: '/login', payload: { tenantId: joined.json().tenant.id, email: 'ada@first.test', password: 'correct horse battery' } })
+  t.equal(login.statusCode, 200, 'and the first one too')
   t.equal(await connectsWith(firstUrl), appRole, 'a new connection with the first URL authenticates')
   t.equal(first.db.stats().acquireTimeouts, 0)
 })
