@@ -30,8 +30,8 @@ const ownerUrl = process.env.DATABASE_URL ?? embedded!.url
 const databaseUrl = await prepareDatabase(ownerUrl, process.env.APP_DB_ROLE ?? 'mt_app')
 // Access tokens last minutes; refresh tokens live in the database and survive a restart.
 const tokenSecret = process.env.TOKEN_SECRET ? Buffer.from(process.env.TOKEN_SECRET, 'base64url') : randomBytes(32)
-// Mail is written to a folder (see mailer.ts): ./data/outbox unless MAIL_OUTBOX names another.
-const outbox = process.env.MAIL_OUTBOX ?? fileURLToPath(new URL('./data/outbox', import.meta.url))
+// Mail is written to a folder (see mailer.ts): ./outbox (git-ignored; outside PostgreSQL's own data folder) unless MAIL_OUTBOX names another.
+const outbox = process.env.MAIL_OUTBOX ?? fileURLToPath(new URL('./outbox', import.meta.url))
 // The window of the login, sign-up and acceptance limits: 60 s unless RATE_LIMIT_WINDOW_SECONDS says.
 const window = process.env.RATE_LIMIT_WINDOW_SECONDS
 if (window !== undefined && !/^[1-9]\d*$/.test(window)) throw new Error(`RATE_LIMIT_WINDOW_SECONDS: expected a whole number of seconds, got '${window}'`)
