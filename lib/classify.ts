@@ -67,12 +67,9 @@ function beginFailure (cause: Error): Classified {
 
 /** A query failed: a lost connection (503), a serialization failure or deadlock (409), a statement timeout (503), or pg's error. */
 function queryFailure (cause: Error, circumstances: Circumstances): Classified {
-  const { failure, queryable } = circumstances as Required<Circumstances>
-  if (failure !== null || breaksConnection(cause, queryable)) {
-    // Report why the connection broke, not the echoes of it.
-    const first = failure ?? cause
-    return notRetryable(new ConnectionLostError(first.message, { cause: first }), true)
-  }
+  const broke = breakage(cause, circumstances as Required<Circumstances>)
+  // Report why the connection broke, not the echoes of it.
+  if (broke !== null) return notRetryable(new ConnectionLostError(broke.message, { cause: broke }), true)
   return known(cause)
 }
 
@@ -83,9 +80,9 @@ function queryFailure (cause: Error, circumstances: Circumstances): Classified {
  * and nobody can say.
  */
 function commitFailure (cause: DatabaseError, circumstances: Circumstances): Classified {
-  const { failure, queryable, brokenBeforeCommit } = circumstances as Required<Circumstances>
-  if (failure === null && !breaksConnection(cause, queryable)) return commitRefused(cause, false)
-  if (brokenBeforeCommit || cause.code !== undefined) return commitRefused(failure ?? cause, true)
+  const broke = breakage(cause, circumstances as Required<Circumstances>)
+  if (broke === null) return commitRefused(cause, false)
+  if ((circumstances.brokenBeforeCommit as boolean) || cause.code !== undefined) return commitRefused(broke, true)
   return notRetryable(new CommitOutcomeUnknownError(cause.message, { cause }), true)
 }
 
@@ -108,6 +105,12 @@ function known (cause: DatabaseError): Classified {
 
 function notRetryable (error: Error, broken: boolean): Classified {
   return { error, retryable: false, broken }
+}
+
+/** The error that broke the connection, an earlier one or this one; null while it is sound. */
+function breakage (cause: Error, { failure, queryable }: Required<Circumstances>): Error | null {
+  if (failure !== null) return failure
+  return breaksConnection(cause, queryable) ? cause : null
 }
 
 /**
