@@ -4,7 +4,7 @@
 import t from 'tap'
 import { addMember, bearer, signUp, startService } from './service.js'
 import type { App } from '../app.js'
-import { verifyAccessToken } from '../tokens.js'
+import { signAccessToken, verifyAccessToken } from '../tokens.js'
 
 const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 
@@ -15,9 +15,17 @@ async function status (app: App, authorization: string, url = '/me'): Promise<nu
 t.test('only the canonical encoding of the signature verifies', async (t) => {
   const { app, tokenSecret } = await startService(t)
   const owner = await signUp(app)
-  const [version, payload, signature] = owner.accessToken.split('.')
+  const claims = verifyAccessToken(tokenSecret, owner.accessToken)
+  t.ok(claims, 'control: the token as issued verifies')
+  // A signature with a '-' or '_' in it, so that its standard-alphabet form is another string
+  // (about one signature in four has neither): the same claims, signed with another lifetime.
+  let accessToken = owner.accessToken
+  for (let ttl = 900; !/[-_]/.test(accessToken.split('.')[2]); ttl++) {
+    accessToken = signAccessToken(tokenSecret, { sub: claims!.sub, tid: claims!.tid, sid: claims!.sid }, ttl)
+  }
+  t.equal(await status(app, `Bearer ${accessToken}`), 200, 'control: that token works')
+  const [version, payload, signature] = accessToken.split('.')
   t.equal(signature.length, 43, 'an HMAC-SHA256 in base64url without padding')
-  t.ok(verifyAccessToken(tokenSecret, owner.accessToken), 'control: the token as issued verifies')
 
   // The last of 43 characters carries 4 bits of the digest and 2 padding bits: flipping the lowest
   // bit changes only padding, so the decoded bytes are the same.
