@@ -109,8 +109,9 @@ function notRetryable (error: Error, broken: boolean): Classified {
 
 /** The error that broke the connection, an earlier one or this one; null while it is sound. */
 function breakage (cause: Error, { failure, queryable }: Required<Circumstances>): Error | null {
-  if (failure !== null) return failure
-  return breaksConnection(cause, queryable) ? cause : null
+  // Asked even when it broke earlier, as a dying connection's errors come in either order.
+  const now = breaksConnection(cause, queryable) ? cause : null
+  return failure ?? now
 }
 
 /**
