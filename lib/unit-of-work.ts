@@ -14,7 +14,9 @@ import type { BeginSettings } from './transaction-settings.js'
 const SETTLED = Promise.resolve()
 
 /**
- * Where a unit of work stands; one field, read by one guard (#refusal).
+ * Where a unit of work stands: one field; whether it still takes queries is read from it in one
+ * place (#accepting). The connection (#lease) and the finish's promise (#finishing) are what the
+ * states hold, not other answers to where it stands.
  *
  *   idle ──first query──▶ opening ──BEGIN answered──▶ open
  *     ▲                      │ acquire or BEGIN failed     │
@@ -89,7 +91,12 @@ export class UnitOfWork {
 
   /** finish() was called: no query is taken any more. */
   get finished (): boolean {
-    return this.#finishing !== null
+    return !this.#accepting()
+  }
+
+  /** Queries are taken until finish() is called; the one test of it, for the guard and for `finished`. */
+  #accepting (): boolean {
+    return this.#status === 'idle' || this.#status === 'opening' || this.#status === 'open'
   }
 
   /** Runs a query in the transaction, opening it with this query when it is the first. */
@@ -108,7 +115,7 @@ export class UnitOfWork {
 
   /** The guard: a query after finish() is refused; a first query is remembered for a leak report. */
   #refusal (): Promise<never> | null {
-    if (this.#status !== 'idle' && this.#status !== 'opening' && this.#status !== 'open') {
+    if (!this.#accepting()) {
       return Promise.reject(new TransactionFinishedError(this.#finishReason))
     }
     // Captured here, while the caller's frames are still on the stack.
