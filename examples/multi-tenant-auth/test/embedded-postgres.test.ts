@@ -12,6 +12,7 @@ import type { Test } from 'tap'
 import pg from 'pg'
 import { PASSWORD_FILE, startEmbeddedPostgres } from '../../embedded-postgres.mjs'
 import { blockedFolder } from '../../embedded-postgres-preflight.mjs'
+import { currentUser } from './service.js'
 
 /** A folder of this test's own, readable on the way down by PostgreSQL's user, removed after. */
 async function folder (t: Test): Promise<string> {
@@ -26,17 +27,6 @@ async function start (t: Test, databaseDir?: string): Promise<{ url: string, por
   let stopped = false
   t.teardown(() => stopped ? undefined : server.stop())
   return { ...server, stop: async () => { stopped = true; await server.stop() } }
-}
-
-/** Connects with `url` and asks who it is: rejects with PostgreSQL's error (28P01 for a wrong password). */
-async function whoAmI (url: string): Promise<string> {
-  const client = new pg.Client({ connectionString: url })
-  await client.connect()
-  try {
-    return (await client.query<{ user: string }>('SELECT current_user AS user')).rows[0].user
-  } finally {
-    await client.end()
-  }
 }
 
 // Seven PostgreSQL starts (initdb for five) on a loaded machine: more than tap's default 30 s.
@@ -75,20 +65,20 @@ t.test('each data folder gets a random superuser password, kept in it for its ow
     t.equal(file.mode & 0o777, 0o600, 'the password file is mode 600')
     t.equal(file.uid, process.getuid?.(), 'owned by whoever started the server')
     t.equal((await readFile(join(dir, PASSWORD_FILE), 'utf8')).trim(), passwordOf(server.url), 'and holds the password')
-    t.equal(await whoAmI(server.url), 'postgres', 'which logs in')
-    await t.rejects(whoAmI(withPassword(server.url, 'postgres')), { code: '28P01' }, 'the old fixed password is refused')
+    t.equal(await currentUser(server.url), 'postgres', 'which logs in')
+    await t.rejects(currentUser(withPassword(server.url, 'postgres')), { code: '28P01' }, 'the old fixed password is refused')
   }
 
   // A restart of a kept folder reads the same password.
   await a.stop()
   const again = await start(t, dirA)
   t.equal(passwordOf(again.url), passwordOf(a.url), 'a restart reuses the folder\'s password')
-  t.equal(await whoAmI(again.url), 'postgres')
+  t.equal(await currentUser(again.url), 'postgres')
 
   // A throwaway server (what `npm test` runs) gets one of its own too.
   const throwaway = await start(t)
   t.notOk([passwordOf(a.url), passwordOf(b.url), 'postgres'].includes(passwordOf(throwaway.url)), 'a throwaway server: another password')
-  t.equal(await whoAmI(throwaway.url), 'postgres')
+  t.equal(await currentUser(throwaway.url), 'postgres')
 })
 
 t.test('a folder made when the password was fixed gets a random one at its next start', async (t) => {
@@ -104,8 +94,8 @@ t.test('a folder made when the password was fixed gets a random one at its next 
 
   const second = await start(t, dir)
   t.not(passwordOf(second.url), 'postgres', 'a new password')
-  t.equal(await whoAmI(second.url), 'postgres', 'which works')
-  await t.rejects(whoAmI(withPassword(second.url, 'postgres')), { code: '28P01' }, 'and the fixed one no longer does')
+  t.equal(await currentUser(second.url), 'postgres', 'which works')
+  await t.rejects(currentUser(withPassword(second.url, 'postgres')), { code: '28P01' }, 'and the fixed one no longer does')
   t.equal((await stat(join(dir, PASSWORD_FILE))).mode & 0o777, 0o600, 'kept in a new mode-600 file')
 })
 
@@ -117,7 +107,7 @@ t.test('a second npm start on a data folder in use says so, and leaves the first
   t.match(second.stderr, /another PostgreSQL \(process \d+\) already runs on the data folder .*data: is the service started twice\?/, second.stderr)
   t.notMatch(second.stderr, /triggerUncaughtException|^\s+at /m, 'a sentence, no stack')
   t.equal(second.stdout, '', 'and it never listened')
-  t.equal(await whoAmI(first.url), 'postgres', 'the first server still answers')
+  t.equal(await currentUser(first.url), 'postgres', 'the first server still answers')
 })
 
 t.test('a data folder that PostgreSQL\'s user cannot reach: what to do, before anything starts', async (t) => {

@@ -4,6 +4,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Test } from 'tap'
+import pg from 'pg'
 import { testDatabase } from '../../../test/helpers/database.js'
 import type { TestDatabase } from '../../../test/helpers/database.js'
 import { buildApp } from '../app.js'
@@ -122,4 +123,15 @@ export async function addMember (app: App, inviter: Account, role: 'admin' | 'me
   if (res.statusCode !== 200) throw new Error(`accepting the invitation of ${email} failed: ${res.statusCode} ${res.body}`)
   const body = res.json()
   return { tenantId: inviter.tenantId, userId: body.user.id, email, password, accessToken: body.accessToken, refreshToken: body.refreshToken }
+}
+
+/** Connects with `url` and asks who it is: rejects with PostgreSQL's error (28P01 for a wrong password). */
+export async function currentUser (url: string): Promise<string> {
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  try {
+    return (await client.query<{ user: string }>('SELECT current_user AS user')).rows[0].user
+  } finally {
+    await client.end()
+  }
 }

@@ -13,7 +13,7 @@ import { buildApp } from '../app.js'
 import type { App } from '../app.js'
 import { prepareDatabase } from '../setup.js'
 import { outboxMailer } from '../mailer.js'
-import { TEST_PASSWORD_COST } from './service.js'
+import { currentUser, TEST_PASSWORD_COST } from './service.js'
 
 async function database (t: Test): Promise<{ db: TestDatabase, appRole: string }> {
   const db = await testDatabase(t)
@@ -26,17 +26,6 @@ async function start (t: Test, databaseUrl: string, outbox = tmpdir()): Promise<
   const app = await buildApp({ databaseUrl, tokenSecret: randomBytes(32), mailer: outboxMailer(outbox), passwordCost: TEST_PASSWORD_COST })
   t.teardown(() => app.close())
   return app
-}
-
-/** Connects as the app role with `url` and runs one query: throws if the password is wrong. */
-async function connectsWith (url: string): Promise<string> {
-  const client = new pg.Client({ connectionString: url })
-  await client.connect()
-  try {
-    return (await client.query<{ user: string }>('SELECT current_user AS user')).rows[0].user
-  } finally {
-    await client.end()
-  }
 }
 
 function password (url: string): string {
@@ -63,7 +52,7 @@ t.test('a second instance started on the same database leaves the first one work
   t.equal(joined.statusCode, 200, 'the second one serves the same data')
   const login = await first.inject({ method: 'POST', url: '/login', payload: { tenantId: joined.json().tenant.id, email: 'ada@first.test', password: 'correct horse battery' } })
   t.equal(login.statusCode, 200, 'and the first one too')
-  t.equal(await connectsWith(firstUrl), appRole, 'a new connection with the first URL authenticates')
+  t.equal(await currentUser(firstUrl), appRole, 'a new connection with the first URL authenticates')
   t.equal(first.db.stats().acquireTimeouts, 0)
 })
 
@@ -71,7 +60,7 @@ t.test('starts at the same time are serialized: one creates the role, the others
   const { db, appRole } = await database(t)
   const urls = await Promise.all(Array.from({ length: 4 }, () => prepareDatabase(db.url, appRole)))
   t.equal(new Set(urls.map(password)).size, 1, 'all four got the same password')
-  t.equal(await connectsWith(urls[0]), appRole, 'and it is the role\'s')
+  t.equal(await currentUser(urls[0]), appRole, 'and it is the role\'s')
   t.same((await db.query('SELECT role FROM app_private.role_passwords')).rows, [{ role: appRole }], 'one kept password')
   t.same((await db.query("SELECT count(*)::int AS n FROM kysely_migration WHERE name LIKE '00%'")).rows[0].n > 0, true, 'migrated once, without error')
 })
@@ -81,7 +70,7 @@ t.test('a role from before passwords were kept gets a new one, kept from then on
   await db.query(`CREATE ROLE ${appRole} LOGIN PASSWORD 'an old password'`)
   const firstUrl = await prepareDatabase(db.url, appRole)
   t.not(password(firstUrl), 'an old password', 'a new password')
-  t.equal(await connectsWith(firstUrl), appRole, 'set on the role')
+  t.equal(await currentUser(firstUrl), appRole, 'set on the role')
   const secondUrl = await prepareDatabase(db.url, appRole)
   t.equal(password(secondUrl), password(firstUrl), 'and read back at the next start')
 })
