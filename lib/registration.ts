@@ -1,21 +1,18 @@
 import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
 import type { FastifyInstance } from 'fastify'
-import type { DbTransactionOptions, FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
+import type { FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { ConnectionSource } from './connection-source.js'
-import { checkSettingNames } from './context-settings.js'
 import { ClosingError, InvalidOptionError } from './errors.js'
 import { checkStartup, ping } from './health.js'
-import { WorkExecutor } from './kysely-executor.js'
 import { LeakWatch } from './leak-watch.js'
 import { Counters, poolStats } from './metrics.js'
 import { resolveOptions } from './options.js'
 import { prometheusText } from './prometheus.js'
 import { installRequestScope } from './request-scope.js'
-import { contextStatement } from './sql.js'
-import { beginSettings, routeSettingsResolver, withDefaults } from './transaction-settings.js'
-import { UnitOfWork } from './unit-of-work.js'
+import { standaloneTransaction } from './standalone-transaction.js'
+import { routeSettingsResolver } from './transaction-settings.js'
 import type { WorkRuntime } from './unit-of-work.js'
 import type { KyselyRuntime } from './kysely-executor.js'
 
@@ -51,29 +48,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   const routeSettings = routeSettingsResolver(defaults)
   installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
 
-  async function transaction<T> (fn: (trx: any) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
-    if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
-    const { context, ...settings } = options ?? {}
-    const begin = beginSettings(withDefaults(defaults, settings), 'fastify.db.transaction: ')
-    let statement: (() => string) | null = null
-    // An empty context sets nothing, as for the plugin's context option.
-    if (context !== undefined && Object.keys(context).length > 0) {
-      checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
-      statement = () => contextStatement(context)
-    }
-    const owner = runtime.leakWatch === null ? null : () => ({ log: fastify.log, route: 'fastify.db.transaction' })
-    const work = new UnitOfWork(runtime, begin, statement, owner)
-    let result: T
-    try {
-      result = await fn(new WorkExecutor(runtime, work).transaction)
-    } catch (error) {
-      await work.finish(false, 'its callback threw')
-      throw error
-    }
-    const { error } = await work.finish(true, 'its callback returned')
-    if (error !== null) throw error
-    return result
-  }
+  const transaction = standaloneTransaction(runtime, defaults, fastify.log)
 
   const stats = () => poolStats(pool, counters, source.circuitOpen)
   const db: FastifyDbSession<any> = {

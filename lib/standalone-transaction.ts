@@ -1,0 +1,40 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { DbTransactionOptions, DbTransactionSettings } from '../index.js'
+import { checkSettingNames } from './context-settings.js'
+import { InvalidOptionError } from './errors.js'
+import { WorkExecutor } from './kysely-executor.js'
+import type { KyselyRuntime } from './kysely-executor.js'
+import { contextStatement } from './sql.js'
+import { beginSettings, withDefaults } from './transaction-settings.js'
+import { UnitOfWork } from './unit-of-work.js'
+import type { WorkRuntime } from './unit-of-work.js'
+
+/**
+ * fastify.db.transaction(fn, options): a unit of work outside any request, with the same
+ * guarantees; committed when `fn` resolves, rolled back when it throws.
+ */
+export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, defaults: DbTransactionSettings, log: FastifyBaseLogger) {
+  return async function transaction<T> (fn: (trx: any) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
+    if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
+    const { context, ...settings } = options ?? {}
+    const begin = beginSettings(withDefaults(defaults, settings), 'fastify.db.transaction: ')
+    let statement: (() => string) | null = null
+    // An empty context sets nothing, as for the plugin's context option.
+    if (context !== undefined && Object.keys(context).length > 0) {
+      checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
+      statement = () => contextStatement(context)
+    }
+    const owner = runtime.leakWatch === null ? null : () => ({ log, route: 'fastify.db.transaction' })
+    const work = new UnitOfWork(runtime, begin, statement, owner)
+    let result: T
+    try {
+      result = await fn(new WorkExecutor(runtime, work).transaction)
+    } catch (error) {
+      await work.finish(false, 'its callback threw')
+      throw error
+    }
+    const { error } = await work.finish(true, 'its callback returned')
+    if (error !== null) throw error
+    return result
+  }
+}
