@@ -2,10 +2,55 @@ import type { DbPoolStats } from '../index.js'
 import type { HistogramSnapshot } from './histogram.js'
 
 /** One line of a metric: an optional name suffix (`_bucket`), labels beyond `pool`, the value. */
-interface Sample { suffix?: string, labels?: string, value: number }
+export interface Sample { suffix?: string, labels?: Record<string, string | number>, value: number }
 type Pools = ReadonlyArray<{ name: string, stats: DbPoolStats }>
 
+/** One metric family: its full name, type and help, and its samples for one pool's stats. */
+export interface MetricFamily {
+  name: string
+  type: 'counter' | 'gauge' | 'histogram'
+  help: string
+  samples: (stats: DbPoolStats) => Sample[]
+}
+
 const PREFIX = 'fastify_db_session_'
+
+const gauge = (name: string, help: string, read: (stats: DbPoolStats) => number): MetricFamily =>
+  ({ name: PREFIX + name, type: 'gauge', help, samples: (stats) => [{ value: read(stats) }] })
+const counter = (name: string, help: string, read: (stats: DbPoolStats) => number): MetricFamily =>
+  ({ name: PREFIX + name + '_total', type: 'counter', help, samples: (stats) => [{ value: read(stats) }] })
+const histogram = (name: string, help: string, read: (stats: DbPoolStats) => HistogramSnapshot): MetricFamily =>
+  ({ name: PREFIX + name, type: 'histogram', help, samples: (stats) => histogramSamples(read(stats)) })
+
+/**
+ * Every metric the plugin exposes, in one table: metrics() renders it as text, and the prom-client
+ * collector (prom-client.ts) hands the same families to a prom-client Registry, so both say the same.
+ */
+export const METRIC_FAMILIES: readonly MetricFamily[] = [
+  {
+    name: PREFIX + 'connections',
+    type: 'gauge',
+    help: 'Connections open in the pool, by state.',
+    samples: (stats) => [{ labels: { state: 'idle' }, value: stats.idle }, { labels: { state: 'active' }, value: stats.active }]
+  },
+  gauge('max_connections', 'Most connections the pool opens.', (stats) => stats.max),
+  gauge('waiting_acquires', 'Callers waiting for a connection now.', (stats) => stats.waiting),
+  gauge('circuit_open', '1 while the circuit breaker fails acquires fast, else 0.', (stats) => Number(stats.circuitOpen)),
+  counter('acquires', 'Connections checked out.', (stats) => stats.acquires),
+  counter('acquire_timeouts', 'Acquires that gave up after the acquire timeout.', (stats) => stats.acquireTimeouts),
+  counter('circuit_rejections', 'Acquires refused at once while the circuit breaker was open.', (stats) => stats.circuitRejections),
+  counter('commits', 'Transactions committed.', (stats) => stats.commits),
+  counter('rollbacks', 'Transactions rolled back.', (stats) => stats.rollbacks),
+  counter('commit_failures', 'COMMITs that failed; their transactions were rolled back.', (stats) => stats.commitFailures),
+  counter('aborts', 'Transactions rolled back because the client went away or the socket timed out.', (stats) => stats.aborts),
+  counter('leaks', 'Connections held past the leak threshold, or still checked out at close.', (stats) => stats.leaks),
+  counter('idle_errors', 'Errors reported by idle pooled connections.', (stats) => stats.idleErrors),
+  counter('connections_created', 'Connections the pool opened.', (stats) => stats.connectionsCreated),
+  counter('connections_removed', 'Connections the pool closed.', (stats) => stats.connectionsRemoved),
+  counter('connections_destroyed', 'Connections destroyed instead of returned because their state was in doubt.', (stats) => stats.destroyed),
+  histogram('acquire_wait_seconds', 'Time from asking for a connection to having it.', (stats) => stats.acquireWaitSeconds),
+  histogram('connection_hold_seconds', 'Time a connection stayed checked out.', (stats) => stats.holdSeconds)
+]
 
 /**
  * The pools' figures in Prometheus' text exposition format (version 0.0.4): one HELP and TYPE
@@ -13,53 +58,22 @@ const PREFIX = 'fastify_db_session_'
  */
 export function prometheusText (pools: Pools): string {
   const out: string[] = []
-  const metric = (name: string, type: string, help: string, samples: (stats: DbPoolStats) => Sample[]): void => {
-    out.push(`# HELP ${PREFIX}${name} ${help}`, `# TYPE ${PREFIX}${name} ${type}`)
+  for (const { name, type, help, samples } of METRIC_FAMILIES) {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
     for (const { name: pool, stats } of pools) {
-      for (const { suffix = '', labels, value } of samples(stats)) {
-        const all = labels === undefined ? `pool="${escapeLabel(pool)}"` : `pool="${escapeLabel(pool)}",${labels}`
-        out.push(`${PREFIX}${name}${suffix}{${all}} ${value}`)
+      for (const { suffix = '', labels = {}, value } of samples(stats)) {
+        const all = [`pool="${escapeLabel(pool)}"`, ...Object.entries(labels).map(([key, label]) => `${key}="${label}"`)]
+        out.push(`${name}${suffix}{${all.join(',')}} ${value}`)
       }
     }
   }
-  const gauge = (name: string, help: string, read: (stats: DbPoolStats) => number): void => {
-    metric(name, 'gauge', help, (stats) => [{ value: read(stats) }])
-  }
-  const counter = (name: string, help: string, read: (stats: DbPoolStats) => number): void => {
-    metric(name + '_total', 'counter', help, (stats) => [{ value: read(stats) }])
-  }
-  const histogram = (name: string, help: string, read: (stats: DbPoolStats) => HistogramSnapshot): void => {
-    metric(name, 'histogram', help, (stats) => histogramSamples(read(stats)))
-  }
-
-  metric('connections', 'gauge', 'Connections open in the pool, by state.', (stats) => [
-    { labels: 'state="idle"', value: stats.idle },
-    { labels: 'state="active"', value: stats.active }
-  ])
-  gauge('max_connections', 'Most connections the pool opens.', (stats) => stats.max)
-  gauge('waiting_acquires', 'Callers waiting for a connection now.', (stats) => stats.waiting)
-  gauge('circuit_open', '1 while the circuit breaker fails acquires fast, else 0.', (stats) => Number(stats.circuitOpen))
-  counter('acquires', 'Connections checked out.', (stats) => stats.acquires)
-  counter('acquire_timeouts', 'Acquires that gave up after the acquire timeout.', (stats) => stats.acquireTimeouts)
-  counter('circuit_rejections', 'Acquires refused at once while the circuit breaker was open.', (stats) => stats.circuitRejections)
-  counter('commits', 'Transactions committed.', (stats) => stats.commits)
-  counter('rollbacks', 'Transactions rolled back.', (stats) => stats.rollbacks)
-  counter('commit_failures', 'COMMITs that failed; their transactions were rolled back.', (stats) => stats.commitFailures)
-  counter('aborts', 'Transactions rolled back because the client went away or the socket timed out.', (stats) => stats.aborts)
-  counter('leaks', 'Connections held past the leak threshold, or still checked out at close.', (stats) => stats.leaks)
-  counter('idle_errors', 'Errors reported by idle pooled connections.', (stats) => stats.idleErrors)
-  counter('connections_created', 'Connections the pool opened.', (stats) => stats.connectionsCreated)
-  counter('connections_removed', 'Connections the pool closed.', (stats) => stats.connectionsRemoved)
-  counter('connections_destroyed', 'Connections destroyed instead of returned because their state was in doubt.', (stats) => stats.destroyed)
-  histogram('acquire_wait_seconds', 'Time from asking for a connection to having it.', (stats) => stats.acquireWaitSeconds)
-  histogram('connection_hold_seconds', 'Time a connection stayed checked out.', (stats) => stats.holdSeconds)
   return out.join('\n') + '\n'
 }
 
 function histogramSamples (histogram: HistogramSnapshot): Sample[] {
-  const samples: Sample[] = histogram.buckets.map(({ le, count }) => ({ suffix: '_bucket', labels: `le="${le}"`, value: count }))
+  const samples: Sample[] = histogram.buckets.map(({ le, count }) => ({ suffix: '_bucket', labels: { le }, value: count }))
   samples.push(
-    { suffix: '_bucket', labels: 'le="+Inf"', value: histogram.count },
+    { suffix: '_bucket', labels: { le: '+Inf' }, value: histogram.count },
     { suffix: '_sum', value: histogram.sum },
     { suffix: '_count', value: histogram.count }
   )
