@@ -177,6 +177,49 @@ declare namespace fastifyDbSession {
      * Default `true`: `{ retries: 4, delayMillis: 250 }`. `false` skips the check.
      */
     startupCheck?: boolean | { retries?: number, delayMillis?: number }
+    /**
+     * A prom-client `Registry` that reports this registration's metrics too: the same names, types,
+     * help text and `pool` label as `metrics()`, read at each scrape. Several registrations may share a
+     * registry (each with its own `name`); `fastify.close()` takes the pool's samples out again.
+     * prom-client is an optional peer dependency, never imported by the plugin.
+     *
+     * ```ts
+     * import { register } from 'prom-client'
+     * await app.register(dbSession, { connectionString, promClientRegistry: register })
+     * app.get('/metrics', async (request, reply) => reply.type(register.contentType).send(await register.metrics()))
+     * ```
+     */
+    promClientRegistry?: PromClientRegistry
+    /**
+     * Reports the pool's figures as OpenTelemetry metrics through `meterProvider` (meter
+     * `fastify-db-session`): `db.client.connection.*` of the semantic conventions and
+     * `fastify_db_session.*` for the rest. Read at each collection, except the wait and use time
+     * histograms, recorded at each checkout. Default `false`: nothing is imported, nothing reported.
+     *
+     * ```ts
+     * import { metrics } from '@opentelemetry/api'
+     * await app.register(dbSession, { connectionString, openTelemetry: { meterProvider: metrics.getMeterProvider() } })
+     * ```
+     */
+    openTelemetry?: false | { meterProvider: OpenTelemetryMeterProvider }
+  }
+
+  /**
+   * What the plugin uses of a prom-client `Registry` (prom-client's `Registry` and its global
+   * `register` fit); declared here so that the types need no prom-client installed.
+   */
+  export interface PromClientRegistry {
+    registerMetric (metric: any): void
+    getSingleMetric (name: string): unknown
+    removeSingleMetric (name: string): void
+  }
+
+  /**
+   * An OpenTelemetry `MeterProvider` (from `@opentelemetry/api` or `@opentelemetry/sdk-metrics`);
+   * declared here so that the types need no OpenTelemetry package installed.
+   */
+  export interface OpenTelemetryMeterProvider {
+    getMeter (name: string, version?: string, options?: any): unknown
   }
 
   /** A histogram of durations in seconds, with cumulative buckets as Prometheus defines them. */

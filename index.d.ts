@@ -19,6 +19,8 @@ export type {
   DbTransactionSettings,
   FastifyDbSession,
   FastifyDbSessionOptions,
+  OpenTelemetryMeterProvider,
+  PromClientRegistry,
   RegisteredDatabase
 } from './index.cjs'
 

@@ -1,7 +1,7 @@
 import pg from 'pg'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { KyselyPlugin } from 'kysely'
-import type { DbTransactionSettings, FastifyDbSessionOptions } from '../index.js'
+import type { DbTransactionSettings, FastifyDbSessionOptions, OpenTelemetryMeterProvider, PromClientRegistry } from '../index.js'
 import { InvalidOptionError } from './errors.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings } from './transaction-settings.js'
@@ -43,13 +43,17 @@ export interface ResolvedOptions {
   startupCheck: StartupCheckSettings | null
   /** Builds a request's set_config statement; null without a context option. */
   contextFor: ((request: FastifyRequest) => string) | null
+  /** The prom-client Registry that reports the metrics too, or null. */
+  promClientRegistry: PromClientRegistry | null
+  /** The OpenTelemetry meter provider the metrics go through, or null (no OpenTelemetry). */
+  meterProvider: OpenTelemetryMeterProvider | null
 }
 
 const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck'
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'promClientRegistry', 'openTelemetry'
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -99,6 +103,26 @@ function nameOption (value: unknown): string {
   return value
 }
 
+function promClientRegistryOption (value: unknown): PromClientRegistry | null {
+  if (value === undefined) return null
+  const methods = ['registerMetric', 'getSingleMetric', 'removeSingleMetric'] as const
+  if (value === null || typeof value !== 'object' || methods.some((name) => typeof (value as Record<string, unknown>)[name] !== 'function')) {
+    throw new InvalidOptionError(`promClientRegistry must be a prom-client Registry (such as prom-client's register); instead got '${String(value)}'`)
+  }
+  return value as PromClientRegistry
+}
+
+function meterProviderOption (value: unknown): OpenTelemetryMeterProvider | null {
+  if (value === undefined || value === false) return null
+  const provider = (value as { meterProvider?: { getMeter?: unknown } } | null)?.meterProvider
+  if (typeof provider?.getMeter !== 'function') {
+    throw new InvalidOptionError(`openTelemetry must be false or { meterProvider }, with an OpenTelemetry MeterProvider (such as metrics.getMeterProvider() of @opentelemetry/api); instead got '${String(value)}'`)
+  }
+  const unknown = Object.keys(value as object).filter((key) => key !== 'meterProvider')
+  if (unknown.length > 0) throw new InvalidOptionError(`unknown option 'openTelemetry.${unknown[0]}'; known is meterProvider`)
+  return provider as OpenTelemetryMeterProvider
+}
+
 /** Checks every option once, at register time, and fills in the defaults. */
 // Fastify always hands a plugin an object (it turns a missing one into {}).
 export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptions {
@@ -140,7 +164,9 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     metricsRoute: metricsRouteOption(options.metricsRoute),
     leak: leak.warnMillis > 0 || leak.timeoutMillis > 0 ? leak : null,
     circuitBreaker: toggled(options.circuitBreaker ?? false, 'circuitBreaker', CIRCUIT_BREAKER_DEFAULTS, { failureThreshold: 1, coolDownMillis: 1 }),
-    startupCheck: toggled(options.startupCheck ?? true, 'startupCheck', STARTUP_CHECK_DEFAULTS, { retries: 0, delayMillis: 0 })
+    startupCheck: toggled(options.startupCheck ?? true, 'startupCheck', STARTUP_CHECK_DEFAULTS, { retries: 0, delayMillis: 0 }),
+    promClientRegistry: promClientRegistryOption(options.promClientRegistry),
+    meterProvider: meterProviderOption(options.openTelemetry)
   }
 
   // Any pool with connect() is the user's: pg-pool's own class, or another copy of pg's.

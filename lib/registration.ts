@@ -10,6 +10,7 @@ import { LeakWatch } from './leak-watch.js'
 import { Counters, poolStats } from './metrics.js'
 import { resolveOptions } from './options.js'
 import { prometheusText } from './prometheus.js'
+import { reportToPromClient } from './prom-client.js'
 import { installRequestScope } from './request-scope.js'
 import { standaloneTransaction } from './standalone-transaction.js'
 import { routeSettingsResolver } from './transaction-settings.js'
@@ -61,6 +62,10 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     ping: async (options) => ping(source, pingTimeout(options))
   }
   fastify.decorate('db', db)
+  if (resolved.promClientRegistry !== null) {
+    const stopReporting = reportToPromClient(resolved.promClientRegistry, { name: resolved.name, stats })
+    fastify.addHook('onClose', async () => { stopReporting() })
+  }
   if (resolved.metricsRoute !== null) {
     fastify.get(resolved.metricsRoute, { config: { db: false } }, async (_request, reply) => {
       return reply.type('text/plain; version=0.0.4; charset=utf-8').send(db.metrics())
