@@ -8,6 +8,7 @@ import { ClosingError, InvalidOptionError } from './errors.js'
 import { checkStartup, ping } from './health.js'
 import { LeakWatch } from './leak-watch.js'
 import { Counters, poolStats } from './metrics.js'
+import { OpenTelemetryCounters } from './otel-metrics.js'
 import { resolveOptions } from './options.js'
 import { prometheusText } from './prometheus.js'
 import { reportToPromClient } from './prom-client.js'
@@ -25,8 +26,10 @@ import type { KyselyRuntime } from './kysely-executor.js'
 export async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOptions): Promise<void> {
   const resolved = resolveOptions(options)
   const { pool, closeTimeoutMillis } = resolved
-  // The telemetry sinks: the counters behind stats() and metrics(). Units of work report to the Telemetry interface.
-  const counters = new Counters()
+  // The telemetry sinks: the counters behind stats() and metrics() (which also report to
+  // OpenTelemetry when asked to). Units of work report to the Telemetry interface.
+  const openTelemetry = resolved.meterProvider === null ? null : new OpenTelemetryCounters(resolved.meterProvider, resolved.name)
+  const counters = openTelemetry ?? new Counters()
   const telemetry = counters
   const breaker = resolved.circuitBreaker === null ? null : new CircuitBreaker(resolved.circuitBreaker)
   const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, boundedConnects: resolved.ownsPool, cancel: closeTimeoutMillis }
@@ -65,6 +68,10 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   if (resolved.promClientRegistry !== null) {
     const stopReporting = reportToPromClient(resolved.promClientRegistry, { name: resolved.name, stats })
     fastify.addHook('onClose', async () => { stopReporting() })
+  }
+  if (openTelemetry !== null) {
+    const stopObserving = openTelemetry.observe(stats)
+    fastify.addHook('onClose', async () => { stopObserving() })
   }
   if (resolved.metricsRoute !== null) {
     fastify.get(resolved.metricsRoute, { config: { db: false } }, async (_request, reply) => {
