@@ -5,7 +5,10 @@ import type { FastifyContextConfig, FastifyError, FastifyReply, FastifyRequest }
 import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
 import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
-import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, FastifyDbSessionOptions, OpenTelemetryMeterProvider, PromClientRegistry, RegisteredDatabase } from 'fastify-db-session'
+import { Registry as PromRegistry, register as promRegister } from 'prom-client'
+import { metrics as otelMetrics } from '@opentelemetry/api'
+import { MeterProvider as SdkMeterProvider } from '@opentelemetry/sdk-metrics'
 import { errors as runtimeErrors } from '../../lib/errors.js'
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
@@ -153,3 +156,23 @@ function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
 export { badBreaker, misspeltRouteConfig, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+
+// Observability: prom-client's Registry (and its global register) and OpenTelemetry's meter
+// providers (the API's global one, the SDK's class) fit the options without the package's types
+// depending on either library.
+const promRegistry = new PromRegistry()
+await app.register(dbSession, { connectionString: 'postgres://x', name: 'scraped', promClientRegistry: promRegistry })
+await app.register(dbSession, { connectionString: 'postgres://x', name: 'global', promClientRegistry: promRegister })
+const asOption: PromClientRegistry = promRegistry
+// @ts-expect-error a registry, not prom-client's metrics text
+await app.register(dbSession, { connectionString: 'postgres://x', promClientRegistry: await promRegistry.metrics() })
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: { meterProvider: otelMetrics.getMeterProvider() } })
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: { meterProvider: new SdkMeterProvider() } })
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: false })
+const provider: OpenTelemetryMeterProvider = new SdkMeterProvider()
+// @ts-expect-error openTelemetry takes { meterProvider }, not the provider itself
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: provider })
+// @ts-expect-error true is not an option: give the provider to use
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: true })
+const observability: Pick<DbSessionCommonOptions, 'promClientRegistry' | 'openTelemetry'> = { promClientRegistry: asOption, openTelemetry: { meterProvider: provider } }
+await app.register(dbSession, { ...observability, connectionString: 'postgres://x' })
