@@ -51,6 +51,11 @@ t.test('TypeScript projects in CommonJS and in ESM (module node16) compile again
     compilerOptions: { module: 'node16', moduleResolution: 'node16', target: 'es2022', strict: true, types: ['node'] },
     include: ['cjs', 'esm']
   }))
+  // The optional peers are not installed there: the projects below compile and run without them.
+  const { createRequire } = await import('node:module')
+  for (const optional of ['prom-client', '@opentelemetry/api']) {
+    t.throws(() => createRequire(join(dir, 'cjs', 'index.ts')).resolve(optional), { code: 'MODULE_NOT_FOUND' }, `${optional} cannot be found beside the consumers`)
+  }
   const compiled = await exec(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', dir]).catch((error) => error)
   t.equal(compiled.stdout, '', 'both projects compile without errors')
   for (const [kind] of kinds) {
