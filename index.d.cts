@@ -15,6 +15,48 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The request's transaction, opened on its first query. */
     readonly db: Transaction<fastifyDbSession.RegisteredDatabase>
+    /**
+     * Runs `fn` once the request's transaction has committed, never otherwise: after COMMIT
+     * succeeded and before the response is sent (each callback awaited, in registration order),
+     * so a 2xx means they ran. A request that never opened a transaction runs them where it would
+     * have committed (when `commitWhen` says commit). One that throws or rejects is logged
+     * through `request.log` and counted in `stats().callbackErrors`; the others still run and
+     * the response stands. Registered inside a savepoint that is rolled back, it is dropped.
+     *
+     * ```ts
+     * app.post('/invitations', async (request) => {
+     *   const invitation = await request.db.insertInto('invitations').values(body).returningAll().executeTakeFirstOrThrow()
+     *   request.afterCommit(() => mailer.send(invitation.email, 'You are invited'))
+     *   return invitation
+     * })
+     * ```
+     */
+    afterCommit(fn: () => unknown): void
+    /**
+     * Runs `fn` once the request's transaction ended without committing, on every path: a throw,
+     * an error status, a failed COMMIT, a client hang-up, a handler timeout, a failed hijacked
+     * reply, `fastify.close()`, `leakTimeoutMillis`. Never after a commit; neither this nor
+     * `afterCommit` runs when the outcome is unknown (`FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN`).
+     * Registered inside a savepoint, it runs when that savepoint is rolled back.
+     *
+     * ```ts
+     * request.afterRollback(() => { uploads.delete(fileName) })
+     * ```
+     */
+    afterRollback(fn: () => unknown): void
+    /**
+     * Runs `fn(trx)` inside a `SAVEPOINT` on the request's transaction (opening it first if
+     * needed, in the same round trip). When `fn` resolves, the savepoint is released and its
+     * result returned; when it throws, `ROLLBACK TO SAVEPOINT` runs and the error is rethrown,
+     * with the request's transaction still usable. Savepoints nest (call it again inside `fn`);
+     * do not run two of one request side by side.
+     *
+     * ```ts
+     * const inserted = await request.savepoint((trx) => trx.insertInto('tags').values({ name }).execute())
+     *   .then(() => true, () => false) // a duplicate is rolled back; the request carries on
+     * ```
+     */
+    savepoint<T>(fn: (trx: Transaction<fastifyDbSession.RegisteredDatabase>) => Promise<T> | T): Promise<T>
   }
   interface FastifyContextConfig {
     db?: fastifyDbSession.DbRouteConfig
@@ -58,6 +100,27 @@ declare namespace fastifyDbSession {
 
   /** A context value; `null` and `undefined` set the empty string. */
   export type DbContextValue = string | number | boolean | bigint | null | undefined
+
+  /**
+   * The second argument of `fastify.db.transaction(fn)`'s `fn`: the unit of work's callbacks and
+   * savepoints, with the meanings of `request.afterCommit`, `request.afterRollback` and
+   * `request.savepoint` (a failing callback is logged through `fastify.log`).
+   *
+   * ```ts
+   * await app.db.transaction(async (trx, unit) => {
+   *   await trx.insertInto('jobs').values({ name: 'report' }).execute()
+   *   unit.afterCommit(() => queue.publish('jobs'))
+   * })
+   * ```
+   */
+  export interface DbUnitOfWork<DB = RegisteredDatabase> {
+    /** Runs `fn` after the transaction committed, before `transaction()` resolves. */
+    afterCommit(fn: () => unknown): void
+    /** Runs `fn` after the transaction ended without committing (or when a savepoint it was registered in is rolled back). */
+    afterRollback(fn: () => unknown): void
+    /** Runs `fn(trx)` inside a savepoint: released when it resolves, rolled back to when it throws (the error rethrown). */
+    savepoint<T>(fn: (trx: Transaction<DB>) => Promise<T> | T): Promise<T>
+  }
 
   /** Options of `fastify.db.transaction()`. */
   export interface DbTransactionOptions extends DbTransactionSettings {
@@ -227,6 +290,8 @@ declare namespace fastifyDbSession {
     circuitOpen: boolean
     /** Acquires refused at once by the open circuit breaker. */
     circuitRejections: number
+    /** `afterCommit` and `afterRollback` callbacks that threw or rejected (each was logged; the others still ran). */
+    callbackErrors: number
     /** Time from asking for a connection to having it (successful acquires). */
     acquireWaitSeconds: DbHistogram
     /** Time each connection stayed checked out. */
@@ -241,9 +306,30 @@ declare namespace fastifyDbSession {
     readonly pool: Pool
     /**
      * Runs `fn` in a transaction with the same guarantees as `request.db`: commit when `fn`
-     * resolves, rollback when it throws, the connection always returned.
+     * resolves, rollback when it throws, the connection always returned. `unit` registers
+     * callbacks and opens savepoints; `transaction()` resolves after the afterCommit callbacks ran.
+     *
+     * ```ts
+     * const id = await app.db.transaction(async (trx, unit) => {
+     *   const row = await trx.insertInto('orders').values(order).returning('id').executeTakeFirstOrThrow()
+     *   unit.afterCommit(() => events.emit('order', row.id))
+     *   return row.id
+     * }, { isolationLevel: 'serializable' })
+     * ```
      */
-    transaction<T>(fn: (trx: Transaction<DB>) => Promise<T>, options?: DbTransactionOptions): Promise<T>
+    transaction<T>(fn: (trx: Transaction<DB>, unit: DbUnitOfWork<DB>) => Promise<T>, options?: DbTransactionOptions): Promise<T>
+    /**
+     * `request.afterCommit(fn)` for this registration's unit of work on `request`.
+     *
+     * ```ts
+     * app.db.afterCommit(request, () => cache.delete(key))
+     * ```
+     */
+    afterCommit(request: FastifyRequest, fn: () => unknown): void
+    /** `request.afterRollback(fn)` for this registration's unit of work on `request`. */
+    afterRollback(request: FastifyRequest, fn: () => unknown): void
+    /** `request.savepoint(fn)` for this registration's unit of work on `request`. */
+    savepoint<T>(request: FastifyRequest, fn: (trx: Transaction<DB>) => Promise<T> | T): Promise<T>
     /** The `name` option: the `pool` label of the metrics. */
     readonly name: string
     /** Pool gauges, counters and histograms. */

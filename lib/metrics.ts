@@ -30,6 +30,8 @@ export interface Telemetry {
   connectionCreated (): void
   /** The pool closed a connection. */
   connectionRemoved (): void
+  /** An afterCommit or afterRollback callback threw or rejected (it was logged; the others ran). */
+  callbackFailed (): void
 }
 
 /** How an opened transaction ended; 'commit failed' was rolled back by PostgreSQL, 'outcome unknown' maybe not. */
@@ -49,6 +51,7 @@ export class Counters implements Telemetry {
   connectionsCreated = 0
   connectionsRemoved = 0
   circuitRejections = 0
+  callbackErrors = 0
   /** Seconds from asking for a connection to having it. */
   readonly acquireWait = new Histogram()
   /** Seconds a connection stayed checked out. */
@@ -101,6 +104,10 @@ export class Counters implements Telemetry {
   connectionRemoved (): void {
     this.connectionsRemoved++
   }
+
+  callbackFailed (): void {
+    this.callbackErrors++
+  }
 }
 
 /** stats(): the pool's gauges, read now, beside the counters. */
@@ -126,6 +133,7 @@ export function poolStats (pool: pg.Pool, counters: Counters, circuitOpen: boole
     connectionsRemoved: counters.connectionsRemoved,
     circuitOpen,
     circuitRejections: counters.circuitRejections,
+    callbackErrors: counters.callbackErrors,
     acquireWaitSeconds: counters.acquireWait.snapshot(),
     holdSeconds: counters.hold.snapshot()
   }

@@ -50,6 +50,7 @@ export function prometheusText (pools: Pools): string {
   counter('idle_errors', 'Errors reported by idle pooled connections.', (stats) => stats.idleErrors)
   counter('connections_created', 'Connections the pool opened.', (stats) => stats.connectionsCreated)
   counter('connections_removed', 'Connections the pool closed.', (stats) => stats.connectionsRemoved)
+  counter('callback_errors', 'afterCommit and afterRollback callbacks that threw or rejected.', (stats) => stats.callbackErrors)
   counter('connections_destroyed', 'Connections destroyed instead of returned because their state was in doubt.', (stats) => stats.destroyed)
   histogram('acquire_wait_seconds', 'Time from asking for a connection to having it.', (stats) => stats.acquireWaitSeconds)
   histogram('connection_hold_seconds', 'Time a connection stayed checked out.', (stats) => stats.holdSeconds)

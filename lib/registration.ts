@@ -1,6 +1,6 @@
 import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { ConnectionSource } from './connection-source.js'
@@ -46,7 +46,11 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
 
   const defaults = resolved.transactionDefaults
   const routeSettings = routeSettingsResolver(defaults)
-  installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
+  const units = installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
+  // request.afterCommit, afterRollback and savepoint: this registration's unit of work, as fastify.db.* below.
+  fastify.decorateRequest('afterCommit', function (this: FastifyRequest, fn: () => unknown) { units.afterCommit(this, fn) })
+  fastify.decorateRequest('afterRollback', function (this: FastifyRequest, fn: () => unknown) { units.afterRollback(this, fn) })
+  fastify.decorateRequest('savepoint', function (this: FastifyRequest, fn: (trx: any) => unknown) { return units.savepoint(this, fn) })
 
   const transaction = standaloneTransaction(runtime, defaults, fastify.log)
 
@@ -56,6 +60,9 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     pool,
     name: resolved.name,
     transaction,
+    afterCommit: units.afterCommit,
+    afterRollback: units.afterRollback,
+    savepoint: units.savepoint,
     stats,
     metrics: () => prometheusText([{ name: resolved.name, stats: stats() }]),
     ping: async (options) => ping(source, pingTimeout(options))

@@ -1,5 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { Transaction } from 'kysely'
 import { ignore } from './callbacks.js'
+import { checkCallback } from './commit-hooks.js'
+import type { HookCallback } from './commit-hooks.js'
 import { DbDisabledError, InvalidOptionError, TooEarlyError } from './errors.js'
 import { WorkExecutor } from './kysely-executor.js'
 import type { KyselyRuntime } from './kysely-executor.js'
@@ -8,6 +11,13 @@ import { UnitOfWork } from './unit-of-work.js'
 import type { WorkRuntime } from './unit-of-work.js'
 
 type CommitWhen = (request: FastifyRequest, reply: FastifyReply) => boolean
+
+/** A request's afterCommit, afterRollback and savepoint, by request: what request.* and fastify.db.* call. */
+export interface RequestUnits {
+  afterCommit (request: FastifyRequest, fn: HookCallback): void
+  afterRollback (request: FastifyRequest, fn: HookCallback): void
+  savepoint<T> (request: FastifyRequest, fn: (trx: Transaction<any>) => Promise<T> | T): Promise<T>
+}
 
 /**
  * `request.db` and what finishes its transaction on every way a request can end: onSend (before
@@ -20,7 +30,7 @@ export function installRequestScope (
   settings: ReturnType<typeof routeSettingsResolver>,
   commitWhen: CommitWhen,
   contextFor: ((request: FastifyRequest) => string) | null
-): void {
+): RequestUnits {
   // The request's private state, under symbols of this registration's own: a second
   // registration in the same app keeps its own unit of work on the same request.
   const kSession = Symbol('fastify-db-session.session')
@@ -81,6 +91,15 @@ export function installRequestScope (
     settings.check(route.config?.db, route.url)
   })
 
+  // The request's unit of work for callbacks and savepoints: the one request.db uses, started
+  // (without a connection) if the request has none yet.
+  const sessionOf = (request: FastifyRequest): WorkExecutor => (request as SessionRequest)[kSession] ?? startSession(request as SessionRequest)
+  const register = (afterCommit: boolean) => (request: FastifyRequest, fn: HookCallback): void => {
+    checkCallback(fn, afterCommit ? 'afterCommit' : 'afterRollback')
+    const { config } = request.routeOptions
+    sessionOf(request).work.hooks(() => ({ log: request.log, route: `${config.method} ${config.url}`, requestId: request.id })).add(afterCommit, fn)
+  }
+
   // Plain functions, not async: a request that never touched request.db costs no promise. One
   // that did returns a promise, which Fastify awaits, catching what its continuation throws.
   fastify.addHook('onSend', function (request, reply, payload, done) {
@@ -113,6 +132,15 @@ export function installRequestScope (
       if (error !== null) throw error
       return payload
     })
+  }
+
+  const units: RequestUnits = {
+    afterCommit: register(true),
+    afterRollback: register(false),
+    savepoint: (request, fn) => {
+      checkCallback(fn, 'savepoint')
+      return sessionOf(request).savepoint(fn)
+    }
   }
 
   fastify.addHook('onError', function (request, _reply, error, done) {
@@ -154,4 +182,6 @@ export function installRequestScope (
       if (error !== null) request.log.error({ err: error }, 'fastify-db-session: COMMIT failed after a hijacked response was sent')
     })
   }
+
+  return units
 }

@@ -3,6 +3,8 @@ import type { CompiledQuery, QueryResult } from 'kysely'
 import { BeginFailure, canFollowBegin } from './begin-with-query.js'
 import { ignore, logWarning } from './callbacks.js'
 import { classify } from './classify.js'
+import { CommitHooks } from './commit-hooks.js'
+import type { HookOwner } from './commit-hooks.js'
 import type { ConnectionSource } from './connection-source.js'
 import { ClosingError, CommitOutcomeUnknownError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
 import { kyselyResult } from './lease.js'
@@ -81,6 +83,8 @@ export class UnitOfWork {
   /** Where the first query was issued, kept for a leak report. */
   #firstQuery: Error | null = null
   #stopWatching: () => void = ignore
+  /** The afterCommit / afterRollback callbacks, made by the first registration: work without any pays nothing. */
+  #hooks: CommitHooks | null = null
 
   constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null) {
     this.#runtime = runtime
@@ -97,6 +101,26 @@ export class UnitOfWork {
   /** Queries are taken until finish() is called; the one test of it, for the guard and for `finished`. */
   #accepting (): boolean {
     return this.#status === 'idle' || this.#status === 'opening' || this.#status === 'open'
+  }
+
+  /**
+   * The callbacks run when this work ends, made on first use for `owner` (who logs a failing one).
+   * Refused once finish() was called: it has already decided what runs.
+   */
+  hooks (owner: () => HookOwner): CommitHooks {
+    if (!this.#accepting()) throw new TransactionFinishedError(this.#finishReason)
+    this.#hooks ??= new CommitHooks(owner(), this.#runtime.source.telemetry)
+    return this.#hooks
+  }
+
+  /** Where a savepoint's callbacks start (see CommitHooks.mark); 0 while none was registered. */
+  get hooksMark (): number {
+    return this.#hooks?.mark ?? 0
+  }
+
+  /** A savepoint started at `mark` was rolled back: drop its afterCommit callbacks, run its afterRollback ones. */
+  rolledBackTo (mark: number): Promise<void> {
+    return this.#hooks === null ? SETTLED : this.#hooks.rolledBackTo(mark)
   }
 
   /** Runs a query in the transaction, opening it with this query when it is the first. */
@@ -256,7 +280,11 @@ export class UnitOfWork {
       // After the queries already issued, and never within this call: whoever finishes (the
       // hold limit) may destroy the connection first, and then no ROLLBACK is sent.
       const drained = this.#running ? new Promise<void>((resolve) => { this.#drained = resolve }) : SETTLED
-      this.#finishing = drained.then(() => this.#end(commit))
+      const ended = drained.then(() => this.#end(commit))
+      // The callbacks are the last step: whoever awaits the finish (the response) waits for them.
+      // None can be added from here on, so work without callbacks keeps the bare promise.
+      const hooks = this.#hooks
+      this.#finishing = hooks === null ? ended : ended.then(async (outcome) => { await hooks.ended(outcome, commit); return outcome })
     } else if (commit && this.#interruption !== null) {
       // Its owner still means to commit, but the work was rolled back for it: say so.
       return this.#finishing.then(({ status, reason }) => ({ status, reason, error: this.takeInterruption() }))
