@@ -11,6 +11,7 @@ import { Counters, poolStats } from './metrics.js'
 import { resolveOptions } from './options.js'
 import { prometheusText } from './prometheus.js'
 import { installRequestScope } from './request-scope.js'
+import { Retrier } from './retry.js'
 import { standaloneTransaction } from './standalone-transaction.js'
 import { routeSettingsResolver } from './transaction-settings.js'
 import type { WorkRuntime } from './unit-of-work.js'
@@ -46,9 +47,10 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
 
   const defaults = resolved.transactionDefaults
   const routeSettings = routeSettingsResolver(defaults)
-  installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
+  const retrier = new Retrier(resolved.retry, telemetry)
+  installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor, retrier)
 
-  const transaction = standaloneTransaction(runtime, defaults, fastify.log)
+  const transaction = standaloneTransaction(runtime, defaults, fastify.log, retrier)
 
   const stats = () => poolStats(pool, counters, source.circuitOpen)
   const db: FastifyDbSession<any> = {
@@ -83,6 +85,8 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     // Requests still running get closeTimeoutMillis to finish; a request stuck in the database
     // would otherwise keep the server from closing.
     closeTimer = setTimeout(() => source.destroyCheckedOut(), closeTimeoutMillis).unref()
+    // Nothing runs again once closing: a request or transaction in its backoff answers its last failure now.
+    retrier.stop()
     done()
   })
   fastify.addHook('onClose', async () => {

@@ -3,6 +3,7 @@ import { ignore } from './callbacks.js'
 import { DbDisabledError, InvalidOptionError, TooEarlyError } from './errors.js'
 import { WorkExecutor } from './kysely-executor.js'
 import type { KyselyRuntime } from './kysely-executor.js'
+import type { Retrier, RequestUnits } from './retry.js'
 import type { routeSettingsResolver } from './transaction-settings.js'
 import { UnitOfWork } from './unit-of-work.js'
 import type { WorkRuntime } from './unit-of-work.js'
@@ -19,13 +20,15 @@ export function installRequestScope (
   runtime: WorkRuntime & KyselyRuntime,
   settings: ReturnType<typeof routeSettingsResolver>,
   commitWhen: CommitWhen,
-  contextFor: ((request: FastifyRequest) => string) | null
+  contextFor: ((request: FastifyRequest) => string) | null,
+  retrier: Retrier
 ): void {
   // The request's private state, under symbols of this registration's own: a second
   // registration in the same app keeps its own unit of work on the same request.
   const kSession = Symbol('fastify-db-session.session')
   const kReply = Symbol('fastify-db-session.reply')
-  type SessionRequest = FastifyRequest & { [kSession]: WorkExecutor | null, [kReply]: FastifyReply | null }
+  // kSession: null until request.db is first used; undefined once a retry discarded a session.
+  type SessionRequest = FastifyRequest & { [kSession]: WorkExecutor | null | undefined, [kReply]: FastifyReply | null }
 
   function startSession (request: SessionRequest): WorkExecutor {
     const { config } = request.routeOptions
@@ -35,15 +38,18 @@ export function installRequestScope (
     if (reply === null) throw new TooEarlyError()
     const owner = runtime.leakWatch === null ? null : () => ({ log: request.log, route: `${config.method} ${config.url}` })
     const session = new WorkExecutor(runtime, new UnitOfWork(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner))
+    // undefined, not null: a retry discarded an earlier session, whose listener serves this one too.
+    const listening = request[kSession] === undefined
     request[kSession] = session
     // Listened to only by requests that use the database: others pay nothing for it.
     const response = reply.raw
     const onClose = (): void => {
-      if (!session.work.finished) finishOnClose(session.work, request, reply)
+      const current = request[kSession]?.work
+      if (current !== undefined && !current.finished) finishOnClose(current, request, reply)
     }
     // Left in place once the session finished, and then a no-op: removing a response's listener
     // deletes a property of its event table, which makes every later event on it slower.
-    response.on('close', onClose)
+    if (!listening) response.on('close', onClose)
     // A client gone before the first query: the close has passed already.
     if (response.destroyed) onClose()
     return session
@@ -77,8 +83,15 @@ export function installRequestScope (
     }
   })
 
+  // What a retrying handler (retry.ts) needs of the request's unit of work.
+  const units: RequestUnits = {
+    current: (request) => (request as SessionRequest)[kSession]?.work ?? null,
+    discard: (request) => { (request as SessionRequest)[kSession] = undefined },
+    decide
+  }
   fastify.addHook('onRoute', (route) => {
     settings.check(route.config?.db, route.url)
+    retrier.wrap(route, units)
   })
 
   // Plain functions, not async: a request that never touched request.db costs no promise. One
