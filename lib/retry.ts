@@ -48,6 +48,8 @@ type Ending =
   | { readonly kind: 'timed out' }
 
 const TIMED_OUT: Ending = { kind: 'timed out' }
+/** Why a request is not run again when another response is on its way (the handler timeout's 503). */
+const RESPONSE_TAKEN = 'the handler timed out, or its response has started'
 
 /**
  * One registration's retries: the settings, the backoff, and close(), after which backoffs end at
@@ -153,7 +155,7 @@ export class Retrier {
       if (refusal !== null) {
         request.log.debug({ attempt: number, reason: refusal }, 'fastify-db-session: not retrying the request')
         // A response already on its way (the handler timeout's 503) is left alone.
-        if (refusal === 'the handler timed out' || refusal === 'the response has started') return reply
+        if (refusal === RESPONSE_TAKEN) return reply
         return finalize(ending, failure, reply, send)
       }
       // The client sees only the last attempt: what this one set on the reply goes.
@@ -166,8 +168,8 @@ export class Retrier {
   /** Why the request may not run again now; null when it may. */
   #refusal (request: FastifyRequest, reply: FastifyReply): string | null {
     if (this.#stopped) return 'the server is closing'
-    if ((request.signal.reason as { code?: string } | undefined)?.code === 'FST_ERR_HANDLER_TIMEOUT') return 'the handler timed out'
-    if (reply.sent || reply.raw.headersSent) return 'the response has started'
+    const timedOut = (request.signal.reason as { code?: string } | undefined)?.code === 'FST_ERR_HANDLER_TIMEOUT'
+    if (timedOut || reply.sent || reply.raw.headersSent) return RESPONSE_TAKEN
     if (reply.raw.destroyed) return 'the client went away'
     return null
   }
