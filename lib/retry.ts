@@ -40,6 +40,19 @@ export interface RequestUnits {
 type Handler = (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) => unknown
 type Send = (payload?: unknown) => FastifyReply
 
+/** One request's retrying run: its handler and reply, and the number of the attempt under way. */
+interface AttemptContext {
+  readonly instance: FastifyInstance
+  readonly handler: Handler
+  readonly retries: number
+  readonly units: RequestUnits
+  readonly request: FastifyRequest
+  readonly reply: FastifyReply
+  /** reply.send as it was before the wrapper held it. */
+  readonly send: Send
+  number: number
+}
+
 /** How one run of the handler ended, as the wrapper saw it. */
 type Ending =
   | { readonly kind: 'returned', readonly value: unknown }
@@ -98,18 +111,17 @@ export class Retrier {
 
   /** fastify.db.transaction's loop: runs `attempt` until it needs no retry, or may have no more. */
   async repeat<T> (retries: number, log: FastifyBaseLogger, attempt: () => Promise<Attempt<T>>): Promise<T> {
-    for (let number = 1; ; number++) {
-      const { value, outcome, failure } = await attempt()
-      if (!outcome.retryable || number > retries || this.#stopped) {
-        if (failure !== null) throw failure
-        return value
-      }
+    let last = await attempt()
+    for (let number = 1; last.outcome.retryable && number <= retries && !this.#stopped; number++) {
       const delayMillis = this.delayFor(number)
-      log.debug({ attempt: number + 1, of: retries + 1, delayMillis, err: failure }, 'fastify-db-session: a serialization failure or deadlock ended a fastify.db.transaction; running its function again')
+      log.debug({ attempt: number + 1, of: retries + 1, delayMillis, err: last.failure }, 'fastify-db-session: a serialization failure or deadlock ended a fastify.db.transaction; running its function again')
       await this.#sleep(delayMillis)
-      if (this.#stopped) throw failure
+      if (this.#stopped) break
       this.#telemetry.retried()
+      last = await attempt()
     }
+    if (last.failure !== null) throw last.failure
+    return last.value
   }
 
   /**
@@ -137,32 +149,40 @@ export class Retrier {
   async #run (instance: FastifyInstance, handler: Handler, retries: number, units: RequestUnits, request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
     const send = reply.send as Send
     const initial = { status: reply.statusCode, headers: reply.getHeaders() }
-    for (let number = 1; ; number++) {
-      const ending = await runOnce(instance, handler, request, reply, send)
-      // Fastify's handler timeout sent its 503, and rolled back (request-scope.ts, onError).
-      if (ending.kind === 'timed out') return reply
-      const work = units.current(request)
-      // No database work, or a response the handler started itself (hijacked, written raw): as without retries.
-      if (work === null || reply.sent || reply.raw.headersSent) return deliver(ending, reply, send)
-      const { outcome, failure } = await settle(ending, work, units, request, reply)
-      if (!outcome.retryable || number > retries) return finalize(ending, failure, reply, send)
-      const delayMillis = this.delayFor(number)
-      if (this.#refusal(request, reply) === null) {
-        request.log.debug({ attempt: number + 1, of: retries + 1, delayMillis, err: failure ?? undefined }, 'fastify-db-session: a serialization failure or deadlock ended the request\'s transaction; running the handler again')
-        await this.#sleep(delayMillis, reply.raw)
-      }
-      const refusal = this.#refusal(request, reply)
-      if (refusal !== null) {
-        request.log.debug({ attempt: number, reason: refusal }, 'fastify-db-session: not retrying the request')
-        // A response already on its way (the handler timeout's 503) is left alone.
-        if (refusal === RESPONSE_TAKEN) return reply
-        return finalize(ending, failure, reply, send)
-      }
+    const attempt = { instance, handler, retries, units, request, reply, send, number: 1 }
+    let answer = await this.#attempt(attempt)
+    while (answer === null) {
       // The client sees only the last attempt: what this one set on the reply goes.
       reset(reply, initial)
       units.discard(request)
       this.#telemetry.retried()
+      attempt.number++
+      answer = await this.#attempt(attempt)
     }
+    return answer()
+  }
+
+  /** Runs the handler once and finishes its unit of work: null to run it again, else what gives the answer. */
+  async #attempt ({ instance, handler, retries, units, request, reply, send, number }: AttemptContext): Promise<(() => unknown) | null> {
+    const ending = await runOnce(instance, handler, request, reply, send)
+    // Fastify's handler timeout sent its 503, and rolled back (request-scope.ts, onError).
+    if (ending.kind === 'timed out') return () => reply
+    const work = units.current(request)
+    // No database work, or a response the handler started itself (hijacked, written raw): as without retries.
+    if (work === null || reply.sent || reply.raw.headersSent) return () => deliver(ending, reply, send)
+    const { outcome, failure } = await settle(ending, work, units, request, reply)
+    if (!outcome.retryable || number > retries) return () => finalize(ending, failure, reply, send)
+    const delayMillis = this.delayFor(number)
+    if (this.#refusal(request, reply) === null) {
+      request.log.debug({ attempt: number + 1, of: retries + 1, delayMillis, err: failure ?? undefined }, 'fastify-db-session: a serialization failure or deadlock ended the request\'s transaction; running the handler again')
+      await this.#sleep(delayMillis, reply.raw)
+    }
+    const refusal = this.#refusal(request, reply)
+    if (refusal === null) return null
+    request.log.debug({ attempt: number, reason: refusal }, 'fastify-db-session: not retrying the request')
+    // A response already on its way (the handler timeout's 503) is left alone.
+    if (refusal === RESPONSE_TAKEN) return () => reply
+    return () => finalize(ending, failure, reply, send)
   }
 
   /** Why the request may not run again now; null when it may. */

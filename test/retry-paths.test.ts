@@ -161,14 +161,18 @@ t.test('a handler that is not async and sends later (a callback), with an error 
   app.post('/callback', function (request, reply) {
     bump(request).then((attempt) => reply.send({ attempt }), (error) => reply.send(error))
   })
-  // A handler that is not async and answers at once, on a retrying route that does not use the database.
+  // Handlers that are not async and answer at once, on a retrying route that does not use the database.
   app.get('/sync', () => 'pong')
+  app.get('/sync-throws', () => { throw new Error('at once') })
   const res = await app.inject({ method: 'POST', url: '/callback' })
   t.equal(res.statusCode, 200)
   t.same(res.json(), { attempt: 2 })
   t.equal(runs(), 2)
   t.equal(await counter(db), 101)
   t.equal((await app.inject('/sync')).body, 'pong')
+  const thrown = await app.inject('/sync-throws')
+  t.equal(thrown.statusCode, 500)
+  t.equal(thrown.json().message, 'at once')
 })
 
 t.test('a hijacked reply is not retried: the handler answers as it did, once', async (t) => {
