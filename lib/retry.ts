@@ -249,14 +249,9 @@ function errorOf (ending: Ending): unknown {
 async function settle (ending: Ending, work: UnitOfWork, units: RequestUnits, request: FastifyRequest, reply: FastifyReply): Promise<{ outcome: Outcome, failure: unknown }> {
   const error = errorOf(ending)
   if (error !== null) return { outcome: await work.finish(false, 'the request failed'), failure: error }
-  let commit: boolean
-  try {
-    // Nobody would learn of a commit made for a client that is gone.
-    commit = !reply.raw.destroyed && units.decide(request, reply)
-  } catch (thrown) {
-    await work.finish(false, 'commitWhen threw')
-    throw thrown
-  }
+  // Nobody would learn of a commit made for a client that is gone. A commitWhen that throws fails
+  // the request, and onError rolls back.
+  const commit = !reply.raw.destroyed && units.decide(request, reply)
   const outcome = await work.finish(commit, 'the response was sent')
   return { outcome, failure: outcome.error }
 }

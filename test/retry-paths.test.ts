@@ -7,7 +7,8 @@ import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { Writable } from 'node:stream'
 import t from 'tap'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import { sql } from 'kysely'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
 import { deferred, watchUncaught } from './helpers/util.js'
@@ -50,6 +51,11 @@ async function setup (t: Parameters<typeof testDatabase>[0], options: Record<str
     return attempt
   }
   return { db, app, bump, runs: () => runs }
+}
+
+async function listen (app: FastifyInstance): Promise<string> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
 }
 
 async function counter (db: TestDatabase): Promise<number> {
@@ -184,13 +190,15 @@ t.test('a hijacked reply is not retried: the handler answers as it did, once', a
       reply.raw.writeHead(200)
       reply.raw.end('ok')
     } catch {
+      // The response is started, and ends after the handler returned.
       reply.raw.writeHead(409)
-      reply.raw.end('conflict')
+      setTimeout(() => reply.raw.end('conflict'), 50)
     }
   })
-  const res = await app.inject({ method: 'POST', url: '/hijacked' })
-  t.equal(res.statusCode, 409)
-  t.equal(res.body, 'conflict')
+  // Over HTTP: the socket stays open after the raw response ends, as it does in production.
+  const res = await fetch(`${await listen(app)}/hijacked`, { method: 'POST' })
+  t.equal(res.status, 409)
+  t.equal(await res.text(), 'conflict')
   t.equal(runs(), 1, 'the handler ran once')
   const stats = await eventually(async () => app.db.stats(), (s) => s.rollbacks === 1 && s.active === 0)
   t.equal(stats.retries, 0)
@@ -205,12 +213,13 @@ t.test('a response already streamed (written to the raw response) is not retried
     reply.raw.write('partial ')
     try {
       await bump(request)
-    } finally {
-      reply.raw.end('end')
+      reply.raw.end('ok')
+    } catch {
+      setTimeout(() => reply.raw.end('end'), 50)
     }
   })
-  const res = await app.inject({ method: 'POST', url: '/streamed' })
-  t.equal(res.body, 'partial end')
+  const res = await fetch(`${await listen(app)}/streamed`, { method: 'POST' })
+  t.equal(await res.text(), 'partial end')
   t.equal(runs(), 1, 'the handler ran once')
   const stats = await eventually(async () => app.db.stats(), (s) => s.rollbacks === 1 && s.active === 0)
   t.equal(stats.retries, 0)
@@ -292,20 +301,37 @@ t.test('the handler timeout during the backoff: 503, and the handler does not ru
   t.equal(await db.idleInTransaction(), 0)
 })
 
-t.test('the handler timeout during a rerun: 503, rolled back', async (t) => {
+t.test('the handler timeout while the 503 is still on its way when the backoff ends: the handler does not run again', async (t) => {
+  const logs = debugLogs()
+  const { db, app, bump, runs } = await setup(t, { retries: 3, retryDelayMillis: 3000 }, logs.options)
+  const stopped = () => logs.lines.filter((line) => STOP_MESSAGE.test(line.msg))
+  // Holds the timeout's 503 in onSend until the backoff (1.5 to 3 s) has ended and decided.
+  app.addHook('onSend', async (_request, reply) => {
+    if (reply.statusCode === 503) await eventually(async () => stopped(), (found) => found.length > 0, 10000)
+  })
+  app.get('/slow-retry', { handlerTimeout: 1000 }, async (request) => ({ attempt: await bump(request) }))
+  const res = await app.inject({ method: 'GET', url: '/slow-retry' })
+  t.equal(res.statusCode, 503)
+  t.match(stopped(), [{ reason: /timed out/ }])
+  t.equal(runs(), 1, 'not run again while the 503 was on its way')
+  t.equal(app.db.stats().retries, 0)
+  t.equal(await counter(db), 100)
+})
+
+t.test('the handler timeout during a rerun: the 503 goes at once, while the rerun\'s query still runs; rolled back', async (t) => {
   const { db, app, bump, runs } = await setup(t, { retries: 3, retryDelayMillis: 0 })
-  const stall = deferred()
-  t.teardown(() => stall.resolve())
   app.get('/stalling-rerun', { handlerTimeout: 300 }, async (request) => {
     const attempt = await bump(request)
-    await stall.promise
+    await request.db.selectNoFrom(sql<number>`pg_sleep(3)`.as('slept')).execute()
     return { attempt }
   })
   const res = await app.inject({ method: 'GET', url: '/stalling-rerun' })
   t.equal(res.statusCode, 503)
   t.equal(res.json().code, 'FST_ERR_HANDLER_TIMEOUT')
+  const sleeping = await db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query LIKE '%pg_sleep(3)%' AND pid <> pg_backend_pid()", [db.name])
+  t.equal(sleeping.rows[0].n, 1, 'the 503 did not wait for the rerun\'s query')
   t.equal(runs(), 2, 'the rerun was running when the timeout fired')
-  const stats = await eventually(async () => app.db.stats(), (s) => s.rollbacks === 2 && s.active === 0)
+  const stats = await eventually(async () => app.db.stats(), (s) => s.rollbacks === 2 && s.active === 0, 10000)
   t.equal(stats.rollbacks, 2, 'both attempts rolled back')
   t.equal(stats.commits, 0)
   t.equal(await counter(db), 100)
