@@ -96,6 +96,23 @@ declare namespace fastifyDbSession {
      * transaction left idle this long (the request then fails and rolls back). 0 turns it off; unset keeps the server's.
      */
     idleInTransactionTimeoutMillis?: number
+    /**
+     * How many more times a unit of work that failed with a serialization failure (40001) or a
+     * deadlock (40P01), in a query or at COMMIT, is rolled back and run again, whole, on a fresh
+     * transaction, after a short randomized backoff (`retryDelayMillis`). An integer from 0 to 10;
+     * default 0 (no retry: the failure answers 409).
+     *
+     * For a route (the plugin option, or `config.db.retries`), the handler runs again, while nothing
+     * of the response has been sent; the client sees only the last attempt. For
+     * `fastify.db.transaction`, the function runs again. Either must be safe to run again: keep side
+     * effects outside the database out of it.
+     *
+     * ```ts
+     * app.post('/transfer', { config: { db: { isolationLevel: 'serializable', retries: 3 } } }, handler)
+     * await app.db.transaction(fn, { isolationLevel: 'serializable', retries: 3 })
+     * ```
+     */
+    retries?: number
   }
 
   /** A context value; `null` and `undefined` set the empty string. */
@@ -200,6 +217,12 @@ declare namespace fastifyDbSession {
     closeTimeoutMillis?: number
     /** Decides, synchronously, whether a request's transaction commits. Default: `reply.statusCode < 400`. */
     commitWhen?: (request: FastifyRequest, reply: FastifyReply) => boolean
+    /**
+     * The base of the randomized exponential backoff before a retry (see `retries`): the n-th retry
+     * waits a random time between half and all of `retryDelayMillis × 2^(n−1)`, the doubling
+     * stopping at the 7th retry (× 64). An integer from 0 (retry at once) to 60000. Default 20 ms.
+     */
+    retryDelayMillis?: number
     /** Kysely plugins applied to `request.db` and `fastify.db.kysely`. */
     plugins?: KyselyPlugin[]
     /**
@@ -280,6 +303,8 @@ declare namespace fastifyDbSession {
     leaks: number
     /** Transactions rolled back because the client went away or the socket timed out. */
     aborts: number
+    /** Units of work run again after a serialization failure or deadlock (the `retries` option). */
+    retries: number
     /** Errors reported by idle pooled connections (the pool dropped them). */
     idleErrors: number
     /** Connections the pool opened. */

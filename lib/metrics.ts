@@ -22,6 +22,8 @@ export interface Telemetry {
   transactionEnded (end: TransactionEnd): void
   /** A unit of work was rolled back because its client went away. */
   aborted (): void
+  /** A unit of work that ended in a serialization failure or deadlock is being run again. */
+  retried (): void
   /** `count` connections were held past the leak threshold, or still checked out at close. */
   leaked (count: number): void
   /** An idle pooled connection failed. */
@@ -47,6 +49,7 @@ export class Counters implements Telemetry {
   destroyed = 0
   leaks = 0
   aborts = 0
+  retries = 0
   idleErrors = 0
   connectionsCreated = 0
   connectionsRemoved = 0
@@ -89,6 +92,10 @@ export class Counters implements Telemetry {
     this.aborts++
   }
 
+  retried (): void {
+    this.retries++
+  }
+
   leaked (count: number): void {
     this.leaks += count
   }
@@ -128,6 +135,7 @@ export function poolStats (pool: pg.Pool, counters: Counters, circuitOpen: boole
     destroyed: counters.destroyed,
     leaks: counters.leaks,
     aborts: counters.aborts,
+    retries: counters.retries,
     idleErrors: counters.idleErrors,
     connectionsCreated: counters.connectionsCreated,
     connectionsRemoved: counters.connectionsRemoved,

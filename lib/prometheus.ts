@@ -46,6 +46,7 @@ export function prometheusText (pools: Pools): string {
   counter('rollbacks', 'Transactions rolled back.', (stats) => stats.rollbacks)
   counter('commit_failures', 'COMMITs that failed; their transactions were rolled back.', (stats) => stats.commitFailures)
   counter('aborts', 'Transactions rolled back because the client went away or the socket timed out.', (stats) => stats.aborts)
+  counter('retries', 'Units of work run again after a serialization failure or deadlock (the retries option).', (stats) => stats.retries)
   counter('leaks', 'Connections held past the leak threshold, or still checked out at close.', (stats) => stats.leaks)
   counter('idle_errors', 'Errors reported by idle pooled connections.', (stats) => stats.idleErrors)
   counter('connections_created', 'Connections the pool opened.', (stats) => stats.connectionsCreated)

@@ -6,8 +6,9 @@ import { checkSettingNames } from './context-settings.js'
 import { InvalidOptionError } from './errors.js'
 import { WorkExecutor } from './kysely-executor.js'
 import type { KyselyRuntime } from './kysely-executor.js'
+import type { Retrier } from './retry.js'
 import { contextStatement } from './sql.js'
-import { beginSettings, withDefaults } from './transaction-settings.js'
+import { beginSettings, retryCount, withDefaults } from './transaction-settings.js'
 import { UnitOfWork } from './unit-of-work.js'
 import type { WorkRuntime } from './unit-of-work.js'
 
@@ -16,10 +17,11 @@ import type { WorkRuntime } from './unit-of-work.js'
  * guarantees; committed when `fn` resolves, rolled back when it throws. It resolves (or rejects)
  * once the unit's afterCommit (or afterRollback) callbacks ran.
  */
-export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, defaults: DbTransactionSettings, log: FastifyBaseLogger) {
+export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, defaults: DbTransactionSettings, log: FastifyBaseLogger, retrier: Retrier) {
   return async function transaction<T> (fn: (trx: any, unit: DbUnitOfWork<any>) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
     if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
-    const { context, ...settings } = options ?? {}
+    const { context, retries, ...settings } = options ?? {}
+    const attempts = retries === undefined ? retrier.settings.retries : retryCount(retries, 'fastify.db.transaction: retries')
     const begin = beginSettings(withDefaults(defaults, settings), 'fastify.db.transaction: ')
     let statement: (() => string) | null = null
     // An empty context sets nothing, as for the plugin's context option.
@@ -28,18 +30,19 @@ export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, def
       statement = () => contextStatement(context)
     }
     const owner = () => ({ log, route: 'fastify.db.transaction' })
-    const work = new UnitOfWork(runtime, begin, statement, runtime.leakWatch === null ? null : owner)
-    const executor = new WorkExecutor(runtime, work)
-    let result: T
-    try {
-      result = await fn(executor.transaction, unitOf(executor, owner))
-    } catch (error) {
-      await work.finish(false, 'its callback threw')
-      throw error
-    }
-    const { error } = await work.finish(true, 'its callback returned')
-    if (error !== null) throw error
-    return result
+    // Each attempt on a unit of work of its own; a serialization failure or deadlock may run `fn` again.
+    return retrier.repeat(attempts, log, async () => {
+      const work = new UnitOfWork(runtime, begin, statement, runtime.leakWatch === null ? null : owner)
+      const executor = new WorkExecutor(runtime, work)
+      let value: T
+      try {
+        value = await fn(executor.transaction, unitOf(executor, owner))
+      } catch (error) {
+        return { value: undefined as T, outcome: await work.finish(false, 'its callback threw'), failure: error }
+      }
+      const outcome = await work.finish(true, 'its callback returned')
+      return { value, outcome, failure: outcome.error }
+    })
   }
 }
 

@@ -40,6 +40,12 @@ export interface Outcome {
   readonly error: Error | null
   /** Why the work was finished ("the response was sent", "the client went away", ...). */
   readonly reason: string
+  /**
+   * It did not commit, and a serialization failure or deadlock (40001, 40P01) ended it, in a query
+   * or at COMMIT: rerunning the whole unit of work may succeed. False when close() or the hold
+   * limit ended it.
+   */
+  readonly retryable: boolean
 }
 
 /** What every unit of work of one registration shares. */
@@ -287,7 +293,7 @@ export class UnitOfWork {
       this.#finishing = hooks === null ? ended : ended.then(async (outcome) => { await hooks.ended(outcome, commit); return outcome })
     } else if (commit && this.#interruption !== null) {
       // Its owner still means to commit, but the work was rolled back for it: say so.
-      return this.#finishing.then(({ status, reason }) => ({ status, reason, error: this.takeInterruption() }))
+      return this.#finishing.then((outcome) => ({ ...outcome, error: this.takeInterruption() }))
     }
     return this.#finishing
   }
@@ -320,15 +326,16 @@ export class UnitOfWork {
     return commit ? this.#commit(lease) : this.#rollback(lease)
   }
 
-  #ended (status: Outcome['status'], error: Error | null): Outcome {
+  #ended (status: Outcome['status'], error: Error | null, retryable = false): Outcome {
     this.#status = status
-    return { status, error, reason: this.#finishReason }
+    return { status, error, reason: this.#finishReason, retryable }
   }
 
   async #commit (lease: Lease): Promise<Outcome> {
     this.#status = 'committing'
     const brokenBeforeCommit = lease.failure !== null
     let error: Error | null = null
+    let retryable = lease.conflict
     try {
       // PostgreSQL answers COMMIT with a ROLLBACK tag when an earlier statement failed.
       const { command } = await lease.command('COMMIT')
@@ -337,11 +344,12 @@ export class UnitOfWork {
       const classified = classify(cause as Error, 'commit', { ...lease.circumstances(), brokenBeforeCommit })
       if (classified.broken) lease.broke(cause as Error)
       error = classified.error
+      retryable ||= classified.retryable
     }
     const status = error === null ? 'committed' : error instanceof CommitOutcomeUnknownError ? 'outcome unknown' : 'commit failed'
     this.#runtime.source.telemetry.transactionEnded(status)
     lease.release()
-    return this.#ended(status, error)
+    return this.#ended(status, error, error !== null && retryable)
   }
 
   async #rollback (lease: Lease): Promise<Outcome> {
@@ -351,7 +359,7 @@ export class UnitOfWork {
     // A connection that already broke has nothing to roll back: PostgreSQL did it as it ended.
     if (lease.failure !== null) {
       lease.release(true)
-      return this.#ended('rolled back', null)
+      return this.#ended('rolled back', null, lease.conflict)
     }
     const failed = await lease.command('ROLLBACK').then(
       () => false,
@@ -360,6 +368,6 @@ export class UnitOfWork {
         return true
       })
     lease.release(failed)
-    return this.#ended('rolled back', null)
+    return this.#ended('rolled back', null, lease.conflict)
   }
 }

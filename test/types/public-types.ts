@@ -84,7 +84,7 @@ expectTrue<Equal<typeof app.db.pool, pg.Pool>>()
 const stats: DbPoolStats = app.db.stats()
 expectTrue<Equal<typeof stats.active, number>>()
 expectTrue<Equal<keyof DbPoolStats, 'total' | 'idle' | 'active' | 'waiting' | 'max' | 'acquires' | 'commits' | 'rollbacks' | 'commitFailures' |
-'acquireTimeouts' | 'destroyed' | 'leaks' | 'aborts' | 'idleErrors' | 'connectionsCreated' | 'connectionsRemoved' | 'circuitOpen' |
+'acquireTimeouts' | 'destroyed' | 'leaks' | 'aborts' | 'retries' | 'idleErrors' | 'connectionsCreated' | 'connectionsRemoved' | 'circuitOpen' |
 'circuitRejections' | 'callbackErrors' | 'acquireWaitSeconds' | 'holdSeconds'>>()
 expectTrue<Equal<typeof stats.holdSeconds, DbHistogram>>()
 expectTrue<Equal<typeof stats.circuitOpen, boolean>>()
@@ -115,6 +115,17 @@ const count: number = await app.db.transaction(async (trx) => {
 }, { accessMode: 'read only', context: { 'app.tenant_id': '42', 'app.user_id': null } })
 // @ts-expect-error the callback gets a transaction, not a string
 await app.db.transaction(async (trx: string) => trx)
+
+// Retries: a plugin option (with the backoff's base), per route, and per fastify.db.transaction.
+const retrying: DbSessionCommonOptions = { retries: 3, retryDelayMillis: 50 }
+await app.register(dbSession, { ...retrying, connectionString: 'postgres://x' })
+app.post('/transfer', { config: { db: { isolationLevel: 'serializable', retries: 3 } } }, async () => 'ok')
+const retried: number = await app.db.transaction(async () => 1, { isolationLevel: 'serializable', retries: 2 })
+expectTrue<Equal<typeof stats.retries, number>>()
+// @ts-expect-error retries is a number
+const retriesAsText: FastifyContextConfig = { db: { retries: '3' } }
+// @ts-expect-error retryDelayMillis is a plugin option, not a route's
+const routeDelay: FastifyContextConfig = { db: { retryDelayMillis: 10 } }
 
 const code = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code
 expectTrue<Equal<typeof code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT'>>()
@@ -200,3 +211,4 @@ function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
 export { hookedTotal, badBreaker, misspeltRouteConfig, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+export { retried, retriesAsText, routeDelay }
