@@ -2,6 +2,7 @@ import pg from 'pg'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { KyselyPlugin } from 'kysely'
 import type { DbTransactionSettings, FastifyDbSessionOptions } from '../index.js'
+import { decoratorName } from './decorator-name.js'
 import { InvalidOptionError } from './errors.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings } from './transaction-settings.js'
@@ -35,6 +36,8 @@ export interface ResolvedOptions {
   plugins: KyselyPlugin[]
   /** Transaction settings every unit of work starts from. */
   transactionDefaults: DbTransactionSettings
+  /** The name of `request.<decorator>`, `fastify.<decorator>` and the routes' `config.<decorator>`. */
+  decorator: string
   /** The `pool` label of the metrics. */
   name: string
   metricsRoute: string | null
@@ -49,7 +52,7 @@ const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck'
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'decorator'
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -91,8 +94,9 @@ function metricsRouteOption (value: unknown): string | null {
   return value
 }
 
-function nameOption (value: unknown): string {
-  if (value === undefined) return 'default'
+// A second registration's pool label defaults to its decorator, so two registrations' metrics never clash by default.
+function nameOption (value: unknown, decorator: string): string {
+  if (value === undefined) return decorator === 'db' ? 'default' : decorator
   if (typeof value !== 'string' || value === '') {
     throw new InvalidOptionError(`name must be a non-empty string (the metrics' pool label); instead got '${String(value)}'`)
   }
@@ -129,6 +133,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   beginSettings(transactionDefaults, '')
   const closeTimeoutMillis = wholeNumber(options, 'closeTimeoutMillis', 1)
   const acquireTimeoutMillis = wholeNumber(options, 'acquireTimeoutMillis', 1)
+  const decorator = decoratorName(options.decorator)
   const leak = { warnMillis: wholeNumber(options, 'leakDetectionMillis', 0), timeoutMillis: wholeNumber(options, 'leakTimeoutMillis', 0) }
   const common = {
     closeTimeoutMillis,
@@ -136,7 +141,8 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     plugins,
     transactionDefaults,
     contextFor: requestContextResolver(options.context),
-    name: nameOption(options.name),
+    decorator,
+    name: nameOption(options.name, decorator),
     metricsRoute: metricsRouteOption(options.metricsRoute),
     leak: leak.warnMillis > 0 || leak.timeoutMillis > 0 ? leak : null,
     circuitBreaker: toggled(options.circuitBreaker ?? false, 'circuitBreaker', CIRCUIT_BREAKER_DEFAULTS, { failureThreshold: 1, coolDownMillis: 1 }),

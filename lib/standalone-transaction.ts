@@ -10,21 +10,22 @@ import { UnitOfWork } from './unit-of-work.js'
 import type { WorkRuntime } from './unit-of-work.js'
 
 /**
- * fastify.db.transaction(fn, options): a unit of work outside any request, with the same
+ * fastify.db.transaction(fn, options) (`db` being the decorator option): a unit of work outside any request, with the same
  * guarantees; committed when `fn` resolves, rolled back when it throws.
  */
-export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, defaults: DbTransactionSettings, log: FastifyBaseLogger) {
+export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, defaults: DbTransactionSettings, log: FastifyBaseLogger, decorator: string) {
+  const where = `fastify.${decorator}.transaction`
   return async function transaction<T> (fn: (trx: any) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
-    if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
+    if (typeof fn !== 'function') throw new InvalidOptionError(`${where} expects a function (trx) => Promise; instead got '${String(fn)}'`)
     const { context, ...settings } = options ?? {}
-    const begin = beginSettings(withDefaults(defaults, settings), 'fastify.db.transaction: ')
+    const begin = beginSettings(withDefaults(defaults, settings), `${where}: `)
     let statement: (() => string) | null = null
     // An empty context sets nothing, as for the plugin's context option.
     if (context !== undefined && Object.keys(context).length > 0) {
-      checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
+      checkSettingNames(Object.keys(context), `${where} context: `)
       statement = () => contextStatement(context)
     }
-    const owner = runtime.leakWatch === null ? null : () => ({ log, route: 'fastify.db.transaction' })
+    const owner = runtime.leakWatch === null ? null : () => ({ log, route: where })
     const work = new UnitOfWork(runtime, begin, statement, owner)
     let result: T
     try {
