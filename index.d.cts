@@ -256,7 +256,7 @@ declare namespace fastifyDbSession {
     holdSeconds: DbHistogram
   }
 
-  /** The `fastify.db` decorator. */
+  /** The `fastify.db` decorator (`fastify.<decorator>` for a registration with another `decorator`). */
   export interface FastifyDbSession<DB = RegisteredDatabase> {
     /** A `Kysely` for work outside requests (jobs, scripts, migrations). */
     readonly kysely: Kysely<DB>

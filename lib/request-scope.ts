@@ -10,9 +10,10 @@ import type { WorkRuntime } from './unit-of-work.js'
 type CommitWhen = (request: FastifyRequest, reply: FastifyReply) => boolean
 
 /**
- * `request.<decorator>` (`request.db` by default) and what finishes its transaction on every way a request can end: onSend (before
- * the response leaves), onError (a thrown error), and the response's close, which is all that
- * happens for a client hang-up, a socket timeout, an HTTP/2 stream reset or a hijacked reply.
+ * `request.<decorator>` (`request.db` by default) and what finishes its transaction on every way
+ * a request can end: onSend (before the response leaves), onError (a thrown error), and the
+ * response's close, which is all that happens for a client hang-up, a socket timeout, an HTTP/2
+ * stream reset or a hijacked reply.
  */
 export function installRequestScope (
   fastify: FastifyInstance,

@@ -151,7 +151,7 @@ t.test('a handler timeout rolls back both; the late handler can commit neither',
   const s = await setup(t)
   const go = deferred()
   const later = deferred<string[]>()
-  s.app.post('/both', { handlerTimeout: 150 }, async (request) => {
+  s.app.post('/both', { handlerTimeout: 1000 }, async (request) => {
     await writeBoth(request, 'too-slow')
     await go.promise
     const codes = []
