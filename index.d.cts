@@ -236,7 +236,30 @@ declare namespace fastifyDbSession {
      * ```
      */
     context?: Record<string, (request: FastifyRequest) => DbContextValue>
-    /** The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`. */
+    /**
+     * The name of this registration's decorators and route setting: `request.<decorator>`,
+     * `fastify.<decorator>` and `config.<decorator>` on routes. Default `'db'`. Give a second
+     * registration (another database) its own; each has its own pool, transactions, hooks, stats
+     * and metrics. A JavaScript identifier, not a property Fastify or another plugin already has
+     * on the instance, its requests or its replies, and not a decorator of another registration in
+     * the same scope or a parent scope: those fail registration with `FST_DB_SESSION_INVALID_OPTION`.
+     * Type it by augmenting Fastify (`DbSessionRegister` types only the default `db`):
+     *
+     * ```ts
+     * await app.register(dbSession, { connectionString: analyticsUrl, decorator: 'analytics' })
+     *
+     * declare module 'fastify' {
+     *   interface FastifyRequest { readonly analytics: Transaction<AnalyticsDatabase> }
+     *   interface FastifyInstance { analytics: FastifyDbSession<AnalyticsDatabase> }
+     *   interface FastifyContextConfig { analytics?: DbRouteConfig }
+     * }
+     * ```
+     */
+    decorator?: string
+    /**
+     * The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`
+     * for the decorator `'db'`, otherwise the `decorator` option.
+     */
     name?: string
     /** Serves `metrics()` on this GET path, e.g. `'/metrics'`. Default (or `false`): no route. */
     metricsRoute?: string | false
@@ -323,7 +346,7 @@ declare namespace fastifyDbSession {
     holdSeconds: DbHistogram
   }
 
-  /** The `fastify.db` decorator. */
+  /** The `fastify.db` decorator (`fastify.<decorator>` for a registration with another `decorator`). */
   export interface FastifyDbSession<DB = RegisteredDatabase> {
     /** A `Kysely` for work outside requests (jobs, scripts, migrations). */
     readonly kysely: Kysely<DB>

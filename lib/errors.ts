@@ -10,7 +10,7 @@ export const InvalidOptionError = createError(
 
 export const DbDisabledError = createError(
   'FST_DB_SESSION_DISABLED',
-  'request.db is disabled on route %s %s by `config: { db: false }`; remove that setting to use the database there',
+  'request.%s is disabled on route %s by `config: { %s: false }`; remove that setting to use the database there',
   500
 )
 
@@ -88,7 +88,7 @@ export const InvalidContextError = createError(
 
 export const TooEarlyError = createError(
   'FST_DB_SESSION_TOO_EARLY',
-  'request.db was used in a hook that runs before fastify-db-session\'s own onRequest hook; register the plugin before that hook',
+  'request.%s was used in a hook that runs before fastify-db-session\'s own onRequest hook; register the plugin before that hook',
   500
 )
 

@@ -2,6 +2,7 @@ import pg from 'pg'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { KyselyPlugin } from 'kysely'
 import type { DbTransactionSettings, FastifyDbSessionOptions } from '../index.js'
+import { decoratorName } from './decorator-name.js'
 import { InvalidOptionError } from './errors.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings, retryCount } from './transaction-settings.js'
@@ -39,6 +40,8 @@ export interface ResolvedOptions {
   plugins: KyselyPlugin[]
   /** Transaction settings every unit of work starts from. */
   transactionDefaults: DbTransactionSettings
+  /** The name of `request.<decorator>`, `fastify.<decorator>` and the routes' `config.<decorator>`. */
+  decorator: string
   /** The `pool` label of the metrics. */
   name: string
   metricsRoute: string | null
@@ -55,7 +58,7 @@ const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis'
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'decorator'
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -97,8 +100,9 @@ function metricsRouteOption (value: unknown): string | null {
   return value
 }
 
-function nameOption (value: unknown): string {
-  if (value === undefined) return 'default'
+// A second registration's pool label defaults to its decorator, so two registrations' metrics never clash by default.
+function nameOption (value: unknown, decorator: string): string {
+  if (value === undefined) return decorator === 'db' ? 'default' : decorator
   if (typeof value !== 'string' || value === '') {
     throw new InvalidOptionError(`name must be a non-empty string (the metrics' pool label); instead got '${String(value)}'`)
   }
@@ -139,6 +143,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   if (!Number.isSafeInteger(retryDelayMillis) || retryDelayMillis < 0 || retryDelayMillis > MAX_RETRY_DELAY_MILLIS) {
     throw new InvalidOptionError(`retryDelayMillis must be an integer number of milliseconds from 0 to ${MAX_RETRY_DELAY_MILLIS}; instead got '${String(retryDelayMillis)}'`)
   }
+  const decorator = decoratorName(options.decorator)
   const leak = { warnMillis: wholeNumber(options, 'leakDetectionMillis', 0), timeoutMillis: wholeNumber(options, 'leakTimeoutMillis', 0) }
   const common = {
     closeTimeoutMillis,
@@ -147,7 +152,8 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     transactionDefaults,
     contextFor: requestContextResolver(options.context),
     retry: { retries: retryCount(options.retries ?? 0, 'retries'), delayMillis: retryDelayMillis },
-    name: nameOption(options.name),
+    decorator,
+    name: nameOption(options.name, decorator),
     metricsRoute: metricsRouteOption(options.metricsRoute),
     leak: leak.warnMillis > 0 || leak.timeoutMillis > 0 ? leak : null,
     circuitBreaker: toggled(options.circuitBreaker ?? false, 'circuitBreaker', CIRCUIT_BREAKER_DEFAULTS, { failureThreshold: 1, coolDownMillis: 1 }),

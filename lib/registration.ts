@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { ConnectionSource } from './connection-source.js'
+import { checkDecoratorFree, markOurs } from './decorator-name.js'
 import { ClosingError, InvalidOptionError } from './errors.js'
 import { checkStartup, ping } from './health.js'
 import { LeakWatch } from './leak-watch.js'
@@ -19,12 +20,14 @@ import type { KyselyRuntime } from './kysely-executor.js'
 
 /**
  * One registration of the plugin: its pool and connection source, its Kysely, request.db (under
- * symbols of its own), fastify.db (transaction(), stats(), metrics(), ping()), and its close.
- * Nothing is shared with another registration.
+ * symbols of its own), fastify.db (transaction(), stats(), metrics(), ping()), and its close;
+ * `db` is the `decorator` option's name. Nothing is shared with another registration.
  */
 export async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOptions): Promise<void> {
   const resolved = resolveOptions(options)
-  const { pool, closeTimeoutMillis } = resolved
+  const { pool, closeTimeoutMillis, decorator } = resolved
+  // Before anything is connected or decorated: pg.Pool opens no connection until asked.
+  checkDecoratorFree(fastify, decorator)
   // The telemetry sinks: the counters behind stats() and metrics(). Units of work report to the Telemetry interface.
   const counters = new Counters()
   const telemetry = counters
@@ -46,15 +49,18 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   }
 
   const defaults = resolved.transactionDefaults
-  const routeSettings = routeSettingsResolver(defaults)
-  const retrier = new Retrier(resolved.retry, telemetry)
-  const callbacks = installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor, retrier)
-  // request.afterCommit, afterRollback and savepoint: this registration's unit of work, as fastify.db.* below.
-  fastify.decorateRequest('afterCommit', function (this: FastifyRequest, fn: () => unknown) { callbacks.afterCommit(this, fn) })
-  fastify.decorateRequest('afterRollback', function (this: FastifyRequest, fn: () => unknown) { callbacks.afterRollback(this, fn) })
-  fastify.decorateRequest('savepoint', function (this: FastifyRequest, fn: (trx: any) => unknown) { return callbacks.savepoint(this, fn) })
+  const routeSettings = routeSettingsResolver(defaults, decorator)
+  const retrier = new Retrier(resolved.retry, telemetry, decorator)
+  const callbacks = installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor, retrier, decorator)
+  // request.afterCommit, afterRollback and savepoint belong to the registration named 'db' (the
+  // default); every registration offers them as fastify.<decorator>.afterCommit(request, fn) and so on.
+  if (decorator === 'db') {
+    fastify.decorateRequest('afterCommit', function (this: FastifyRequest, fn: () => unknown) { callbacks.afterCommit(this, fn) })
+    fastify.decorateRequest('afterRollback', function (this: FastifyRequest, fn: () => unknown) { callbacks.afterRollback(this, fn) })
+    fastify.decorateRequest('savepoint', function (this: FastifyRequest, fn: (trx: any) => unknown) { return callbacks.savepoint(this, fn) })
+  }
 
-  const transaction = standaloneTransaction(runtime, defaults, fastify.log, retrier)
+  const transaction = standaloneTransaction(runtime, defaults, fastify.log, retrier, decorator)
 
   const stats = () => poolStats(pool, counters, source.circuitOpen)
   const db: FastifyDbSession<any> = {
@@ -69,9 +75,10 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     metrics: () => prometheusText([{ name: resolved.name, stats: stats() }]),
     ping: async (options) => ping(source, pingTimeout(options))
   }
-  fastify.decorate('db', db)
+  markOurs(db)
+  fastify.decorate(decorator, db)
   if (resolved.metricsRoute !== null) {
-    fastify.get(resolved.metricsRoute, { config: { db: false } }, async (_request, reply) => {
+    fastify.get(resolved.metricsRoute, { config: { [decorator]: false } }, async (_request, reply) => {
       return reply.type('text/plain; version=0.0.4; charset=utf-8').send(db.metrics())
     })
   }

@@ -21,9 +21,10 @@ export interface RequestCallbacks {
 }
 
 /**
- * `request.db` and what finishes its transaction on every way a request can end: onSend (before
- * the response leaves), onError (a thrown error), and the response's close, which is all that
- * happens for a client hang-up, a socket timeout, an HTTP/2 stream reset or a hijacked reply.
+ * `request.<decorator>` (`request.db` by default) and what finishes its transaction on every way
+ * a request can end: onSend (before the response leaves), onError (a thrown error), and the
+ * response's close, which is all that happens for a client hang-up, a socket timeout, an HTTP/2
+ * stream reset or a hijacked reply.
  */
 export function installRequestScope (
   fastify: FastifyInstance,
@@ -31,21 +32,22 @@ export function installRequestScope (
   settings: ReturnType<typeof routeSettingsResolver>,
   commitWhen: CommitWhen,
   contextFor: ((request: FastifyRequest) => string) | null,
-  retrier: Retrier
+  retrier: Retrier,
+  decorator: string
 ): RequestCallbacks {
   // The request's private state, under symbols of this registration's own: a second
   // registration in the same app keeps its own unit of work on the same request.
-  const kSession = Symbol('fastify-db-session.session')
-  const kReply = Symbol('fastify-db-session.reply')
+  const kSession = Symbol(`fastify-db-session.${decorator}.session`)
+  const kReply = Symbol(`fastify-db-session.${decorator}.reply`)
   // kSession: null until request.db is first used; undefined once a retry discarded a session.
   type SessionRequest = FastifyRequest & { [kSession]: WorkExecutor | null | undefined, [kReply]: FastifyReply | null }
 
   function startSession (request: SessionRequest): WorkExecutor {
     const { config } = request.routeOptions
     const beginSettings = settings.forConfig(config)
-    if (beginSettings === null) throw new DbDisabledError(config.method, config.url)
+    if (beginSettings === null) throw new DbDisabledError(decorator, `${config.method} ${config.url}`, decorator)
     const reply = request[kReply]
-    if (reply === null) throw new TooEarlyError()
+    if (reply === null) throw new TooEarlyError(decorator)
     const owner = runtime.leakWatch === null ? null : () => ({ log: request.log, route: `${config.method} ${config.url}` })
     const session = new WorkExecutor(runtime, new UnitOfWork(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner))
     // undefined, not null: a retry discarded an earlier session, whose listener serves this one too.
@@ -86,7 +88,10 @@ export function installRequestScope (
     (request as SessionRequest)[kReply] = reply
     done()
   })
-  fastify.decorateRequest('db', {
+  // DESIGN.md: request-level helpers that name no registration (afterCommit, afterRollback,
+  // savepoint) belong to the registration whose decorator is 'db'; decorate them only when
+  // decorator === 'db', so that a second registration does not collide on them.
+  fastify.decorateRequest(decorator, {
     getter (this: FastifyRequest) {
       const request = this as SessionRequest
       return (request[kSession] ?? startSession(request)).transaction
@@ -100,7 +105,7 @@ export function installRequestScope (
     decide
   }
   fastify.addHook('onRoute', (route) => {
-    settings.check(route.config?.db, route.url)
+    settings.check(route.config, route.url)
     retrier.wrap(route, units)
   })
 

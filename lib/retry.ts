@@ -1,4 +1,5 @@
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { DbRouteConfig } from '../index.js'
 import type { Telemetry } from './metrics.js'
 import type { Outcome, UnitOfWork } from './unit-of-work.js'
 
@@ -77,9 +78,13 @@ export class Retrier {
   /** Handlers this registration made: a route's options seen twice by onRoute are wrapped once. */
   readonly #wrappers = new WeakSet<object>()
 
-  constructor (settings: RetrySettings, telemetry: Telemetry) {
+  /** The route config key of this registration: `db`, or its decorator option. */
+  readonly #key: string
+
+  constructor (settings: RetrySettings, telemetry: Telemetry, key = 'db') {
     this.settings = settings
     this.#telemetry = telemetry
+    this.#key = key
   }
 
   /** fastify.close() began: no unit of work runs again, and the backoffs in progress end now. */
@@ -125,11 +130,11 @@ export class Retrier {
   }
 
   /**
-   * At onRoute: wraps the handler of a route whose retries (`config.db.retries`, else the
-   * plugin's) are above 0. Other routes keep their handler, and pay nothing.
+   * At onRoute: wraps the handler of a route whose retries (`config.db.retries`, or the
+   * decorator's key, else the plugin's) are above 0. Other routes keep their handler, and pay nothing.
    */
   wrap (route: RouteOptions, units: RequestUnits): void {
-    const db = route.config?.db
+    const db = (route.config as Record<string, DbRouteConfig | false | undefined> | undefined)?.[this.#key]
     const retries = db === false ? 0 : db?.retries ?? this.settings.retries
     if (retries === 0 || this.#wrappers.has(route.handler)) return
     route.handler = this.#retrying(route.handler as Handler, retries, units)

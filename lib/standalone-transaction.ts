@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { DbTransactionOptions, DbTransactionSettings, DbUnitOfWork } from '../index.js'
+import { refuseUnknownKeys } from './closest-name.js'
 import { checkCallback } from './commit-hooks.js'
 import type { HookOwner } from './commit-hooks.js'
 import { checkSettingNames } from './context-settings.js'
@@ -8,28 +9,36 @@ import { WorkExecutor } from './kysely-executor.js'
 import type { KyselyRuntime } from './kysely-executor.js'
 import type { Retrier } from './retry.js'
 import { contextStatement } from './sql.js'
-import { beginSettings, retryCount, withDefaults } from './transaction-settings.js'
+import { beginSettings, retryCount, ROUTE_KEYS, withDefaults } from './transaction-settings.js'
 import { UnitOfWork } from './unit-of-work.js'
 import type { WorkRuntime } from './unit-of-work.js'
 
+/** The keys of transaction()'s options: a route's settings and a context of its own (one list: a new option is one line). */
+const OPTION_KEYS = [...ROUTE_KEYS, 'context']
+
 /**
- * fastify.db.transaction(fn, options): a unit of work outside any request, with the same
- * guarantees; committed when `fn` resolves, rolled back when it throws. It resolves (or rejects)
- * once the unit's afterCommit (or afterRollback) callbacks ran.
+ * fastify.db.transaction(fn, options) (`db` being the decorator option): a unit of work outside
+ * any request, with the same guarantees; committed when `fn` resolves, rolled back when it
+ * throws. It resolves (or rejects) once the unit's afterCommit (or afterRollback) callbacks ran.
  */
-export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, defaults: DbTransactionSettings, log: FastifyBaseLogger, retrier: Retrier) {
+export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, defaults: DbTransactionSettings, log: FastifyBaseLogger, retrier: Retrier, decorator: string) {
+  const where = `fastify.${decorator}.transaction`
   return async function transaction<T> (fn: (trx: any, unit: DbUnitOfWork<any>) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
-    if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
+    if (typeof fn !== 'function') throw new InvalidOptionError(`${where} expects a function (trx, unit) => Promise; instead got '${String(fn)}'`)
+    if (options !== undefined && (options === null || typeof options !== 'object')) {
+      throw new InvalidOptionError(`${where}: options must be an object like { isolationLevel, accessMode, context }; instead got '${String(options)}'`)
+    }
+    refuseUnknownKeys(options ?? {}, OPTION_KEYS, `${where}: options`)
     const { context, retries, ...settings } = options ?? {}
-    const attempts = retries === undefined ? retrier.settings.retries : retryCount(retries, 'fastify.db.transaction: retries')
-    const begin = beginSettings(withDefaults(defaults, settings), 'fastify.db.transaction: ')
+    const attempts = retries === undefined ? retrier.settings.retries : retryCount(retries, `${where}: retries`)
+    const begin = beginSettings(withDefaults(defaults, settings), `${where}: `)
     let statement: (() => string) | null = null
     // An empty context sets nothing, as for the plugin's context option.
     if (context !== undefined && Object.keys(context).length > 0) {
-      checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
+      checkSettingNames(Object.keys(context), `${where} context: `)
       statement = () => contextStatement(context)
     }
-    const owner = () => ({ log, route: 'fastify.db.transaction' })
+    const owner = () => ({ log, route: where })
     // Each attempt on a unit of work of its own; a serialization failure or deadlock may run `fn` again.
     return retrier.repeat(attempts, log, async () => {
       const work = new UnitOfWork(runtime, begin, statement, runtime.leakWatch === null ? null : owner)

@@ -1,9 +1,10 @@
 import type { DbRouteConfig, DbTransactionSettings } from '../index.js'
-import { closestName } from './closest-name.js'
+import { refuseUnknownKeys } from './closest-name.js'
 import { InvalidOptionError } from './errors.js'
 
 const ISOLATION_LEVELS = ['read uncommitted', 'read committed', 'repeatable read', 'serializable']
-const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries']
+/** The keys of a route's `config.<decorator>`, and of fastify.<decorator>.transaction()'s options with theirs. */
+export const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries']
 /** Each retry holds its request (or caller) longer; past a few, the conflict is the design's to fix. */
 export const MAX_RETRIES = 10
 const ACCESS_MODES = ['read write', 'read only']
@@ -63,40 +64,35 @@ export function withDefaults (defaults: DbTransactionSettings, settings: DbTrans
 }
 
 /**
- * Resolves a route's `config.db` against the plugin defaults: `null` when the route opted out.
- * Results are cached per route config object, so each route pays for this once.
+ * Resolves a route's `config.<key>` (`config.db` for the default decorator) against the plugin
+ * defaults: `null` when the route opted out. Results are cached per route config object, so each
+ * route pays for this once.
  */
-export function routeSettingsResolver (defaults: DbTransactionSettings) {
+export function routeSettingsResolver (defaults: DbTransactionSettings, key: string) {
   const pluginSettings = beginSettings(defaults, '')
   const cache = new WeakMap<object, BeginSettings | null>()
 
-  function resolve (routeConfig: DbRouteConfig | undefined, where: string): BeginSettings | null {
+  function resolve (config: object | undefined, where: string): BeginSettings | null {
+    const routeConfig = (config as Record<string, DbRouteConfig | undefined> | undefined)?.[key]
     if (routeConfig === undefined) return pluginSettings
     if (routeConfig === false) return null
     if (routeConfig === null || typeof routeConfig !== 'object') {
-      throw new InvalidOptionError(`${where}db must be false or an object like { isolationLevel, accessMode, statementTimeoutMillis }; instead got '${String(routeConfig)}'`)
+      throw new InvalidOptionError(`${where}${key} must be false or an object like { isolationLevel, accessMode, statementTimeoutMillis }; instead got '${String(routeConfig)}'`)
     }
-    // A misspelt key would otherwise be dropped in silence, as the plugin's own options never are.
-    for (const key of Object.keys(routeConfig)) {
-      if (!ROUTE_KEYS.includes(key)) {
-        const closest = closestName(key, ROUTE_KEYS)
-        const hint = closest === null ? '' : ` (did you mean '${closest}'?)`
-        throw new InvalidOptionError(`${where}db has an unknown key '${key}'${hint}; known keys are ${ROUTE_KEYS.join(', ')}`)
-      }
-    }
-    if (routeConfig.retries !== undefined) retryCount(routeConfig.retries, where + 'db.retries')
-    return beginSettings(withDefaults(defaults, routeConfig), where + 'db.')
+    refuseUnknownKeys(routeConfig, ROUTE_KEYS, where + key)
+    if (routeConfig.retries !== undefined) retryCount(routeConfig.retries, `${where}${key}.retries`)
+    return beginSettings(withDefaults(defaults, routeConfig), `${where}${key}.`)
   }
 
   return {
     /** Checks a route's config when the route is declared, so mistakes fail at startup. */
-    check (routeConfig: DbRouteConfig | undefined, url: string) {
-      resolve(routeConfig, `route ${url}: config.`)
+    check (config: object | undefined, url: string) {
+      resolve(config, `route ${url}: config.`)
     },
-    forConfig (config: { db?: DbRouteConfig, url?: string }): BeginSettings | null {
+    forConfig (config: { url?: string }): BeginSettings | null {
       let settings = cache.get(config)
       if (settings === undefined) {
-        settings = resolve(config.db, `route ${config.url}: config.`)
+        settings = resolve(config, `route ${config.url}: config.`)
         cache.set(config, settings)
       }
       return settings

@@ -5,7 +5,7 @@ import type { FastifyContextConfig, FastifyError, FastifyReply, FastifyRequest }
 import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
 import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
-import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, DbUnitOfWork, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, DbUnitOfWork, FastifyDbSession, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
 import { errors as runtimeErrors } from '../../lib/errors.js'
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
@@ -212,3 +212,38 @@ function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
 }
 export { hookedTotal, badBreaker, misspeltRouteConfig, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
 export { retried, retriesAsText, routeDelay }
+
+// A second database (the decorator option): the app declares its decorators with its interface.
+interface AnalyticsDatabase {
+  events: { id: Generated<number>, name: string, at: Date }
+}
+declare module 'fastify' {
+  interface FastifyRequest { readonly analytics: Transaction<AnalyticsDatabase> }
+  interface FastifyInstance { analytics: FastifyDbSession<AnalyticsDatabase> }
+  interface FastifyContextConfig { analytics?: DbRouteConfig }
+}
+await app.register(dbSession, { connectionString: 'postgres://localhost/analytics', decorator: 'analytics' })
+await app.register(dbSession, { pool: new pg.Pool(), decorator: 'legacy', name: 'legacy' })
+// @ts-expect-error decorator is a name
+await app.register(dbSession, { connectionString: 'postgres://x', decorator: 42 })
+app.post('/signup', { config: { db: { isolationLevel: 'serializable' }, analytics: { accessMode: 'read write' } } }, async (request) => {
+  expectTrue<Equal<typeof request.analytics, Transaction<AnalyticsDatabase>>>()
+  const item = await request.db.insertInto('items').values({ name: 'x' }).returning('id').executeTakeFirstOrThrow()
+  await request.analytics.insertInto('events').values({ name: `item ${item.id}`, at: new Date() }).execute()
+  // @ts-expect-error the main database's table is not in the analytics database
+  await request.analytics.selectFrom('items').selectAll().execute()
+  // @ts-expect-error nor the analytics table in the main one
+  await request.db.selectFrom('events').selectAll().execute()
+  return item
+})
+app.get('/no-analytics', { config: { analytics: false } }, async () => 'ok')
+// @ts-expect-error config.analytics takes the transaction settings, as config.db does
+const misspeltAnalyticsConfig: FastifyContextConfig = { analytics: { isolationLvl: 'serializable' } }
+expectTrue<Equal<typeof app.analytics.kysely, Kysely<AnalyticsDatabase>>>()
+const eventCount: number = await app.analytics.transaction(async (trx) => {
+  expectTrue<Equal<typeof trx, Transaction<AnalyticsDatabase>>>()
+  return (await trx.selectFrom('events').selectAll().execute()).length
+})
+const bothPools: string = combineMetrics(app.db, app.analytics)
+const withDecorator: DbSessionCommonOptions = { decorator: 'analytics', name: 'analytics' }
+export { misspeltAnalyticsConfig, eventCount, bothPools, withDecorator }
