@@ -34,12 +34,14 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
 
   // fastify.db.kysely runs on Kysely's own driver, fed by our leases: same deadline, listening and release rules.
   const leasingPool = { connect: () => source.acquire(), end: async () => {}, options: pool.options }
-  const dialect = new PostgresDialect({ pool: leasingPool as unknown as PostgresPool })
+  const { cursor } = resolved
+  const dialect = new PostgresDialect({ pool: leasingPool as unknown as PostgresPool, ...(cursor === null ? {} : { cursor }) })
   const kysely = new Kysely<any>({ dialect, plugins: resolved.plugins })
   const runtime: WorkRuntime & KyselyRuntime = {
     source,
     executor: kysely.getExecutor(),
     props: { config: { dialect }, dialect, driver: new DummyDriver() },
+    cursor,
     live: new Set(),
     leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, telemetry)
   }
