@@ -141,3 +141,31 @@ t.test("'kill session' whose error the body lets through: the owner's outcome is
   t.match(ways.app.db.stats(), { active: 0, destroyed: 2, rollbacks: 2 })
   t.equal(await ways.db.connections(), ways.pool.totalCount + ways.app.db.stats().total, 'the killed backends are gone')
 })
+
+t.test("fastify.db.kysely's own transactions: both strategies act on the server, as a plain Kysely on a pg.Pool does", async (t) => {
+  const ways = await threeWays(t)
+  const { db, app } = ways
+  const uncaught = watchUncaught(t)
+  const seen: Record<string, unknown> = {}
+  for (const strategy of ['cancel query', 'kill session'] as const) {
+    const outcome = await app.db.kysely.transaction().execute(async (trx) => {
+      const pid = await backendPid(trx)
+      const aborted = await abortRunning(db, trx, pid, strategy)
+      // Kysely cancels on a control connection of its own; without one it would wait for the
+      // transaction's, busy with the statement, and cancel nothing.
+      const after = await eventually(() => backend(db, pid), (activity) => activity === null || activity.state !== 'active')
+      seen[strategy] = { aborted, after: after?.state ?? 'gone' }
+      return 'returned'
+    }).catch(describe)
+    seen[`${strategy}: outcome`] = outcome
+  }
+  t.same(seen, {
+    'cancel query': { aborted: 'AbortError', after: 'idle in transaction (aborted)' },
+    'cancel query: outcome': 'AbortedTransactionError',
+    'kill session': { aborted: 'AbortError', after: 'gone' },
+    // Kysely's COMMIT on the dead connection fails with pg's own error.
+    'kill session: outcome': 'Error'
+  })
+  t.match(app.db.stats(), { active: 0, destroyed: 1 }, 'the killed connection was destroyed, not pooled')
+  t.same(uncaught, [], 'its connection is listened to: nothing uncaught')
+})
