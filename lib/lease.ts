@@ -30,6 +30,8 @@ export class Lease {
   #released = false
   /** Why the connection is being destroyed, once it is (close(), the hold limit). */
   #condemnation: Error | null = null
+  /** A query failed with a serialization failure or deadlock: rerunning the whole unit of work may succeed. */
+  #conflict = false
   /** Keeps and logs the first error that broke the connection; a dying one reports several. */
   broke (error: Error): void {
     if (this.#error !== null) return
@@ -91,6 +93,8 @@ export class Lease {
   queryError (error: Error): Error {
     if (this.#condemnation !== null) return this.#condemnation
     const classified = classify(error, 'query', this.circumstances())
+    // Kept here, not read from the error: a handler may catch it, wrap it, or answer 409 itself.
+    if (classified.retryable) this.#conflict = true
     if (classified.broken) this.broke(error)
     // pg's own error carries the stack of the socket's read: point it at the caller instead.
     else if (classified.error === error) Error.captureStackTrace(error)
@@ -110,6 +114,11 @@ export class Lease {
         else reject(error)
       })
     })
+  }
+
+  /** A query of this checkout failed with a serialization failure or deadlock (40001, 40P01). */
+  get conflict (): boolean {
+    return this.#conflict
   }
 
   /** The first error that broke the connection: the real reason later errors only echo. */

@@ -4,11 +4,12 @@ import type { KyselyPlugin, PostgresCursorConstructor } from 'kysely'
 import type { DbTransactionSettings, FastifyDbSessionOptions } from '../index.js'
 import { InvalidOptionError } from './errors.js'
 import { requestContextResolver } from './context-settings.js'
-import { beginSettings } from './transaction-settings.js'
+import { beginSettings, retryCount } from './transaction-settings.js'
 import { checkPoolConfig, checkPoolMinimum } from './pool-config.js'
 import type { CircuitBreakerSettings } from './circuit-breaker.js'
 import type { StartupCheckSettings } from './health.js'
 import type { LeakSettings } from './leak-watch.js'
+import type { RetrySettings } from './retry.js'
 
 export const DEFAULTS = {
   maxConnections: 10,
@@ -17,8 +18,11 @@ export const DEFAULTS = {
   maxLifetimeSeconds: 1800,
   closeTimeoutMillis: 5000,
   leakDetectionMillis: 0,
-  leakTimeoutMillis: 0
+  leakTimeoutMillis: 0,
+  retryDelayMillis: 20
 } as const
+/** The longest retryDelayMillis: its doubled backoffs must stay far below a Node timer's limit. */
+const MAX_RETRY_DELAY_MILLIS = 60000
 
 export const STARTUP_CHECK_DEFAULTS: StartupCheckSettings = { retries: 4, delayMillis: 250 }
 export const CIRCUIT_BREAKER_DEFAULTS: CircuitBreakerSettings = { failureThreshold: 5, coolDownMillis: 5000 }
@@ -43,6 +47,8 @@ export interface ResolvedOptions {
   leak: LeakSettings | null
   circuitBreaker: CircuitBreakerSettings | null
   startupCheck: StartupCheckSettings | null
+  /** The retries option (the default of routes and fastify.db.transaction) and the backoff's base delay. */
+  retry: RetrySettings
   /** Builds a request's set_config statement; null without a context option. */
   contextFor: ((request: FastifyRequest) => string) | null
 }
@@ -51,7 +57,7 @@ const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'cursor', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck'
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis'
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -135,6 +141,10 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   beginSettings(transactionDefaults, '')
   const closeTimeoutMillis = wholeNumber(options, 'closeTimeoutMillis', 1)
   const acquireTimeoutMillis = wholeNumber(options, 'acquireTimeoutMillis', 1)
+  const retryDelayMillis = options.retryDelayMillis ?? DEFAULTS.retryDelayMillis
+  if (!Number.isSafeInteger(retryDelayMillis) || retryDelayMillis < 0 || retryDelayMillis > MAX_RETRY_DELAY_MILLIS) {
+    throw new InvalidOptionError(`retryDelayMillis must be an integer number of milliseconds from 0 to ${MAX_RETRY_DELAY_MILLIS}; instead got '${String(retryDelayMillis)}'`)
+  }
   const leak = { warnMillis: wholeNumber(options, 'leakDetectionMillis', 0), timeoutMillis: wholeNumber(options, 'leakTimeoutMillis', 0) }
   const common = {
     closeTimeoutMillis,
@@ -143,6 +153,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     cursor,
     transactionDefaults,
     contextFor: requestContextResolver(options.context),
+    retry: { retries: retryCount(options.retries ?? 0, 'retries'), delayMillis: retryDelayMillis },
     name: nameOption(options.name),
     metricsRoute: metricsRouteOption(options.metricsRoute),
     leak: leak.warnMillis > 0 || leak.timeoutMillis > 0 ? leak : null,

@@ -1,6 +1,6 @@
 import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { ConnectionSource } from './connection-source.js'
@@ -12,6 +12,7 @@ import { resolveOptions } from './options.js'
 import { poolClientClass } from './pg-internals.js'
 import { prometheusText } from './prometheus.js'
 import { installRequestScope } from './request-scope.js'
+import { Retrier } from './retry.js'
 import { standaloneTransaction } from './standalone-transaction.js'
 import { routeSettingsResolver } from './transaction-settings.js'
 import type { WorkRuntime } from './unit-of-work.js'
@@ -52,9 +53,14 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
 
   const defaults = resolved.transactionDefaults
   const routeSettings = routeSettingsResolver(defaults)
-  installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
+  const retrier = new Retrier(resolved.retry, telemetry)
+  const callbacks = installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor, retrier)
+  // request.afterCommit, afterRollback and savepoint: this registration's unit of work, as fastify.db.* below.
+  fastify.decorateRequest('afterCommit', function (this: FastifyRequest, fn: () => unknown) { callbacks.afterCommit(this, fn) })
+  fastify.decorateRequest('afterRollback', function (this: FastifyRequest, fn: () => unknown) { callbacks.afterRollback(this, fn) })
+  fastify.decorateRequest('savepoint', function (this: FastifyRequest, fn: (trx: any) => unknown) { return callbacks.savepoint(this, fn) })
 
-  const transaction = standaloneTransaction(runtime, defaults, fastify.log)
+  const transaction = standaloneTransaction(runtime, defaults, fastify.log, retrier)
 
   const stats = () => poolStats(pool, counters, source.circuitOpen)
   const db: FastifyDbSession<any> = {
@@ -62,6 +68,9 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     pool,
     name: resolved.name,
     transaction,
+    afterCommit: callbacks.afterCommit,
+    afterRollback: callbacks.afterRollback,
+    savepoint: callbacks.savepoint,
     stats,
     metrics: () => prometheusText([{ name: resolved.name, stats: stats() }]),
     ping: async (options) => ping(source, pingTimeout(options))
@@ -89,6 +98,8 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     // Requests still running get closeTimeoutMillis to finish; a request stuck in the database
     // would otherwise keep the server from closing.
     closeTimer = setTimeout(() => source.destroyCheckedOut(), closeTimeoutMillis).unref()
+    // Nothing runs again once closing: a request or transaction in its backoff answers its last failure now.
+    retrier.stop()
     done()
   })
   fastify.addHook('onClose', async () => {

@@ -3,7 +3,9 @@ import { closestName } from './closest-name.js'
 import { InvalidOptionError } from './errors.js'
 
 const ISOLATION_LEVELS = ['read uncommitted', 'read committed', 'repeatable read', 'serializable']
-const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis']
+const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries']
+/** Each retry holds its request (or caller) longer; past a few, the conflict is the design's to fix. */
+export const MAX_RETRIES = 10
 const ACCESS_MODES = ['read write', 'read only']
 
 /** What a unit of work needs to start: BEGIN and the SET LOCAL statements after it, built once per settings. */
@@ -42,6 +44,14 @@ function milliseconds (value: unknown, name: string): number {
   return value as number
 }
 
+/** The `retries` option checked: how many more times a unit of work that met a conflict runs. */
+export function retryCount (value: unknown, name: string): number {
+  if (!Number.isSafeInteger(value) || (value as number) < 0 || (value as number) > MAX_RETRIES) {
+    throw new InvalidOptionError(`${name} must be an integer from 0 to ${MAX_RETRIES}; instead got '${String(value)}'`)
+  }
+  return value as number
+}
+
 /** Settings over defaults, where an explicit `undefined` keeps the default. */
 export function withDefaults (defaults: DbTransactionSettings, settings: DbTransactionSettings): DbTransactionSettings {
   return {
@@ -74,6 +84,7 @@ export function routeSettingsResolver (defaults: DbTransactionSettings) {
         throw new InvalidOptionError(`${where}db has an unknown key '${key}'${hint}; known keys are ${ROUTE_KEYS.join(', ')}`)
       }
     }
+    if (routeConfig.retries !== undefined) retryCount(routeConfig.retries, where + 'db.retries')
     return beginSettings(withDefaults(defaults, routeConfig), where + 'db.')
   }
 

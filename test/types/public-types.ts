@@ -6,7 +6,7 @@ import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
 import Cursor from 'pg-cursor'
 import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
-import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
+import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, DbUnitOfWork, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
 import { errors as runtimeErrors } from '../../lib/errors.js'
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
@@ -89,8 +89,8 @@ expectTrue<Equal<typeof app.db.pool, pg.Pool>>()
 const stats: DbPoolStats = app.db.stats()
 expectTrue<Equal<typeof stats.active, number>>()
 expectTrue<Equal<keyof DbPoolStats, 'total' | 'idle' | 'active' | 'waiting' | 'max' | 'acquires' | 'commits' | 'rollbacks' | 'commitFailures' |
-'acquireTimeouts' | 'destroyed' | 'leaks' | 'aborts' | 'idleErrors' | 'connectionsCreated' | 'connectionsRemoved' | 'circuitOpen' |
-'circuitRejections' | 'acquireWaitSeconds' | 'holdSeconds'>>()
+'acquireTimeouts' | 'destroyed' | 'leaks' | 'aborts' | 'retries' | 'idleErrors' | 'connectionsCreated' | 'connectionsRemoved' | 'circuitOpen' |
+'circuitRejections' | 'callbackErrors' | 'acquireWaitSeconds' | 'holdSeconds'>>()
 expectTrue<Equal<typeof stats.holdSeconds, DbHistogram>>()
 expectTrue<Equal<typeof stats.circuitOpen, boolean>>()
 expectTrue<Equal<ReturnType<typeof app.db.metrics>, string>>()
@@ -120,6 +120,17 @@ const count: number = await app.db.transaction(async (trx) => {
 }, { accessMode: 'read only', context: { 'app.tenant_id': '42', 'app.user_id': null } })
 // @ts-expect-error the callback gets a transaction, not a string
 await app.db.transaction(async (trx: string) => trx)
+
+// Retries: a plugin option (with the backoff's base), per route, and per fastify.db.transaction.
+const retrying: DbSessionCommonOptions = { retries: 3, retryDelayMillis: 50 }
+await app.register(dbSession, { ...retrying, connectionString: 'postgres://x' })
+app.post('/transfer', { config: { db: { isolationLevel: 'serializable', retries: 3 } } }, async () => 'ok')
+const retried: number = await app.db.transaction(async () => 1, { isolationLevel: 'serializable', retries: 2 })
+expectTrue<Equal<typeof stats.retries, number>>()
+// @ts-expect-error retries is a number
+const retriesAsText: FastifyContextConfig = { db: { retries: '3' } }
+// @ts-expect-error retryDelayMillis is a plugin option, not a route's
+const routeDelay: FastifyContextConfig = { db: { retryDelayMillis: 10 } }
 
 const code = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code
 expectTrue<Equal<typeof code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT'>>()
@@ -154,7 +165,55 @@ expectTrue<Equal<CodeAndStatus<Runtime>, CodeAndStatus<Declared>>>()
 // @ts-expect-error there is no such error
 const noSuchError = errors.FST_DB_SESSION_NOPE
 
+// afterCommit, afterRollback and savepoint: on the request, on fastify.db, on transaction()'s unit.
+app.post('/hooks', async (request) => {
+  // Sync and async callbacks, whatever they return.
+  request.afterCommit(() => {})
+  request.afterCommit(async () => { await Promise.resolve() })
+  request.afterRollback(() => 1)
+  expectTrue<Equal<ReturnType<typeof request.afterCommit>, void>>()
+  // @ts-expect-error a callback takes no arguments
+  request.afterCommit((committed: boolean) => committed)
+  // @ts-expect-error a callback is a function
+  request.afterRollback('cleanup')
+
+  const id = await request.savepoint(async (trx) => {
+    expectTrue<Equal<typeof trx, Transaction<Database>>>()
+    const row = await trx.insertInto('items').values({ name: 'x' }).returning('id').executeTakeFirstOrThrow()
+    return row.id
+  })
+  expectTrue<Equal<typeof id, number>>()
+  const plain: string = await request.savepoint(() => 'sync result')
+  // @ts-expect-error the savepoint's transaction is typed with the database
+  await request.savepoint((trx) => trx.selectFrom('nope').selectAll().execute())
+
+  app.db.afterCommit(request, () => {})
+  app.db.afterRollback(request, async () => {})
+  const viaInstance = await app.db.savepoint(request, async (trx) => {
+    expectTrue<Equal<typeof trx, Transaction<Database>>>()
+    return 'ok' as const
+  })
+  expectTrue<Equal<typeof viaInstance, 'ok'>>()
+  // @ts-expect-error the instance methods take the request first
+  app.db.afterCommit(() => {})
+  return { id, plain, viaInstance }
+})
+
+const hookedTotal: number = await app.db.transaction(async (trx, unit) => {
+  expectTrue<Equal<typeof unit, DbUnitOfWork<Database>>>()
+  unit.afterCommit(() => {})
+  unit.afterRollback(async () => {})
+  return unit.savepoint(async (sp) => {
+    expectTrue<Equal<typeof sp, Transaction<Database>>>()
+    await trx.insertInto('items').values({ name: 'y' }).execute()
+    return 1
+  })
+})
+// A callback that ignores the unit still compiles.
+await app.db.transaction(async (trx) => trx.selectFrom('items').selectAll().execute())
+
 function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
-export { badBreaker, misspeltRouteConfig, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+export { hookedTotal, badBreaker, misspeltRouteConfig, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+export { retried, retriesAsText, routeDelay }
