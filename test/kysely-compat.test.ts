@@ -363,9 +363,7 @@ t.test('abort signals: a signal never aborted, one aborted before the query, and
   same(t, outcomes, { value: { fine: [{ one: 1 }], early: 'AbortError', aborted: 'AbortError', stillRunning: 1, next: { query: 'next' } } })
 })
 
-t.test("'cancel query' and 'kill session': see kysely-abort-strategies.test.ts", async (t) => {
-  t.pass('tested on the three ways there, with pg_stat_activity and the pools\' state')
-})
+// 'cancel query' and 'kill session' are tested the three ways in kysely-abort-strategies.test.ts.
 
 t.test('stream(): the same chunks each way, inside the transaction', async (t) => {
   const outcomes = await shared.run(async (trx, way) => {
