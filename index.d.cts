@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyErrorConstructor } from '@fastify/error'
 // kysely is an ES module only: a CommonJS declaration file names its types with resolution-mode 'import'.
-import type { AccessMode, IsolationLevel, Kysely, KyselyPlugin, Transaction } from 'kysely' with { 'resolution-mode': 'import' }
+import type { AccessMode, IsolationLevel, Kysely, KyselyPlugin, PostgresCursorConstructor, Transaction } from 'kysely' with { 'resolution-mode': 'import' }
 import type { Pool, PoolConfig } from 'pg'
 
 // The package's types, in the form official Fastify plugins use (`export =` a function merged
@@ -226,6 +226,17 @@ declare namespace fastifyDbSession {
     /** Kysely plugins applied to `request.db` and `fastify.db.kysely`. */
     plugins?: KyselyPlugin[]
     /**
+     * pg-cursor's class, for Kysely's `stream()` on `request.db`, `fastify.db.transaction` and
+     * `fastify.db.kysely` (Kysely's PostgresDialect `cursor`). Without it `stream()` throws
+     * `FST_DB_SESSION_STREAM_UNSUPPORTED` (on `fastify.db.kysely`, Kysely's own error).
+     *
+     * ```ts
+     * import Cursor from 'pg-cursor'
+     * await app.register(dbSession, { connectionString, cursor: Cursor })
+     * ```
+     */
+    cursor?: PostgresCursorConstructor
+    /**
      * Per-request database context: setting names (`namespace.name`) to functions of the request.
      * Each request's transaction starts with `set_config(name, value, true)` for every name, sent
      * with BEGIN and the first query in one round trip, so row-level security policies can read them with
@@ -436,6 +447,7 @@ declare namespace fastifyDbSession {
     readonly FST_DB_SESSION_STATEMENT_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_STATEMENT_TIMEOUT', 503>
     readonly FST_DB_SESSION_HOLD_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_HOLD_TIMEOUT', 500>
     readonly FST_DB_SESSION_SESSION_STATE: DbSessionErrorClass<'FST_DB_SESSION_SESSION_STATE', 500>
+    readonly FST_DB_SESSION_CONNECTION_KILLED: DbSessionErrorClass<'FST_DB_SESSION_CONNECTION_KILLED', 500>
   }
 
   /**

@@ -1,13 +1,19 @@
 import { CompiledQuery, Transaction } from 'kysely'
-import type { AbortableOperationOptions, AbortableQueryOptions, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
+import type { AbortableOperationOptions, AbortableQueryOptions, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, PostgresCursorConstructor, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
+import type { ConnectionSource } from './connection-source.js'
 import { savepointStatements } from './sql.js'
 import type { UnitOfWork } from './unit-of-work.js'
+import { WorkConnection } from './work-connection.js'
 
 /** What every unit of work's Kysely face shares: the registration's Kysely executor and props. */
 export interface KyselyRuntime {
   /** The registration's Kysely executor: its compiler, adapter and plugins serve every unit of work. */
   readonly executor: QueryExecutor
   readonly props: Omit<KyselyProps, 'executor'>
+  /** For the connection Kysely's executor is lent: cancel and destroy (abort strategies). */
+  readonly source: ConnectionSource
+  /** pg-cursor's class (the `cursor` option), for stream(); null without it. */
+  readonly cursor: PostgresCursorConstructor | null
 }
 
 /**
@@ -124,6 +130,7 @@ export class WorkExecutor implements QueryExecutor, ConnectionProvider {
 
   /** ConnectionProvider, for Kysely's executor: the consumer gets the open transaction's connection. */
   provideConnection<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
-    return this.work.provide(consumer)
+    const { source, cursor } = this.#runtime
+    return this.work.provide((lease) => consumer(new WorkConnection(lease, this.work, source, cursor)))
   }
 }

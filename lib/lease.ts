@@ -1,9 +1,8 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
-import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
+import type { CompiledQuery, QueryResult } from 'kysely'
 import { beginWithQuery } from './begin-with-query.js'
 import { classify } from './classify.js'
-import { StreamUnsupportedError } from './errors.js'
 import type { Telemetry } from './metrics.js'
 import { isQueryable, returnsClean } from './pg-internals.js'
 import { refuseSessionState } from './sql.js'
@@ -22,7 +21,7 @@ export interface LeaseOwner {
  * One checkout of a pooled client: listened to while out (pg-pool does not), returned exactly
  * once, and destroyed rather than returned when its state is in doubt.
  */
-export class Lease implements DatabaseConnection {
+export class Lease {
   readonly client: pg.PoolClient
   readonly #owner: LeaseOwner
   /** performance.now() when it was checked out. */
@@ -115,10 +114,6 @@ export class Lease implements DatabaseConnection {
         else reject(error)
       })
     })
-  }
-
-  async * streamQuery<R> (): AsyncIterableIterator<QueryResult<R>> {
-    throw new StreamUnsupportedError()
   }
 
   /** A query of this checkout failed with a serialization failure or deadlock (40001, 40P01). */

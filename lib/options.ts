@@ -1,6 +1,6 @@
 import pg from 'pg'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { KyselyPlugin } from 'kysely'
+import type { KyselyPlugin, PostgresCursorConstructor } from 'kysely'
 import type { DbTransactionSettings, FastifyDbSessionOptions } from '../index.js'
 import { decoratorName } from './decorator-name.js'
 import { InvalidOptionError } from './errors.js'
@@ -38,6 +38,8 @@ export interface ResolvedOptions {
   closeTimeoutMillis: number
   commitWhen: (request: FastifyRequest, reply: FastifyReply) => boolean
   plugins: KyselyPlugin[]
+  /** pg-cursor's class, for stream(); null without the option. */
+  cursor: PostgresCursorConstructor | null
   /** Transaction settings every unit of work starts from. */
   transactionDefaults: DbTransactionSettings
   /** The name of `request.<decorator>`, `fastify.<decorator>` and the routes' `config.<decorator>`. */
@@ -56,7 +58,7 @@ export interface ResolvedOptions {
 
 const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
-  'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode', 'context',
+  'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'cursor', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
   'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'decorator'
 ])
@@ -134,6 +136,10 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   if (!Array.isArray(plugins)) {
     throw new InvalidOptionError(`plugins must be an array of Kysely plugins; instead got '${String(plugins)}'`)
   }
+  const { cursor = null } = options
+  if (cursor !== null && typeof cursor !== 'function') {
+    throw new InvalidOptionError(`cursor must be pg-cursor's class (import Cursor from 'pg-cursor'); instead got '${String(cursor)}'`)
+  }
   const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis } = options
   const transactionDefaults = { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis }
   beginSettings(transactionDefaults, '')
@@ -149,6 +155,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     closeTimeoutMillis,
     commitWhen,
     plugins,
+    cursor,
     transactionDefaults,
     contextFor: requestContextResolver(options.context),
     retry: { retries: retryCount(options.retries ?? 0, 'retries'), delayMillis: retryDelayMillis },

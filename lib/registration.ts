@@ -10,6 +10,7 @@ import { checkStartup, ping } from './health.js'
 import { LeakWatch } from './leak-watch.js'
 import { Counters, poolStats } from './metrics.js'
 import { resolveOptions } from './options.js'
+import { poolClientClass } from './pg-internals.js'
 import { prometheusText } from './prometheus.js'
 import { installRequestScope } from './request-scope.js'
 import { Retrier } from './retry.js'
@@ -37,13 +38,18 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
 
   // fastify.db.kysely runs on Kysely's own driver, fed by our leases: same deadline, listening and release rules.
-  const leasingPool = { connect: () => source.acquire(), end: async () => {}, options: pool.options }
-  const dialect = new PostgresDialect({ pool: leasingPool as unknown as PostgresPool })
+  // Its Client is what Kysely opens a control connection with, to cancel or kill a statement
+  // aborted by a signal: without it Kysely would wait for a pooled one (inside a transaction,
+  // its own, busy with the statement: nothing would be canceled).
+  const leasingPool = { connect: () => source.acquire(), end: async () => {}, options: pool.options, Client: poolClientClass(pool) }
+  const { cursor } = resolved
+  const dialect = new PostgresDialect({ pool: leasingPool as unknown as PostgresPool, ...(cursor === null ? {} : { cursor }) })
   const kysely = new Kysely<any>({ dialect, plugins: resolved.plugins })
   const runtime: WorkRuntime & KyselyRuntime = {
     source,
     executor: kysely.getExecutor(),
     props: { config: { dialect }, dialect, driver: new DummyDriver() },
+    cursor,
     live: new Set(),
     leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, telemetry)
   }

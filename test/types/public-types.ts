@@ -4,6 +4,7 @@ import Fastify from 'fastify'
 import type { FastifyContextConfig, FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
+import Cursor from 'pg-cursor'
 import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
 import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, DbUnitOfWork, FastifyDbSession, FastifyDbSessionOptions, RegisteredDatabase } from 'fastify-db-session'
 import { errors as runtimeErrors } from '../../lib/errors.js'
@@ -28,6 +29,10 @@ await app.register(dbSession, { pool: { host: 'localhost', max: 3 }, commitWhen:
 await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': (request) => request.headers['x-tenant'] as string, 'app.n': () => 1 } })
 await app.register(dbSession, { connectionString: 'postgres://x', pool: { ssl: false, application_name: 'api' } })
 await app.register(dbSession, { pool: new pg.Pool(), acquireTimeoutMillis: 100, closeTimeoutMillis: 100 })
+// pg-cursor's class, for stream()
+await app.register(dbSession, { connectionString: 'postgres://x', cursor: Cursor })
+// @ts-expect-error cursor is pg-cursor's class, not its name
+await app.register(dbSession, { connectionString: 'postgres://x', cursor: 'pg-cursor' })
 // Options that always fail registration do not compile:
 // @ts-expect-error no options: give connectionString or pool
 await app.register(dbSession)
