@@ -13,6 +13,9 @@ import type { TestDatabase } from './helpers/database.js'
 import { pgbouncerBinary, startPgBouncer } from './helpers/pgbouncer.js'
 import { itemNames } from './helpers/util.js'
 
+// Each test makes a database and a pool; on a loaded machine the file outlasts tap's default 30 s.
+t.setTimeout(120_000)
+
 async function setup (t: Test, options = {}): Promise<{ db: TestDatabase, app: FastifyInstance }> {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL UNIQUE)')

@@ -9,6 +9,9 @@ import type { TestDatabase } from './helpers/database.js'
 import { capturedLogs, itemNames } from './helpers/util.js'
 import type { FastifyInstance } from 'fastify'
 
+// Each test makes a database and a pool; on a loaded machine the file outlasts tap's default 30 s.
+t.setTimeout(120_000)
+
 async function setup (t: Test, options = {}, fastifyOptions = {}): Promise<{ db: TestDatabase, app: FastifyInstance }> {
   const db = await testDatabase(t)
   await db.query(`CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL,
