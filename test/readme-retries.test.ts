@@ -5,6 +5,9 @@ import { promisify } from 'node:util'
 import t from 'tap'
 import { testDatabase } from './helpers/database.js'
 
+// Starts the example as its own process: on a loaded machine longer than tap's default 30 s.
+t.setTimeout(90_000)
+
 t.test('examples/retries/transfers.ts: concurrent transfers all end 201, the money is all there', async (t) => {
   const db = await testDatabase(t)
   const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'examples/retries/transfers.ts'], {

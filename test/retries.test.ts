@@ -9,6 +9,9 @@ import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
 import { deferred } from './helpers/util.js'
 
+// Real conflicts, several databases: on a loaded machine longer than tap's default 30 s.
+t.setTimeout(90_000)
+
 /** Resolves `arrive()` for everyone once `parties` have arrived. */
 function barrier (parties: number): { arrive: () => Promise<void> } {
   let arrived = 0

@@ -13,6 +13,10 @@ import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
 import { deferred, watchUncaught } from './helpers/util.js'
 
+// Several tests wait through a real backoff, a handler timeout or a pg_sleep: on a loaded machine the
+// file takes longer than tap's default 30 s.
+t.setTimeout(120_000)
+
 interface LogLine { level: number, msg: string, attempt?: number, reason?: string, err?: { message?: string, code?: string } }
 
 function debugLogs (): { lines: LogLine[], options: { logger: { level: string, stream: Writable } } } {
