@@ -88,9 +88,6 @@ export function installRequestScope (
     (request as SessionRequest)[kReply] = reply
     done()
   })
-  // DESIGN.md: request-level helpers that name no registration (afterCommit, afterRollback,
-  // savepoint) belong to the registration whose decorator is 'db'; decorate them only when
-  // decorator === 'db', so that a second registration does not collide on them.
   fastify.decorateRequest(decorator, {
     getter (this: FastifyRequest) {
       const request = this as SessionRequest
