@@ -3,6 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { KyselyPlugin } from 'kysely'
 import type { DbTransactionSettings, FastifyDbSessionOptions } from '../index.js'
 import { InvalidOptionError } from './errors.js'
+import { applicationNameResolver } from './application-name.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings } from './transaction-settings.js'
 import { checkPoolConfig, checkPoolMinimum } from './pool-config.js'
@@ -41,15 +42,17 @@ export interface ResolvedOptions {
   leak: LeakSettings | null
   circuitBreaker: CircuitBreakerSettings | null
   startupCheck: StartupCheckSettings | null
-  /** Builds a request's set_config statement; null without a context option. */
+  /** Builds a request's set_config statement (its context and application_name); null when there is none. */
   contextFor: ((request: FastifyRequest) => string) | null
+  /** Units of work name themselves in application_name (the applicationName option is not false). */
+  namesTransactions: boolean
 }
 
 const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck'
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'applicationName'
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -130,12 +133,14 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   const closeTimeoutMillis = wholeNumber(options, 'closeTimeoutMillis', 1)
   const acquireTimeoutMillis = wholeNumber(options, 'acquireTimeoutMillis', 1)
   const leak = { warnMillis: wholeNumber(options, 'leakDetectionMillis', 0), timeoutMillis: wholeNumber(options, 'leakTimeoutMillis', 0) }
+  const applicationName = applicationNameResolver(options.applicationName)
   const common = {
     closeTimeoutMillis,
     commitWhen,
     plugins,
     transactionDefaults,
-    contextFor: requestContextResolver(options.context),
+    contextFor: requestContextResolver(options.context, applicationName),
+    namesTransactions: applicationName !== null,
     name: nameOption(options.name),
     metricsRoute: metricsRouteOption(options.metricsRoute),
     leak: leak.warnMillis > 0 || leak.timeoutMillis > 0 ? leak : null,

@@ -48,7 +48,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   const routeSettings = routeSettingsResolver(defaults)
   installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
 
-  const transaction = standaloneTransaction(runtime, defaults, fastify.log)
+  const transaction = standaloneTransaction(runtime, defaults, fastify.log, resolved.namesTransactions)
 
   const stats = () => poolStats(pool, counters, source.circuitOpen)
   const db: FastifyDbSession<any> = {

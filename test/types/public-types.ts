@@ -115,6 +115,14 @@ const count: number = await app.db.transaction(async (trx) => {
 }, { accessMode: 'read only', context: { 'app.tenant_id': '42', 'app.user_id': null } })
 // @ts-expect-error the callback gets a transaction, not a string
 await app.db.transaction(async (trx: string) => trx)
+await app.db.transaction(async () => 1, { label: 'nightly cleanup' })
+await app.db.transaction(async () => 1, { label: false })
+// @ts-expect-error a label is a string or false
+await app.db.transaction(async () => 1, { label: true })
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: (request) => `${request.routeOptions.url ?? ''} ${request.id}` })
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: false })
+// @ts-expect-error applicationName is a function of the request, not a fixed string
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: 'notes' })
 
 const code = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code
 expectTrue<Equal<typeof code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT'>>()
