@@ -12,9 +12,12 @@ export function applicationNameText (name: string): string {
   return name.replace(NOT_PRINTABLE_ASCII, '?').slice(0, LIMIT)
 }
 
-/** The default: the route and the request id, like `GET /notes/:id req-1f`. */
+/**
+ * The default: the route and the request id, like `GET /notes/:id req-1f`. The route's pattern,
+ * never the URL, which may carry a token in its query; the not-found handler has none.
+ */
 function routeAndRequestId (request: FastifyRequest): string {
-  return `${request.method} ${request.routeOptions.url ?? request.url} ${request.id}`
+  return `${request.method} ${request.routeOptions.url ?? '(no route)'} ${request.id}`
 }
 
 /** Checks the `applicationName` option once: a function (request) => string, or false for none. */

@@ -48,6 +48,18 @@ t.test('while a request holds its transaction, its backend shows the route and t
   t.same(rows[0], { name: 'notes-pool', pid }, 'nothing stays on the pooled connection')
 })
 
+t.test('the not-found handler is named without its URL, which may carry a secret', async (t) => {
+  const db = await testDatabase(t)
+  const app = await db.app()
+  app.setNotFoundHandler(async (request, reply) => {
+    const { rows } = await sql<{ name: string }>`SELECT current_setting('application_name') AS name`.execute(request.db)
+    return reply.code(404).send({ name: rows[0].name, id: request.id })
+  })
+  const response = await app.inject('/missing?token=s3cret')
+  t.equal(response.statusCode, 404)
+  t.equal(response.json().name, `GET (no route) ${response.json().id as string}`)
+})
+
 t.test('a rolled-back request leaves no name behind either', async (t) => {
   const db = await testDatabase(t)
   const app = await db.app({ connectionString: withPoolName(db.url), maxConnections: 1 })
