@@ -143,6 +143,12 @@ declare namespace fastifyDbSession {
   export interface DbTransactionOptions extends DbTransactionSettings {
     /** Transaction-local settings for this unit of work, e.g. `{ 'app.tenant_id': '42' }`. */
     context?: Record<string, DbContextValue>
+    /**
+     * What the transaction shows as `application_name` in `pg_stat_activity` while it runs (cut to
+     * 63 printable ASCII characters), or `false` for none. Default `'fastify.db.transaction'`, or none
+     * when the plugin's `applicationName` option is `false`.
+     */
+    label?: string | false
   }
 
   /**
@@ -267,6 +273,18 @@ declare namespace fastifyDbSession {
      * ```
      */
     decorator?: string
+    /**
+     * What each unit of work shows as `application_name` in `pg_stat_activity` while it runs, set
+     * with `set_config('application_name', …, true)` in the round trip that carries BEGIN: nothing
+     * stays on the connection after it. Cut to PostgreSQL's 63 bytes, other than printable ASCII
+     * replaced by `?`. Default: the route and the request id, like `GET /notes/:id req-1`;
+     * `false` leaves `application_name` alone.
+     *
+     * ```ts
+     * applicationName: (request) => `notes ${request.routeOptions.url} ${request.id}`
+     * ```
+     */
+    applicationName?: ((request: FastifyRequest) => string) | false
     /**
      * The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`
      * for the decorator `'db'`, otherwise the `decorator` option.

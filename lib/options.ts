@@ -4,6 +4,7 @@ import type { KyselyPlugin, PostgresCursorConstructor } from 'kysely'
 import type { DbTransactionSettings, FastifyDbSessionOptions } from '../index.js'
 import { decoratorName } from './decorator-name.js'
 import { InvalidOptionError } from './errors.js'
+import { applicationNameResolver } from './application-name.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings, retryCount } from './transaction-settings.js'
 import { checkPoolConfig, checkPoolMinimum } from './pool-config.js'
@@ -52,15 +53,17 @@ export interface ResolvedOptions {
   startupCheck: StartupCheckSettings | null
   /** The retries option (the default of routes and fastify.db.transaction) and the backoff's base delay. */
   retry: RetrySettings
-  /** Builds a request's set_config statement; null without a context option. */
+  /** Builds a request's set_config statement (its context and application_name); null when there is none. */
   contextFor: ((request: FastifyRequest) => string) | null
+  /** Units of work name themselves in application_name (the applicationName option is not false). */
+  namesTransactions: boolean
 }
 
 const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'cursor', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'decorator'
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'decorator', 'applicationName'
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -151,13 +154,15 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   }
   const decorator = decoratorName(options.decorator)
   const leak = { warnMillis: wholeNumber(options, 'leakDetectionMillis', 0), timeoutMillis: wholeNumber(options, 'leakTimeoutMillis', 0) }
+  const applicationName = applicationNameResolver(options.applicationName)
   const common = {
     closeTimeoutMillis,
     commitWhen,
     plugins,
     cursor,
     transactionDefaults,
-    contextFor: requestContextResolver(options.context),
+    contextFor: requestContextResolver(options.context, applicationName),
+    namesTransactions: applicationName !== null,
     retry: { retries: retryCount(options.retries ?? 0, 'retries'), delayMillis: retryDelayMillis },
     decorator,
     name: nameOption(options.name, decorator),

@@ -66,7 +66,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     fastify.decorateRequest('savepoint', function (this: FastifyRequest, fn: (trx: any) => unknown) { return callbacks.savepoint(this, fn) })
   }
 
-  const transaction = standaloneTransaction(runtime, defaults, fastify.log, retrier, decorator)
+  const transaction = standaloneTransaction(runtime, defaults, fastify.log, retrier, decorator, resolved.namesTransactions)
 
   const stats = () => poolStats(pool, counters, source.circuitOpen)
   const db: FastifyDbSession<any> = {

@@ -120,6 +120,14 @@ const count: number = await app.db.transaction(async (trx) => {
 }, { accessMode: 'read only', context: { 'app.tenant_id': '42', 'app.user_id': null } })
 // @ts-expect-error the callback gets a transaction, not a string
 await app.db.transaction(async (trx: string) => trx)
+await app.db.transaction(async () => 1, { label: 'nightly cleanup' })
+await app.db.transaction(async () => 1, { label: false })
+// @ts-expect-error a label is a string or false
+await app.db.transaction(async () => 1, { label: true })
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: (request) => `${request.routeOptions.url ?? ''} ${request.id}` })
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: false })
+// @ts-expect-error applicationName is a function of the request, not a fixed string
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: 'notes' })
 
 // Retries: a plugin option (with the backoff's base), per route, and per fastify.db.transaction.
 const retrying: DbSessionCommonOptions = { retries: 3, retryDelayMillis: 50 }
