@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyErrorConstructor } from '@fastify/error'
 // kysely is an ES module only: a CommonJS declaration file names its types with resolution-mode 'import'.
-import type { AccessMode, IsolationLevel, Kysely, KyselyPlugin, Transaction } from 'kysely' with { 'resolution-mode': 'import' }
+import type { AccessMode, IsolationLevel, Kysely, KyselyPlugin, PostgresCursorConstructor, Transaction } from 'kysely' with { 'resolution-mode': 'import' }
 import type { Pool, PoolConfig } from 'pg'
 
 // The package's types, in the form official Fastify plugins use (`export =` a function merged
@@ -15,6 +15,48 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The request's transaction, opened on its first query. */
     readonly db: Transaction<fastifyDbSession.RegisteredDatabase>
+    /**
+     * Runs `fn` once the request's transaction has committed, never otherwise: after COMMIT
+     * succeeded and before the response is sent (each callback awaited, in registration order),
+     * so a 2xx means they ran. A request that never opened a transaction runs them where it would
+     * have committed (when `commitWhen` says commit). One that throws or rejects is logged
+     * through `request.log` and counted in `stats().callbackErrors`; the others still run and
+     * the response stands. Registered inside a savepoint that is rolled back, it is dropped.
+     *
+     * ```ts
+     * app.post('/invitations', async (request) => {
+     *   const invitation = await request.db.insertInto('invitations').values(body).returningAll().executeTakeFirstOrThrow()
+     *   request.afterCommit(() => mailer.send(invitation.email, 'You are invited'))
+     *   return invitation
+     * })
+     * ```
+     */
+    afterCommit(fn: () => unknown): void
+    /**
+     * Runs `fn` once the request's transaction ended without committing, on every path: a throw,
+     * an error status, a failed COMMIT, a client hang-up, a handler timeout, a failed hijacked
+     * reply, `fastify.close()`, `leakTimeoutMillis`. Never after a commit; neither this nor
+     * `afterCommit` runs when the outcome is unknown (`FST_DB_SESSION_COMMIT_OUTCOME_UNKNOWN`).
+     * Registered inside a savepoint, it runs when that savepoint is rolled back.
+     *
+     * ```ts
+     * request.afterRollback(() => { uploads.delete(fileName) })
+     * ```
+     */
+    afterRollback(fn: () => unknown): void
+    /**
+     * Runs `fn(trx)` inside a `SAVEPOINT` on the request's transaction (opening it first if
+     * needed, in the same round trip). When `fn` resolves, the savepoint is released and its
+     * result returned; when it throws, `ROLLBACK TO SAVEPOINT` runs and the error is rethrown,
+     * with the request's transaction still usable. Savepoints nest (call it again inside `fn`);
+     * do not run two of one request side by side.
+     *
+     * ```ts
+     * const inserted = await request.savepoint((trx) => trx.insertInto('tags').values({ name }).execute())
+     *   .then(() => true, () => false) // a duplicate is rolled back; the request carries on
+     * ```
+     */
+    savepoint<T>(fn: (trx: Transaction<fastifyDbSession.RegisteredDatabase>) => Promise<T> | T): Promise<T>
   }
   interface FastifyContextConfig {
     db?: fastifyDbSession.DbRouteConfig
@@ -54,15 +96,59 @@ declare namespace fastifyDbSession {
      * transaction left idle this long (the request then fails and rolls back). 0 turns it off; unset keeps the server's.
      */
     idleInTransactionTimeoutMillis?: number
+    /**
+     * How many more times a unit of work that failed with a serialization failure (40001) or a
+     * deadlock (40P01), in a query or at COMMIT, is rolled back and run again, whole, on a fresh
+     * transaction, after a short randomized backoff (`retryDelayMillis`). An integer from 0 to 10;
+     * default 0 (no retry: the failure answers 409).
+     *
+     * For a route (the plugin option, or `config.db.retries`), the handler runs again, while nothing
+     * of the response has been sent; the client sees only the last attempt. For
+     * `fastify.db.transaction`, the function runs again. Either must be safe to run again: keep side
+     * effects outside the database out of it.
+     *
+     * ```ts
+     * app.post('/transfer', { config: { db: { isolationLevel: 'serializable', retries: 3 } } }, handler)
+     * await app.db.transaction(fn, { isolationLevel: 'serializable', retries: 3 })
+     * ```
+     */
+    retries?: number
   }
 
   /** A context value; `null` and `undefined` set the empty string. */
   export type DbContextValue = string | number | boolean | bigint | null | undefined
 
+  /**
+   * The second argument of `fastify.db.transaction(fn)`'s `fn`: the unit of work's callbacks and
+   * savepoints, with the meanings of `request.afterCommit`, `request.afterRollback` and
+   * `request.savepoint` (a failing callback is logged through `fastify.log`).
+   *
+   * ```ts
+   * await app.db.transaction(async (trx, unit) => {
+   *   await trx.insertInto('jobs').values({ name: 'report' }).execute()
+   *   unit.afterCommit(() => queue.publish('jobs'))
+   * })
+   * ```
+   */
+  export interface DbUnitOfWork<DB = RegisteredDatabase> {
+    /** Runs `fn` after the transaction committed, before `transaction()` resolves. */
+    afterCommit(fn: () => unknown): void
+    /** Runs `fn` after the transaction ended without committing (or when a savepoint it was registered in is rolled back). */
+    afterRollback(fn: () => unknown): void
+    /** Runs `fn(trx)` inside a savepoint: released when it resolves, rolled back to when it throws (the error rethrown). */
+    savepoint<T>(fn: (trx: Transaction<DB>) => Promise<T> | T): Promise<T>
+  }
+
   /** Options of `fastify.db.transaction()`. */
   export interface DbTransactionOptions extends DbTransactionSettings {
     /** Transaction-local settings for this unit of work, e.g. `{ 'app.tenant_id': '42' }`. */
     context?: Record<string, DbContextValue>
+    /**
+     * What the transaction shows as `application_name` in `pg_stat_activity` while it runs (cut to
+     * 63 printable ASCII characters), or `false` for none. Default `'fastify.db.transaction'`, or none
+     * when the plugin's `applicationName` option is `false`.
+     */
+    label?: string | false
   }
 
   /**
@@ -137,8 +223,25 @@ declare namespace fastifyDbSession {
     closeTimeoutMillis?: number
     /** Decides, synchronously, whether a request's transaction commits. Default: `reply.statusCode < 400`. */
     commitWhen?: (request: FastifyRequest, reply: FastifyReply) => boolean
+    /**
+     * The base of the randomized exponential backoff before a retry (see `retries`): the n-th retry
+     * waits a random time between half and all of `retryDelayMillis × 2^(n−1)`, the doubling
+     * stopping at the 7th retry (× 64). An integer from 0 (retry at once) to 60000. Default 20 ms.
+     */
+    retryDelayMillis?: number
     /** Kysely plugins applied to `request.db` and `fastify.db.kysely`. */
     plugins?: KyselyPlugin[]
+    /**
+     * pg-cursor's class, for Kysely's `stream()` on `request.db`, `fastify.db.transaction` and
+     * `fastify.db.kysely` (Kysely's PostgresDialect `cursor`). Without it `stream()` throws
+     * `FST_DB_SESSION_STREAM_UNSUPPORTED` (on `fastify.db.kysely`, Kysely's own error).
+     *
+     * ```ts
+     * import Cursor from 'pg-cursor'
+     * await app.register(dbSession, { connectionString, cursor: Cursor })
+     * ```
+     */
+    cursor?: PostgresCursorConstructor
     /**
      * Per-request database context: setting names (`namespace.name`) to functions of the request.
      * Each request's transaction starts with `set_config(name, value, true)` for every name, sent
@@ -150,7 +253,42 @@ declare namespace fastifyDbSession {
      * ```
      */
     context?: Record<string, (request: FastifyRequest) => DbContextValue>
-    /** The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`. */
+    /**
+     * The name of this registration's decorators and route setting: `request.<decorator>`,
+     * `fastify.<decorator>` and `config.<decorator>` on routes. Default `'db'`. Give a second
+     * registration (another database) its own; each has its own pool, transactions, hooks, stats
+     * and metrics. A JavaScript identifier, not a property Fastify or another plugin already has
+     * on the instance, its requests or its replies, and not a decorator of another registration in
+     * the same scope or a parent scope: those fail registration with `FST_DB_SESSION_INVALID_OPTION`.
+     * Type it by augmenting Fastify (`DbSessionRegister` types only the default `db`):
+     *
+     * ```ts
+     * await app.register(dbSession, { connectionString: analyticsUrl, decorator: 'analytics' })
+     *
+     * declare module 'fastify' {
+     *   interface FastifyRequest { readonly analytics: Transaction<AnalyticsDatabase> }
+     *   interface FastifyInstance { analytics: FastifyDbSession<AnalyticsDatabase> }
+     *   interface FastifyContextConfig { analytics?: DbRouteConfig }
+     * }
+     * ```
+     */
+    decorator?: string
+    /**
+     * What each unit of work shows as `application_name` in `pg_stat_activity` while it runs, set
+     * with `set_config('application_name', …, true)` in the round trip that carries BEGIN: nothing
+     * stays on the connection after it. Cut to PostgreSQL's 63 bytes, other than printable ASCII
+     * replaced by `?`. Default: the route and the request id, like `GET /notes/:id req-1`;
+     * `false` leaves `application_name` alone.
+     *
+     * ```ts
+     * applicationName: (request) => `notes ${request.routeOptions.url} ${request.id}`
+     * ```
+     */
+    applicationName?: ((request: FastifyRequest) => string) | false
+    /**
+     * The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`
+     * for the decorator `'db'`, otherwise the `decorator` option.
+     */
     name?: string
     /** Serves `metrics()` on this GET path, e.g. `'/metrics'`. Default (or `false`): no route. */
     metricsRoute?: string | false
@@ -260,6 +398,8 @@ declare namespace fastifyDbSession {
     leaks: number
     /** Transactions rolled back because the client went away or the socket timed out. */
     aborts: number
+    /** Units of work run again after a serialization failure or deadlock (the `retries` option). */
+    retries: number
     /** Errors reported by idle pooled connections (the pool dropped them). */
     idleErrors: number
     /** Connections the pool opened. */
@@ -270,13 +410,15 @@ declare namespace fastifyDbSession {
     circuitOpen: boolean
     /** Acquires refused at once by the open circuit breaker. */
     circuitRejections: number
+    /** `afterCommit` and `afterRollback` callbacks that threw or rejected (each was logged; the others still ran). */
+    callbackErrors: number
     /** Time from asking for a connection to having it (successful acquires). */
     acquireWaitSeconds: DbHistogram
     /** Time each connection stayed checked out. */
     holdSeconds: DbHistogram
   }
 
-  /** The `fastify.db` decorator. */
+  /** The `fastify.db` decorator (`fastify.<decorator>` for a registration with another `decorator`). */
   export interface FastifyDbSession<DB = RegisteredDatabase> {
     /** A `Kysely` for work outside requests (jobs, scripts, migrations). */
     readonly kysely: Kysely<DB>
@@ -284,9 +426,30 @@ declare namespace fastifyDbSession {
     readonly pool: Pool
     /**
      * Runs `fn` in a transaction with the same guarantees as `request.db`: commit when `fn`
-     * resolves, rollback when it throws, the connection always returned.
+     * resolves, rollback when it throws, the connection always returned. `unit` registers
+     * callbacks and opens savepoints; `transaction()` resolves after the afterCommit callbacks ran.
+     *
+     * ```ts
+     * const id = await app.db.transaction(async (trx, unit) => {
+     *   const row = await trx.insertInto('orders').values(order).returning('id').executeTakeFirstOrThrow()
+     *   unit.afterCommit(() => events.emit('order', row.id))
+     *   return row.id
+     * }, { isolationLevel: 'serializable' })
+     * ```
      */
-    transaction<T>(fn: (trx: Transaction<DB>) => Promise<T>, options?: DbTransactionOptions): Promise<T>
+    transaction<T>(fn: (trx: Transaction<DB>, unit: DbUnitOfWork<DB>) => Promise<T>, options?: DbTransactionOptions): Promise<T>
+    /**
+     * `request.afterCommit(fn)` for this registration's unit of work on `request`.
+     *
+     * ```ts
+     * app.db.afterCommit(request, () => cache.delete(key))
+     * ```
+     */
+    afterCommit(request: FastifyRequest, fn: () => unknown): void
+    /** `request.afterRollback(fn)` for this registration's unit of work on `request`. */
+    afterRollback(request: FastifyRequest, fn: () => unknown): void
+    /** `request.savepoint(fn)` for this registration's unit of work on `request`. */
+    savepoint<T>(request: FastifyRequest, fn: (trx: Transaction<DB>) => Promise<T> | T): Promise<T>
     /** The `name` option: the `pool` label of the metrics. */
     readonly name: string
     /** Pool gauges, counters and histograms. */
@@ -345,6 +508,7 @@ declare namespace fastifyDbSession {
     readonly FST_DB_SESSION_STATEMENT_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_STATEMENT_TIMEOUT', 503>
     readonly FST_DB_SESSION_HOLD_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_HOLD_TIMEOUT', 500>
     readonly FST_DB_SESSION_SESSION_STATE: DbSessionErrorClass<'FST_DB_SESSION_SESSION_STATE', 500>
+    readonly FST_DB_SESSION_CONNECTION_KILLED: DbSessionErrorClass<'FST_DB_SESSION_CONNECTION_KILLED', 500>
   }
 
   /**

@@ -17,6 +17,7 @@ export type {
   DbSessionRegister,
   DbTransactionOptions,
   DbTransactionSettings,
+  DbUnitOfWork,
   FastifyDbSession,
   FastifyDbSessionOptions,
   OpenTelemetryMeterProvider,

@@ -1,3 +1,19 @@
+import { InvalidOptionError } from './errors.js'
+
+/**
+ * Refuses a key of `given` that is not in `known`, naming the closest known one: a misspelt key
+ * would otherwise be dropped in silence, as the plugin's own options never are.
+ */
+export function refuseUnknownKeys (given: object, known: readonly string[], subject: string): void {
+  for (const key of Object.keys(given)) {
+    if (!known.includes(key)) {
+      const closest = closestName(key, known)
+      const hint = closest === null ? '' : ` (did you mean '${closest}'?)`
+      throw new InvalidOptionError(`${subject} has an unknown key '${key}'${hint}; known keys are ${known.join(', ')}`)
+    }
+  }
+}
+
 /**
  * The known name closest to a misspelt one (`isolationLvl` → `isolationLevel`), or null when none
  * is close: at most a third of its letters (and at least two) differ, ignoring case.

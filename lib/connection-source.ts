@@ -55,8 +55,13 @@ export class ConnectionSource implements LeaseOwner {
    */
   async destroy (leases: Lease[], reason: Error): Promise<void> {
     for (const lease of leases) lease.condemn(reason)
-    await Promise.all(leases.map((lease) => cancelStatement(lease.client, this.#cancelTimeoutMillis)))
+    await Promise.all(leases.map((lease) => this.cancel(lease)))
     for (const lease of leases) lease.release(true)
+  }
+
+  /** Cancels the statement a lease is running, with its connection's own key; resolves within closeTimeoutMillis. */
+  cancel (lease: Lease): Promise<void> {
+    return cancelStatement(lease.client, this.#cancelTimeoutMillis)
   }
 
   /** Destroys every connection still checked out (close()); each one counts as a leak. */

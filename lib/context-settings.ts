@@ -1,5 +1,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { DbContextValue } from '../index.js'
+import { applicationNameText } from './application-name.js'
+import type { ApplicationNameFor } from './application-name.js'
 import { InvalidOptionError } from './errors.js'
 import { contextStatement } from './sql.js'
 
@@ -17,23 +19,35 @@ export function checkSettingNames (names: string[], where: string): void {
 
 export type RequestContext = Record<string, (request: FastifyRequest) => DbContextValue>
 
-/** Checks the option's names once, and returns what builds a request's statement. */
-export function requestContextResolver (context: RequestContext | undefined): ((request: FastifyRequest) => string) | null {
-  if (context === undefined) return null
+/**
+ * Checks the context option's names once, and returns what builds a request's statement of
+ * set_config calls: its context, and its application_name when `applicationName` names it.
+ * null when there is nothing to set.
+ */
+export function requestContextResolver (context: RequestContext | undefined, applicationName: ApplicationNameFor | null = null): ((request: FastifyRequest) => string) | null {
+  const names = contextNames(context)
+  if (names.length === 0 && applicationName === null) return null
+  const values: RequestContext = { ...context }
+  if (applicationName !== null) values.application_name = (request) => applicationNameText(applicationName(request))
+  const settings = Object.keys(values)
+  return (request) => {
+    const row: Record<string, DbContextValue> = {}
+    for (const name of settings) row[name] = values[name](request)
+    return contextStatement(row)
+  }
+}
+
+function contextNames (context: RequestContext | undefined): string[] {
+  if (context === undefined) return []
   if (context === null || typeof context !== 'object') {
     throw new InvalidOptionError(`context must be an object of setting names to functions (request) => value; instead got '${String(context)}'`)
   }
   const names = Object.keys(context)
-  if (names.length === 0) return null
   checkSettingNames(names, 'context: ')
   for (const name of names) {
     if (typeof context[name] !== 'function') {
       throw new InvalidOptionError(`context['${name}'] must be a function (request) => value; instead got '${String(context[name])}'`)
     }
   }
-  return (request) => {
-    const values: Record<string, DbContextValue> = {}
-    for (const name of names) values[name] = context[name](request)
-    return contextStatement(values)
-  }
+  return names
 }

@@ -10,7 +10,7 @@ export const InvalidOptionError = createError(
 
 export const DbDisabledError = createError(
   'FST_DB_SESSION_DISABLED',
-  'request.db is disabled on route %s %s by `config: { db: false }`; remove that setting to use the database there',
+  'request.%s is disabled on route %s by `config: { %s: false }`; remove that setting to use the database there',
   500
 )
 
@@ -76,7 +76,7 @@ export const ClosingError = createError(
 
 export const StreamUnsupportedError = createError(
   'FST_DB_SESSION_STREAM_UNSUPPORTED',
-  'stream() is not supported on request.db or fastify.db.transaction(); page with limit/offset or keyset instead',
+  'stream() needs a cursor: register the plugin with `cursor` (pg-cursor\'s class: `import Cursor from \'pg-cursor\'`), or page with limit/offset or keyset instead',
   500
 )
 
@@ -88,7 +88,7 @@ export const InvalidContextError = createError(
 
 export const TooEarlyError = createError(
   'FST_DB_SESSION_TOO_EARLY',
-  'request.db was used in a hook that runs before fastify-db-session\'s own onRequest hook; register the plugin before that hook',
+  'request.%s was used in a hook that runs before fastify-db-session\'s own onRequest hook; register the plugin before that hook',
   500
 )
 
@@ -128,6 +128,12 @@ export const SessionStateError = createError(
   500
 )
 
+export const ConnectionKilledError = createError(
+  'FST_DB_SESSION_CONNECTION_KILLED',
+  "An abort signal with inflightQueryAbortStrategy 'kill session' ended this transaction's connection: PostgreSQL rolled the transaction back",
+  500
+)
+
 export const errors = {
   FST_DB_SESSION_INVALID_OPTION: InvalidOptionError,
   FST_DB_SESSION_DISABLED: DbDisabledError,
@@ -149,7 +155,8 @@ export const errors = {
   FST_DB_SESSION_PING_FAILED: PingFailedError,
   FST_DB_SESSION_STATEMENT_TIMEOUT: StatementTimeoutError,
   FST_DB_SESSION_HOLD_TIMEOUT: HoldTimeoutError,
-  FST_DB_SESSION_SESSION_STATE: SessionStateError
+  FST_DB_SESSION_SESSION_STATE: SessionStateError,
+  FST_DB_SESSION_CONNECTION_KILLED: ConnectionKilledError
 } as const
 
 /** Adds a Retry-After header, which Fastify's error handler sends with the error's status. */

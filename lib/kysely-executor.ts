@@ -1,12 +1,19 @@
-import { Transaction } from 'kysely'
-import type { AbortableOperationOptions, AbortableQueryOptions, CompiledQuery, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
+import { CompiledQuery, Transaction } from 'kysely'
+import type { AbortableOperationOptions, AbortableQueryOptions, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, PostgresCursorConstructor, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
+import type { ConnectionSource } from './connection-source.js'
+import { savepointStatements } from './sql.js'
 import type { UnitOfWork } from './unit-of-work.js'
+import { WorkConnection } from './work-connection.js'
 
 /** What every unit of work's Kysely face shares: the registration's Kysely executor and props. */
 export interface KyselyRuntime {
   /** The registration's Kysely executor: its compiler, adapter and plugins serve every unit of work. */
   readonly executor: QueryExecutor
   readonly props: Omit<KyselyProps, 'executor'>
+  /** For the connection Kysely's executor is lent: cancel and destroy (abort strategies). */
+  readonly source: ConnectionSource
+  /** pg-cursor's class (the `cursor` option), for stream(); null without it. */
+  readonly cursor: PostgresCursorConstructor | null
 }
 
 /**
@@ -19,6 +26,8 @@ export class WorkExecutor implements QueryExecutor, ConnectionProvider {
   readonly work: UnitOfWork
   readonly #runtime: KyselyRuntime
   #transaction: Transaction<any> | null = null
+  /** Savepoints opened so far, for their names. */
+  #savepoints = 0
 
   constructor (runtime: KyselyRuntime, work: UnitOfWork) {
     this.#runtime = runtime
@@ -95,8 +104,33 @@ export class WorkExecutor implements QueryExecutor, ConnectionProvider {
     return result
   }
 
+  /**
+   * Runs `fn(trx)` inside a SAVEPOINT, queued like any query (a first one travels with BEGIN):
+   * released when `fn` resolves; rolled back to, and the error rethrown, when it throws, which
+   * also drops the afterCommit callbacks registered inside and runs its afterRollback ones.
+   * Savepoints nest (call it again inside `fn`); they are not meant to run side by side.
+   */
+  async savepoint<T> (fn: (trx: Transaction<any>) => Promise<T> | T): Promise<T> {
+    const { open, release, rollback } = savepointStatements(++this.#savepoints)
+    await this.work.query(CompiledQuery.raw(open))
+    const mark = this.work.hooksMark
+    let result: T
+    try {
+      result = await fn(this.transaction)
+    } catch (error) {
+      // Only a savepoint really rolled back drops its callbacks; if ROLLBACK TO could not run (the
+      // work was finished, the connection broke), the whole unit of work decides their fate.
+      const rolledBack = await this.work.query(CompiledQuery.raw(rollback)).then(() => true, () => false)
+      if (rolledBack) await this.work.rolledBackTo(mark)
+      throw error
+    }
+    await this.work.query(CompiledQuery.raw(release))
+    return result
+  }
+
   /** ConnectionProvider, for Kysely's executor: the consumer gets the open transaction's connection. */
   provideConnection<T> (consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> {
-    return this.work.provide(consumer)
+    const { source, cursor } = this.#runtime
+    return this.work.provide((lease) => consumer(new WorkConnection(lease, this.work, source, cursor)))
   }
 }

@@ -1,9 +1,8 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
-import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
+import type { CompiledQuery, QueryResult } from 'kysely'
 import { beginWithQuery } from './begin-with-query.js'
 import { classify } from './classify.js'
-import { StreamUnsupportedError } from './errors.js'
 import type { Telemetry } from './metrics.js'
 import { isQueryable, returnsClean } from './pg-internals.js'
 import { refuseSessionState } from './sql.js'
@@ -22,7 +21,7 @@ export interface LeaseOwner {
  * One checkout of a pooled client: listened to while out (pg-pool does not), returned exactly
  * once, and destroyed rather than returned when its state is in doubt.
  */
-export class Lease implements DatabaseConnection {
+export class Lease {
   readonly client: pg.PoolClient
   readonly #owner: LeaseOwner
   /** performance.now() when it was checked out. */
@@ -31,6 +30,8 @@ export class Lease implements DatabaseConnection {
   #released = false
   /** Why the connection is being destroyed, once it is (close(), the hold limit). */
   #condemnation: Error | null = null
+  /** A query failed with a serialization failure or deadlock: rerunning the whole unit of work may succeed. */
+  #conflict = false
   /** Keeps and logs the first error that broke the connection; a dying one reports several. */
   broke (error: Error): void {
     if (this.#error !== null) return
@@ -92,6 +93,8 @@ export class Lease implements DatabaseConnection {
   queryError (error: Error): Error {
     if (this.#condemnation !== null) return this.#condemnation
     const classified = classify(error, 'query', this.circumstances())
+    // Kept here, not read from the error: a handler may catch it, wrap it, or answer 409 itself.
+    if (classified.retryable) this.#conflict = true
     if (classified.broken) this.broke(error)
     // pg's own error carries the stack of the socket's read: point it at the caller instead.
     else if (classified.error === error) Error.captureStackTrace(error)
@@ -113,8 +116,9 @@ export class Lease implements DatabaseConnection {
     })
   }
 
-  async * streamQuery<R> (): AsyncIterableIterator<QueryResult<R>> {
-    throw new StreamUnsupportedError()
+  /** A query of this checkout failed with a serialization failure or deadlock (40001, 40P01). */
+  get conflict (): boolean {
+    return this.#conflict
   }
 
   /** The first error that broke the connection: the real reason later errors only echo. */

@@ -22,6 +22,8 @@ export interface Telemetry {
   transactionEnded (end: TransactionEnd): void
   /** A unit of work was rolled back because its client went away. */
   aborted (): void
+  /** A unit of work that ended in a serialization failure or deadlock is being run again. */
+  retried (): void
   /** `count` connections were held past the leak threshold, or still checked out at close. */
   leaked (count: number): void
   /** An idle pooled connection failed. */
@@ -30,6 +32,8 @@ export interface Telemetry {
   connectionCreated (): void
   /** The pool closed a connection. */
   connectionRemoved (): void
+  /** An afterCommit or afterRollback callback threw or rejected (it was logged; the others ran). */
+  callbackFailed (): void
 }
 
 /** How an opened transaction ended; 'commit failed' was rolled back by PostgreSQL, 'outcome unknown' maybe not. */
@@ -45,10 +49,12 @@ export class Counters implements Telemetry {
   destroyed = 0
   leaks = 0
   aborts = 0
+  retries = 0
   idleErrors = 0
   connectionsCreated = 0
   connectionsRemoved = 0
   circuitRejections = 0
+  callbackErrors = 0
   /** Seconds from asking for a connection to having it. */
   readonly acquireWait = new Histogram()
   /** Seconds a connection stayed checked out. */
@@ -86,6 +92,10 @@ export class Counters implements Telemetry {
     this.aborts++
   }
 
+  retried (): void {
+    this.retries++
+  }
+
   leaked (count: number): void {
     this.leaks += count
   }
@@ -100,6 +110,10 @@ export class Counters implements Telemetry {
 
   connectionRemoved (): void {
     this.connectionsRemoved++
+  }
+
+  callbackFailed (): void {
+    this.callbackErrors++
   }
 }
 
@@ -121,11 +135,13 @@ export function poolStats (pool: pg.Pool, counters: Counters, circuitOpen: boole
     destroyed: counters.destroyed,
     leaks: counters.leaks,
     aborts: counters.aborts,
+    retries: counters.retries,
     idleErrors: counters.idleErrors,
     connectionsCreated: counters.connectionsCreated,
     connectionsRemoved: counters.connectionsRemoved,
     circuitOpen,
     circuitRejections: counters.circuitRejections,
+    callbackErrors: counters.callbackErrors,
     acquireWaitSeconds: counters.acquireWait.snapshot(),
     holdSeconds: counters.hold.snapshot()
   }

@@ -1,14 +1,17 @@
 import pg from 'pg'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { KyselyPlugin } from 'kysely'
+import type { KyselyPlugin, PostgresCursorConstructor } from 'kysely'
 import type { DbTransactionSettings, FastifyDbSessionOptions, OpenTelemetryMeterProvider, PromClientRegistry } from '../index.js'
+import { decoratorName } from './decorator-name.js'
 import { InvalidOptionError } from './errors.js'
+import { applicationNameResolver } from './application-name.js'
 import { requestContextResolver } from './context-settings.js'
-import { beginSettings } from './transaction-settings.js'
+import { beginSettings, retryCount } from './transaction-settings.js'
 import { checkPoolConfig, checkPoolMinimum } from './pool-config.js'
 import type { CircuitBreakerSettings } from './circuit-breaker.js'
 import type { StartupCheckSettings } from './health.js'
 import type { LeakSettings } from './leak-watch.js'
+import type { RetrySettings } from './retry.js'
 
 export const DEFAULTS = {
   maxConnections: 10,
@@ -17,8 +20,11 @@ export const DEFAULTS = {
   maxLifetimeSeconds: 1800,
   closeTimeoutMillis: 5000,
   leakDetectionMillis: 0,
-  leakTimeoutMillis: 0
+  leakTimeoutMillis: 0,
+  retryDelayMillis: 20
 } as const
+/** The longest retryDelayMillis: its doubled backoffs must stay far below a Node timer's limit. */
+const MAX_RETRY_DELAY_MILLIS = 60000
 
 export const STARTUP_CHECK_DEFAULTS: StartupCheckSettings = { retries: 4, delayMillis: 250 }
 export const CIRCUIT_BREAKER_DEFAULTS: CircuitBreakerSettings = { failureThreshold: 5, coolDownMillis: 5000 }
@@ -33,27 +39,35 @@ export interface ResolvedOptions {
   closeTimeoutMillis: number
   commitWhen: (request: FastifyRequest, reply: FastifyReply) => boolean
   plugins: KyselyPlugin[]
+  /** pg-cursor's class, for stream(); null without the option. */
+  cursor: PostgresCursorConstructor | null
   /** Transaction settings every unit of work starts from. */
   transactionDefaults: DbTransactionSettings
+  /** The name of `request.<decorator>`, `fastify.<decorator>` and the routes' `config.<decorator>`. */
+  decorator: string
   /** The `pool` label of the metrics. */
   name: string
   metricsRoute: string | null
   leak: LeakSettings | null
   circuitBreaker: CircuitBreakerSettings | null
   startupCheck: StartupCheckSettings | null
-  /** Builds a request's set_config statement; null without a context option. */
+  /** The retries option (the default of routes and fastify.db.transaction) and the backoff's base delay. */
+  retry: RetrySettings
+  /** Builds a request's set_config statement (its context and application_name); null when there is none. */
   contextFor: ((request: FastifyRequest) => string) | null
   /** The prom-client Registry that reports the metrics too, or null. */
   promClientRegistry: PromClientRegistry | null
   /** The OpenTelemetry meter provider the metrics go through, or null (no OpenTelemetry). */
   meterProvider: OpenTelemetryMeterProvider | null
+  /** Units of work name themselves in application_name (the applicationName option is not false). */
+  namesTransactions: boolean
 }
 
 const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
-  'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'isolationLevel', 'accessMode', 'context',
+  'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'cursor', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'promClientRegistry', 'openTelemetry'
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'decorator', 'applicationName', 'promClientRegistry', 'openTelemetry'
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -95,8 +109,9 @@ function metricsRouteOption (value: unknown): string | null {
   return value
 }
 
-function nameOption (value: unknown): string {
-  if (value === undefined) return 'default'
+// A second registration's pool label defaults to its decorator, so two registrations' metrics never clash by default.
+function nameOption (value: unknown, decorator: string): string {
+  if (value === undefined) return decorator === 'db' ? 'default' : decorator
   if (typeof value !== 'string' || value === '') {
     throw new InvalidOptionError(`name must be a non-empty string (the metrics' pool label); instead got '${String(value)}'`)
   }
@@ -148,19 +163,33 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   if (!Array.isArray(plugins)) {
     throw new InvalidOptionError(`plugins must be an array of Kysely plugins; instead got '${String(plugins)}'`)
   }
+  const { cursor = null } = options
+  if (cursor !== null && typeof cursor !== 'function') {
+    throw new InvalidOptionError(`cursor must be pg-cursor's class (import Cursor from 'pg-cursor'); instead got '${String(cursor)}'`)
+  }
   const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis } = options
   const transactionDefaults = { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis }
   beginSettings(transactionDefaults, '')
   const closeTimeoutMillis = wholeNumber(options, 'closeTimeoutMillis', 1)
   const acquireTimeoutMillis = wholeNumber(options, 'acquireTimeoutMillis', 1)
+  const retryDelayMillis = options.retryDelayMillis ?? DEFAULTS.retryDelayMillis
+  if (!Number.isSafeInteger(retryDelayMillis) || retryDelayMillis < 0 || retryDelayMillis > MAX_RETRY_DELAY_MILLIS) {
+    throw new InvalidOptionError(`retryDelayMillis must be an integer number of milliseconds from 0 to ${MAX_RETRY_DELAY_MILLIS}; instead got '${String(retryDelayMillis)}'`)
+  }
+  const decorator = decoratorName(options.decorator)
   const leak = { warnMillis: wholeNumber(options, 'leakDetectionMillis', 0), timeoutMillis: wholeNumber(options, 'leakTimeoutMillis', 0) }
+  const applicationName = applicationNameResolver(options.applicationName)
   const common = {
     closeTimeoutMillis,
     commitWhen,
     plugins,
+    cursor,
     transactionDefaults,
-    contextFor: requestContextResolver(options.context),
-    name: nameOption(options.name),
+    contextFor: requestContextResolver(options.context, applicationName),
+    namesTransactions: applicationName !== null,
+    retry: { retries: retryCount(options.retries ?? 0, 'retries'), delayMillis: retryDelayMillis },
+    decorator,
+    name: nameOption(options.name, decorator),
     metricsRoute: metricsRouteOption(options.metricsRoute),
     leak: leak.warnMillis > 0 || leak.timeoutMillis > 0 ? leak : null,
     circuitBreaker: toggled(options.circuitBreaker ?? false, 'circuitBreaker', CIRCUIT_BREAKER_DEFAULTS, { failureThreshold: 1, coolDownMillis: 1 }),

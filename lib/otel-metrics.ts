@@ -14,6 +14,8 @@ const OWN_COUNTERS: ReadonlyArray<[name: string, unit: string, description: stri
   ['rollbacks', '{transaction}', 'Transactions rolled back (failed COMMITs included).', (stats) => stats.rollbacks],
   ['commit_failures', '{transaction}', 'COMMITs that failed.', (stats) => stats.commitFailures],
   ['aborts', '{transaction}', 'Transactions rolled back because the client went away or the socket timed out.', (stats) => stats.aborts],
+  ['retries', '{transaction}', 'Units of work run again after a serialization failure or deadlock (the retries option).', (stats) => stats.retries],
+  ['callback_errors', '{callback}', 'afterCommit and afterRollback callbacks that threw or rejected.', (stats) => stats.callbackErrors],
   ['leaks', '{connection}', 'Connections held past the leak threshold, or still checked out at close.', (stats) => stats.leaks],
   ['idle_errors', '{error}', 'Errors reported by idle pooled connections.', (stats) => stats.idleErrors],
   ['connections_created', '{connection}', 'Connections the pool opened.', (stats) => stats.connectionsCreated],

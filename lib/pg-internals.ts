@@ -57,7 +57,8 @@ export function cancelKey (client: pg.ClientBase): CancelKey {
 
 /**
  * The Client class a pool makes its clients with: pg-pool always sets `Client` (its option, or
- * pg's), so a user's pool is checked the way it connects.
+ * pg's), so a user's pool is checked the way it connects, and fastify.db.kysely's control
+ * connections (Kysely's in-flight abort strategies) are made the same way.
  */
 export function poolClientClass (pool: pg.Pool): typeof pg.Client {
   return (pool as unknown as { Client: typeof pg.Client }).Client

@@ -1,18 +1,21 @@
 import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { ConnectionSource } from './connection-source.js'
+import { checkDecoratorFree, markOurs } from './decorator-name.js'
 import { ClosingError, InvalidOptionError } from './errors.js'
 import { checkStartup, ping } from './health.js'
 import { LeakWatch } from './leak-watch.js'
 import { Counters, poolStats } from './metrics.js'
 import { OpenTelemetryCounters } from './otel-metrics.js'
 import { resolveOptions } from './options.js'
+import { poolClientClass } from './pg-internals.js'
 import { prometheusText } from './prometheus.js'
 import { reportToPromClient } from './prom-client.js'
 import { installRequestScope } from './request-scope.js'
+import { Retrier } from './retry.js'
 import { standaloneTransaction } from './standalone-transaction.js'
 import { routeSettingsResolver } from './transaction-settings.js'
 import type { WorkRuntime } from './unit-of-work.js'
@@ -20,12 +23,14 @@ import type { KyselyRuntime } from './kysely-executor.js'
 
 /**
  * One registration of the plugin: its pool and connection source, its Kysely, request.db (under
- * symbols of its own), fastify.db (transaction(), stats(), metrics(), ping()), and its close.
- * Nothing is shared with another registration.
+ * symbols of its own), fastify.db (transaction(), stats(), metrics(), ping()), and its close;
+ * `db` is the `decorator` option's name. Nothing is shared with another registration.
  */
 export async function dbSession (fastify: FastifyInstance, options: FastifyDbSessionOptions): Promise<void> {
   const resolved = resolveOptions(options)
-  const { pool, closeTimeoutMillis } = resolved
+  const { pool, closeTimeoutMillis, decorator } = resolved
+  // Before anything is connected or decorated: pg.Pool opens no connection until asked.
+  checkDecoratorFree(fastify, decorator)
   // The telemetry sinks: the counters behind stats() and metrics() (which also report to
   // OpenTelemetry when asked to). Units of work report to the Telemetry interface.
   const openTelemetry = resolved.meterProvider === null ? null : new OpenTelemetryCounters(resolved.meterProvider, resolved.name)
@@ -37,22 +42,35 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
 
   // fastify.db.kysely runs on Kysely's own driver, fed by our leases: same deadline, listening and release rules.
-  const leasingPool = { connect: () => source.acquire(), end: async () => {}, options: pool.options }
-  const dialect = new PostgresDialect({ pool: leasingPool as unknown as PostgresPool })
+  // Its Client is what Kysely opens a control connection with, to cancel or kill a statement
+  // aborted by a signal: without it Kysely would wait for a pooled one (inside a transaction,
+  // its own, busy with the statement: nothing would be canceled).
+  const leasingPool = { connect: () => source.acquire(), end: async () => {}, options: pool.options, Client: poolClientClass(pool) }
+  const { cursor } = resolved
+  const dialect = new PostgresDialect({ pool: leasingPool as unknown as PostgresPool, ...(cursor === null ? {} : { cursor }) })
   const kysely = new Kysely<any>({ dialect, plugins: resolved.plugins })
   const runtime: WorkRuntime & KyselyRuntime = {
     source,
     executor: kysely.getExecutor(),
     props: { config: { dialect }, dialect, driver: new DummyDriver() },
+    cursor,
     live: new Set(),
     leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, telemetry)
   }
 
   const defaults = resolved.transactionDefaults
-  const routeSettings = routeSettingsResolver(defaults)
-  installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor)
+  const routeSettings = routeSettingsResolver(defaults, decorator)
+  const retrier = new Retrier(resolved.retry, telemetry, decorator)
+  const callbacks = installRequestScope(fastify, runtime, routeSettings, resolved.commitWhen, resolved.contextFor, retrier, decorator)
+  // request.afterCommit, afterRollback and savepoint belong to the registration named 'db' (the
+  // default); every registration offers them as fastify.<decorator>.afterCommit(request, fn) and so on.
+  if (decorator === 'db') {
+    fastify.decorateRequest('afterCommit', function (this: FastifyRequest, fn: () => unknown) { callbacks.afterCommit(this, fn) })
+    fastify.decorateRequest('afterRollback', function (this: FastifyRequest, fn: () => unknown) { callbacks.afterRollback(this, fn) })
+    fastify.decorateRequest('savepoint', function (this: FastifyRequest, fn: (trx: any) => unknown) { return callbacks.savepoint(this, fn) })
+  }
 
-  const transaction = standaloneTransaction(runtime, defaults, fastify.log)
+  const transaction = standaloneTransaction(runtime, defaults, fastify.log, retrier, decorator, resolved.namesTransactions)
 
   const stats = () => poolStats(pool, counters, source.circuitOpen)
   const db: FastifyDbSession<any> = {
@@ -60,11 +78,15 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     pool,
     name: resolved.name,
     transaction,
+    afterCommit: callbacks.afterCommit,
+    afterRollback: callbacks.afterRollback,
+    savepoint: callbacks.savepoint,
     stats,
     metrics: () => prometheusText([{ name: resolved.name, stats: stats() }]),
     ping: async (options) => ping(source, pingTimeout(options))
   }
-  fastify.decorate('db', db)
+  markOurs(db)
+  fastify.decorate(decorator, db)
   if (resolved.promClientRegistry !== null) {
     const stopReporting = reportToPromClient(resolved.promClientRegistry, { name: resolved.name, stats })
     fastify.addHook('onClose', async () => { stopReporting() })
@@ -74,7 +96,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     fastify.addHook('onClose', async () => { stopObserving() })
   }
   if (resolved.metricsRoute !== null) {
-    fastify.get(resolved.metricsRoute, { config: { db: false } }, async (_request, reply) => {
+    fastify.get(resolved.metricsRoute, { config: { [decorator]: false } }, async (_request, reply) => {
       return reply.type('text/plain; version=0.0.4; charset=utf-8').send(db.metrics())
     })
   }
@@ -95,6 +117,8 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     // Requests still running get closeTimeoutMillis to finish; a request stuck in the database
     // would otherwise keep the server from closing.
     closeTimer = setTimeout(() => source.destroyCheckedOut(), closeTimeoutMillis).unref()
+    // Nothing runs again once closing: a request or transaction in its backoff answers its last failure now.
+    retrier.stop()
     done()
   })
   fastify.addHook('onClose', async () => {

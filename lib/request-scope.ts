@@ -1,49 +1,67 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { Transaction } from 'kysely'
 import { ignore } from './callbacks.js'
+import { checkCallback } from './commit-hooks.js'
+import type { HookCallback } from './commit-hooks.js'
 import { DbDisabledError, InvalidOptionError, TooEarlyError } from './errors.js'
 import { WorkExecutor } from './kysely-executor.js'
 import type { KyselyRuntime } from './kysely-executor.js'
+import type { Retrier, RequestUnits } from './retry.js'
 import type { routeSettingsResolver } from './transaction-settings.js'
 import { UnitOfWork } from './unit-of-work.js'
 import type { WorkRuntime } from './unit-of-work.js'
 
 type CommitWhen = (request: FastifyRequest, reply: FastifyReply) => boolean
 
+/** A request's afterCommit, afterRollback and savepoint, by request: what request.* and fastify.db.* call. */
+export interface RequestCallbacks {
+  afterCommit (request: FastifyRequest, fn: HookCallback): void
+  afterRollback (request: FastifyRequest, fn: HookCallback): void
+  savepoint<T> (request: FastifyRequest, fn: (trx: Transaction<any>) => Promise<T> | T): Promise<T>
+}
+
 /**
- * `request.db` and what finishes its transaction on every way a request can end: onSend (before
- * the response leaves), onError (a thrown error), and the response's close, which is all that
- * happens for a client hang-up, a socket timeout, an HTTP/2 stream reset or a hijacked reply.
+ * `request.<decorator>` (`request.db` by default) and what finishes its transaction on every way
+ * a request can end: onSend (before the response leaves), onError (a thrown error), and the
+ * response's close, which is all that happens for a client hang-up, a socket timeout, an HTTP/2
+ * stream reset or a hijacked reply.
  */
 export function installRequestScope (
   fastify: FastifyInstance,
   runtime: WorkRuntime & KyselyRuntime,
   settings: ReturnType<typeof routeSettingsResolver>,
   commitWhen: CommitWhen,
-  contextFor: ((request: FastifyRequest) => string) | null
-): void {
+  contextFor: ((request: FastifyRequest) => string) | null,
+  retrier: Retrier,
+  decorator: string
+): RequestCallbacks {
   // The request's private state, under symbols of this registration's own: a second
   // registration in the same app keeps its own unit of work on the same request.
-  const kSession = Symbol('fastify-db-session.session')
-  const kReply = Symbol('fastify-db-session.reply')
-  type SessionRequest = FastifyRequest & { [kSession]: WorkExecutor | null, [kReply]: FastifyReply | null }
+  const kSession = Symbol(`fastify-db-session.${decorator}.session`)
+  const kReply = Symbol(`fastify-db-session.${decorator}.reply`)
+  // kSession: null until request.db is first used; undefined once a retry discarded a session.
+  type SessionRequest = FastifyRequest & { [kSession]: WorkExecutor | null | undefined, [kReply]: FastifyReply | null }
 
   function startSession (request: SessionRequest): WorkExecutor {
     const { config } = request.routeOptions
     const beginSettings = settings.forConfig(config)
-    if (beginSettings === null) throw new DbDisabledError(config.method, config.url)
+    if (beginSettings === null) throw new DbDisabledError(decorator, `${config.method} ${config.url}`, decorator)
     const reply = request[kReply]
-    if (reply === null) throw new TooEarlyError()
+    if (reply === null) throw new TooEarlyError(decorator)
     const owner = runtime.leakWatch === null ? null : () => ({ log: request.log, route: `${config.method} ${config.url}` })
     const session = new WorkExecutor(runtime, new UnitOfWork(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner))
+    // undefined, not null: a retry discarded an earlier session, whose listener serves this one too.
+    const listening = request[kSession] === undefined
     request[kSession] = session
     // Listened to only by requests that use the database: others pay nothing for it.
     const response = reply.raw
     const onClose = (): void => {
-      if (!session.work.finished) finishOnClose(session.work, request, reply)
+      const current = request[kSession]?.work
+      if (current !== undefined && !current.finished) finishOnClose(current, request, reply)
     }
     // Left in place once the session finished, and then a no-op: removing a response's listener
     // deletes a property of its event table, which makes every later event on it slower.
-    response.on('close', onClose)
+    if (!listening) response.on('close', onClose)
     // A client gone before the first query: the close has passed already.
     if (response.destroyed) onClose()
     return session
@@ -70,16 +88,32 @@ export function installRequestScope (
     (request as SessionRequest)[kReply] = reply
     done()
   })
-  fastify.decorateRequest('db', {
+  fastify.decorateRequest(decorator, {
     getter (this: FastifyRequest) {
       const request = this as SessionRequest
       return (request[kSession] ?? startSession(request)).transaction
     }
   })
 
+  // What a retrying handler (retry.ts) needs of the request's unit of work.
+  const units: RequestUnits = {
+    current: (request) => (request as SessionRequest)[kSession]?.work ?? null,
+    discard: (request) => { (request as SessionRequest)[kSession] = undefined },
+    decide
+  }
   fastify.addHook('onRoute', (route) => {
-    settings.check(route.config?.db, route.url)
+    settings.check(route.config, route.url)
+    retrier.wrap(route, units)
   })
+
+  // The request's unit of work for callbacks and savepoints: the one request.db uses, started
+  // (without a connection) if the request has none yet.
+  const sessionOf = (request: FastifyRequest): WorkExecutor => (request as SessionRequest)[kSession] ?? startSession(request as SessionRequest)
+  const register = (afterCommit: boolean) => (request: FastifyRequest, fn: HookCallback): void => {
+    checkCallback(fn, afterCommit ? 'afterCommit' : 'afterRollback')
+    const { config } = request.routeOptions
+    sessionOf(request).work.hooks(() => ({ log: request.log, route: `${config.method} ${config.url}`, requestId: request.id })).add(afterCommit, fn)
+  }
 
   // Plain functions, not async: a request that never touched request.db costs no promise. One
   // that did returns a promise, which Fastify awaits, catching what its continuation throws.
@@ -113,6 +147,15 @@ export function installRequestScope (
       if (error !== null) throw error
       return payload
     })
+  }
+
+  const callbacks: RequestCallbacks = {
+    afterCommit: register(true),
+    afterRollback: register(false),
+    savepoint: (request, fn) => {
+      checkCallback(fn, 'savepoint')
+      return sessionOf(request).savepoint(fn)
+    }
   }
 
   fastify.addHook('onError', function (request, _reply, error, done) {
@@ -154,4 +197,6 @@ export function installRequestScope (
       if (error !== null) request.log.error({ err: error }, 'fastify-db-session: COMMIT failed after a hijacked response was sent')
     })
   }
+
+  return callbacks
 }

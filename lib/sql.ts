@@ -42,3 +42,13 @@ export function contextStatement (values: Record<string, DbContextValue>): strin
   }
   return sql
 }
+
+/**
+ * A savepoint's three statements. Names are the plugin's own and numbered per unit of work
+ * (never user text): PostgreSQL allows a name to repeat, but a distinct one per savepoint keeps
+ * RELEASE and ROLLBACK TO pointed at the right one.
+ */
+export function savepointStatements (id: number): { open: string, release: string, rollback: string } {
+  const name = `fastify_db_session_${id}`
+  return { open: `SAVEPOINT ${name}`, release: `RELEASE SAVEPOINT ${name}`, rollback: `ROLLBACK TO SAVEPOINT ${name}` }
+}

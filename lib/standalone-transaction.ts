@@ -1,40 +1,85 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { DbTransactionOptions, DbTransactionSettings } from '../index.js'
+import type { DbContextValue, DbTransactionOptions, DbTransactionSettings, DbUnitOfWork } from '../index.js'
+import { applicationNameText } from './application-name.js'
+import { refuseUnknownKeys } from './closest-name.js'
+import { checkCallback } from './commit-hooks.js'
+import type { HookOwner } from './commit-hooks.js'
 import { checkSettingNames } from './context-settings.js'
 import { InvalidOptionError } from './errors.js'
 import { WorkExecutor } from './kysely-executor.js'
 import type { KyselyRuntime } from './kysely-executor.js'
+import type { Retrier } from './retry.js'
 import { contextStatement } from './sql.js'
-import { beginSettings, withDefaults } from './transaction-settings.js'
+import { beginSettings, retryCount, ROUTE_KEYS, withDefaults } from './transaction-settings.js'
 import { UnitOfWork } from './unit-of-work.js'
 import type { WorkRuntime } from './unit-of-work.js'
 
+/** The keys of transaction()'s options: a route's settings and a context of its own (one list: a new option is one line). */
+const OPTION_KEYS = [...ROUTE_KEYS, 'context', 'label']
+
 /**
- * fastify.db.transaction(fn, options): a unit of work outside any request, with the same
- * guarantees; committed when `fn` resolves, rolled back when it throws.
+ * fastify.db.transaction(fn, options) (`db` being the decorator option): a unit of work outside
+ * any request, with the same guarantees; committed when `fn` resolves, rolled back when it
+ * throws. It resolves (or rejects) once the unit's afterCommit (or afterRollback) callbacks ran.
  */
-export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, defaults: DbTransactionSettings, log: FastifyBaseLogger) {
-  return async function transaction<T> (fn: (trx: any) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
-    if (typeof fn !== 'function') throw new InvalidOptionError(`fastify.db.transaction expects a function (trx) => Promise; instead got '${String(fn)}'`)
-    const { context, ...settings } = options ?? {}
-    const begin = beginSettings(withDefaults(defaults, settings), 'fastify.db.transaction: ')
-    let statement: (() => string) | null = null
-    // An empty context sets nothing, as for the plugin's context option.
-    if (context !== undefined && Object.keys(context).length > 0) {
-      checkSettingNames(Object.keys(context), 'fastify.db.transaction context: ')
-      statement = () => contextStatement(context)
+export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, defaults: DbTransactionSettings, log: FastifyBaseLogger, retrier: Retrier, decorator: string, namesTransactions: boolean) {
+  const where = `fastify.${decorator}.transaction`
+  return async function transaction<T> (fn: (trx: any, unit: DbUnitOfWork<any>) => Promise<T>, options?: DbTransactionOptions): Promise<T> {
+    if (typeof fn !== 'function') throw new InvalidOptionError(`${where} expects a function (trx, unit) => Promise; instead got '${String(fn)}'`)
+    if (options !== undefined && (options === null || typeof options !== 'object')) {
+      throw new InvalidOptionError(`${where}: options must be an object like { isolationLevel, accessMode, context }; instead got '${String(options)}'`)
     }
-    const owner = runtime.leakWatch === null ? null : () => ({ log, route: 'fastify.db.transaction' })
-    const work = new UnitOfWork(runtime, begin, statement, owner)
-    let result: T
-    try {
-      result = await fn(new WorkExecutor(runtime, work).transaction)
-    } catch (error) {
-      await work.finish(false, 'its callback threw')
-      throw error
-    }
-    const { error } = await work.finish(true, 'its callback returned')
-    if (error !== null) throw error
-    return result
+    refuseUnknownKeys(options ?? {}, OPTION_KEYS, `${where}: options`)
+    const { context, label, retries, ...settings } = options ?? {}
+    const attempts = retries === undefined ? retrier.settings.retries : retryCount(retries, `${where}: retries`)
+    const begin = beginSettings(withDefaults(defaults, settings), `${where}: `)
+    const values: Record<string, DbContextValue> = { ...context }
+    checkSettingNames(Object.keys(values), `${where} context: `)
+    const name = transactionLabel(label, namesTransactions, where)
+    if (name !== null) values.application_name = name
+    // Nothing to set (an empty context, no label) sends nothing, as for the plugin's context option.
+    const statement = Object.keys(values).length === 0 ? null : () => contextStatement(values)
+    const owner = () => ({ log, route: where })
+    // Each attempt on a unit of work of its own; a serialization failure or deadlock may run `fn` again.
+    return retrier.repeat(attempts, log, async () => {
+      const work = new UnitOfWork(runtime, begin, statement, runtime.leakWatch === null ? null : owner)
+      const executor = new WorkExecutor(runtime, work)
+      let value: T
+      try {
+        value = await fn(executor.transaction, unitOf(executor, owner))
+      } catch (error) {
+        return { value: undefined as T, outcome: await work.finish(false, 'its callback threw'), failure: error }
+      }
+      const outcome = await work.finish(true, 'its callback returned')
+      return { value, outcome, failure: outcome.error }
+    })
   }
+}
+
+/** The `unit` handed to fn: its callbacks (logged with fastify.log) and savepoints. */
+function unitOf (executor: WorkExecutor, owner: () => HookOwner): DbUnitOfWork<any> {
+  return {
+    afterCommit (fn) {
+      checkCallback(fn, 'afterCommit')
+      executor.work.hooks(owner).add(true, fn)
+    },
+    afterRollback (fn) {
+      checkCallback(fn, 'afterRollback')
+      executor.work.hooks(owner).add(false, fn)
+    },
+    savepoint (fn) {
+      checkCallback(fn, 'savepoint')
+      return executor.savepoint(fn)
+    }
+  }
+}
+
+/** The application_name of a fastify.db.transaction: its label, the default one, or none. */
+function transactionLabel (label: unknown, namesTransactions: boolean, where: string): string | null {
+  if (label === false) return null
+  if (label === undefined) return namesTransactions ? where : null
+  if (typeof label !== 'string') {
+    throw new InvalidOptionError(`${where}: label must be a string, or false to leave application_name alone; instead got '${String(label)}'`)
+  }
+  return applicationNameText(label)
 }

@@ -1,9 +1,12 @@
 import type { DbRouteConfig, DbTransactionSettings } from '../index.js'
-import { closestName } from './closest-name.js'
+import { refuseUnknownKeys } from './closest-name.js'
 import { InvalidOptionError } from './errors.js'
 
 const ISOLATION_LEVELS = ['read uncommitted', 'read committed', 'repeatable read', 'serializable']
-const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis']
+/** The keys of a route's `config.<decorator>`, and of fastify.<decorator>.transaction()'s options with theirs. */
+export const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries']
+/** Each retry holds its request (or caller) longer; past a few, the conflict is the design's to fix. */
+export const MAX_RETRIES = 10
 const ACCESS_MODES = ['read write', 'read only']
 
 /** What a unit of work needs to start: BEGIN and the SET LOCAL statements after it, built once per settings. */
@@ -42,6 +45,14 @@ function milliseconds (value: unknown, name: string): number {
   return value as number
 }
 
+/** The `retries` option checked: how many more times a unit of work that met a conflict runs. */
+export function retryCount (value: unknown, name: string): number {
+  if (!Number.isSafeInteger(value) || (value as number) < 0 || (value as number) > MAX_RETRIES) {
+    throw new InvalidOptionError(`${name} must be an integer from 0 to ${MAX_RETRIES}; instead got '${String(value)}'`)
+  }
+  return value as number
+}
+
 /** Settings over defaults, where an explicit `undefined` keeps the default. */
 export function withDefaults (defaults: DbTransactionSettings, settings: DbTransactionSettings): DbTransactionSettings {
   return {
@@ -53,39 +64,35 @@ export function withDefaults (defaults: DbTransactionSettings, settings: DbTrans
 }
 
 /**
- * Resolves a route's `config.db` against the plugin defaults: `null` when the route opted out.
- * Results are cached per route config object, so each route pays for this once.
+ * Resolves a route's `config.<key>` (`config.db` for the default decorator) against the plugin
+ * defaults: `null` when the route opted out. Results are cached per route config object, so each
+ * route pays for this once.
  */
-export function routeSettingsResolver (defaults: DbTransactionSettings) {
+export function routeSettingsResolver (defaults: DbTransactionSettings, key: string) {
   const pluginSettings = beginSettings(defaults, '')
   const cache = new WeakMap<object, BeginSettings | null>()
 
-  function resolve (routeConfig: DbRouteConfig | undefined, where: string): BeginSettings | null {
+  function resolve (config: object | undefined, where: string): BeginSettings | null {
+    const routeConfig = (config as Record<string, DbRouteConfig | undefined> | undefined)?.[key]
     if (routeConfig === undefined) return pluginSettings
     if (routeConfig === false) return null
     if (routeConfig === null || typeof routeConfig !== 'object') {
-      throw new InvalidOptionError(`${where}db must be false or an object like { isolationLevel, accessMode, statementTimeoutMillis }; instead got '${String(routeConfig)}'`)
+      throw new InvalidOptionError(`${where}${key} must be false or an object like { isolationLevel, accessMode, statementTimeoutMillis }; instead got '${String(routeConfig)}'`)
     }
-    // A misspelt key would otherwise be dropped in silence, as the plugin's own options never are.
-    for (const key of Object.keys(routeConfig)) {
-      if (!ROUTE_KEYS.includes(key)) {
-        const closest = closestName(key, ROUTE_KEYS)
-        const hint = closest === null ? '' : ` (did you mean '${closest}'?)`
-        throw new InvalidOptionError(`${where}db has an unknown key '${key}'${hint}; known keys are ${ROUTE_KEYS.join(', ')}`)
-      }
-    }
-    return beginSettings(withDefaults(defaults, routeConfig), where + 'db.')
+    refuseUnknownKeys(routeConfig, ROUTE_KEYS, where + key)
+    if (routeConfig.retries !== undefined) retryCount(routeConfig.retries, `${where}${key}.retries`)
+    return beginSettings(withDefaults(defaults, routeConfig), `${where}${key}.`)
   }
 
   return {
     /** Checks a route's config when the route is declared, so mistakes fail at startup. */
-    check (routeConfig: DbRouteConfig | undefined, url: string) {
-      resolve(routeConfig, `route ${url}: config.`)
+    check (config: object | undefined, url: string) {
+      resolve(config, `route ${url}: config.`)
     },
-    forConfig (config: { db?: DbRouteConfig, url?: string }): BeginSettings | null {
+    forConfig (config: { url?: string }): BeginSettings | null {
       let settings = cache.get(config)
       if (settings === undefined) {
-        settings = resolve(config.db, `route ${config.url}: config.`)
+        settings = resolve(config, `route ${config.url}: config.`)
         cache.set(config, settings)
       }
       return settings

@@ -3,6 +3,8 @@ import type { CompiledQuery, QueryResult } from 'kysely'
 import { BeginFailure, canFollowBegin } from './begin-with-query.js'
 import { ignore, logWarning } from './callbacks.js'
 import { classify } from './classify.js'
+import { CommitHooks } from './commit-hooks.js'
+import type { HookOwner } from './commit-hooks.js'
 import type { ConnectionSource } from './connection-source.js'
 import { ClosingError, CommitOutcomeUnknownError, HoldTimeoutError, TransactionAbortedError, TransactionFinishedError } from './errors.js'
 import { kyselyResult } from './lease.js'
@@ -38,6 +40,12 @@ export interface Outcome {
   readonly error: Error | null
   /** Why the work was finished ("the response was sent", "the client went away", ...). */
   readonly reason: string
+  /**
+   * It did not commit, and a serialization failure or deadlock (40001, 40P01) ended it, in a query
+   * or at COMMIT: rerunning the whole unit of work may succeed. False when close() or the hold
+   * limit ended it.
+   */
+  readonly retryable: boolean
 }
 
 /** What every unit of work of one registration shares. */
@@ -81,6 +89,8 @@ export class UnitOfWork {
   /** Where the first query was issued, kept for a leak report. */
   #firstQuery: Error | null = null
   #stopWatching: () => void = ignore
+  /** The afterCommit / afterRollback callbacks, made by the first registration: work without any pays nothing. */
+  #hooks: CommitHooks | null = null
 
   constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null) {
     this.#runtime = runtime
@@ -97,6 +107,26 @@ export class UnitOfWork {
   /** Queries are taken until finish() is called; the one test of it, for the guard and for `finished`. */
   #accepting (): boolean {
     return this.#status === 'idle' || this.#status === 'opening' || this.#status === 'open'
+  }
+
+  /**
+   * The callbacks run when this work ends, made on first use for `owner` (who logs a failing one).
+   * Refused once finish() was called: it has already decided what runs.
+   */
+  hooks (owner: () => HookOwner): CommitHooks {
+    if (!this.#accepting()) throw new TransactionFinishedError(this.#finishReason)
+    this.#hooks ??= new CommitHooks(owner(), this.#runtime.source.telemetry)
+    return this.#hooks
+  }
+
+  /** Where a savepoint's callbacks start (see CommitHooks.mark); 0 while none was registered. */
+  get hooksMark (): number {
+    return this.#hooks?.mark ?? 0
+  }
+
+  /** A savepoint started at `mark` was rolled back: drop its afterCommit callbacks, run its afterRollback ones. */
+  rolledBackTo (mark: number): Promise<void> {
+    return this.#hooks === null ? SETTLED : this.#hooks.rolledBackTo(mark)
   }
 
   /** Runs a query in the transaction, opening it with this query when it is the first. */
@@ -256,10 +286,14 @@ export class UnitOfWork {
       // After the queries already issued, and never within this call: whoever finishes (the
       // hold limit) may destroy the connection first, and then no ROLLBACK is sent.
       const drained = this.#running ? new Promise<void>((resolve) => { this.#drained = resolve }) : SETTLED
-      this.#finishing = drained.then(() => this.#end(commit))
+      const ended = drained.then(() => this.#end(commit))
+      // The callbacks are the last step: whoever awaits the finish (the response) waits for them.
+      // None can be added from here on, so work without callbacks keeps the bare promise.
+      const hooks = this.#hooks
+      this.#finishing = hooks === null ? ended : ended.then(async (outcome) => { await hooks.ended(outcome, commit); return outcome })
     } else if (commit && this.#interruption !== null) {
       // Its owner still means to commit, but the work was rolled back for it: say so.
-      return this.#finishing.then(({ status, reason }) => ({ status, reason, error: this.takeInterruption() }))
+      return this.#finishing.then((outcome) => ({ ...outcome, error: this.takeInterruption() }))
     }
     return this.#finishing
   }
@@ -292,15 +326,16 @@ export class UnitOfWork {
     return commit ? this.#commit(lease) : this.#rollback(lease)
   }
 
-  #ended (status: Outcome['status'], error: Error | null): Outcome {
+  #ended (status: Outcome['status'], error: Error | null, retryable = false): Outcome {
     this.#status = status
-    return { status, error, reason: this.#finishReason }
+    return { status, error, reason: this.#finishReason, retryable }
   }
 
   async #commit (lease: Lease): Promise<Outcome> {
     this.#status = 'committing'
     const brokenBeforeCommit = lease.failure !== null
     let error: Error | null = null
+    let retryable = lease.conflict
     try {
       // PostgreSQL answers COMMIT with a ROLLBACK tag when an earlier statement failed.
       const { command } = await lease.command('COMMIT')
@@ -309,11 +344,12 @@ export class UnitOfWork {
       const classified = classify(cause as Error, 'commit', { ...lease.circumstances(), brokenBeforeCommit })
       if (classified.broken) lease.broke(cause as Error)
       error = classified.error
+      retryable ||= classified.retryable
     }
     const status = error === null ? 'committed' : error instanceof CommitOutcomeUnknownError ? 'outcome unknown' : 'commit failed'
     this.#runtime.source.telemetry.transactionEnded(status)
     lease.release()
-    return this.#ended(status, error)
+    return this.#ended(status, error, error !== null && retryable)
   }
 
   async #rollback (lease: Lease): Promise<Outcome> {
@@ -323,7 +359,7 @@ export class UnitOfWork {
     // A connection that already broke has nothing to roll back: PostgreSQL did it as it ended.
     if (lease.failure !== null) {
       lease.release(true)
-      return this.#ended('rolled back', null)
+      return this.#ended('rolled back', null, lease.conflict)
     }
     const failed = await lease.command('ROLLBACK').then(
       () => false,
@@ -332,6 +368,6 @@ export class UnitOfWork {
         return true
       })
     lease.release(failed)
-    return this.#ended('rolled back', null)
+    return this.#ended('rolled back', null, lease.conflict)
   }
 }

@@ -91,7 +91,7 @@ t.test('Kysely plugins apply to request.db, fastify.db.transaction and fastify.d
   t.same(await app.db.kysely.selectFrom('people').select('firstName').executeTakeFirst(), { firstName: 'Ada' })
 })
 
-t.test('streaming through request.db fails with a coded error instead of running outside the transaction', async (t) => {
+t.test('streaming through request.db without the cursor option fails with a coded error instead of running outside the transaction', async (t) => {
   const db = await testDatabase(t)
   const app = await db.app()
   app.get('/', async (request) => {

@@ -102,6 +102,8 @@ t.test('after known traffic: connection counts, max, histograms and our counters
     'fastify_db_session.rollbacks': stats.rollbacks,
     'fastify_db_session.commit_failures': stats.commitFailures,
     'fastify_db_session.aborts': stats.aborts,
+    'fastify_db_session.retries': stats.retries,
+    'fastify_db_session.callback_errors': stats.callbackErrors,
     'fastify_db_session.leaks': stats.leaks,
     'fastify_db_session.idle_errors': stats.idleErrors,
     'fastify_db_session.connections_created': stats.connectionsCreated,

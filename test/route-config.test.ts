@@ -66,15 +66,15 @@ t.test('an unknown key in a route\'s config.db fails when the route is declared,
   const app = await db.app()
   t.throws(() => app.get('/misspelt', { config: { db: { isolationLvl: 'serializable' } as never } }, async () => 1), {
     code: 'FST_DB_SESSION_INVALID_OPTION',
-    message: /route \/misspelt: config\.db has an unknown key 'isolationLvl' \(did you mean 'isolationLevel'\?\); known keys are isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis/
+    message: /route \/misspelt: config\.db has an unknown key 'isolationLvl' \(did you mean 'isolationLevel'\?\); known keys are isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, retries/
   })
   t.throws(() => app.post('/case', { config: { db: { AccessMode: 'read only' } as never } }, async () => 1), {
     code: 'FST_DB_SESSION_INVALID_OPTION',
     message: /route \/case: config\.db has an unknown key 'AccessMode' \(did you mean 'accessMode'\?\)/
   })
-  t.throws(() => app.get('/unrelated', { config: { db: { accessMode: 'read only', retries: 3 } as never } }, async () => 1), {
+  t.throws(() => app.get('/unrelated', { config: { db: { accessMode: 'read only', poolSize: 3 } as never } }, async () => 1), {
     code: 'FST_DB_SESSION_INVALID_OPTION',
-    message: /route \/unrelated: config\.db has an unknown key 'retries'; known keys are /
+    message: /route \/unrelated: config\.db has an unknown key 'poolSize'; known keys are /
   })
   t.notOk(app.hasRoute({ method: 'GET', url: '/misspelt' }), 'the refused route was not added')
   t.equal(await db.connections(), 0, 'the refused routes took no connection')

@@ -4,8 +4,9 @@ import Fastify from 'fastify'
 import type { FastifyContextConfig, FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
+import Cursor from 'pg-cursor'
 import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
-import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, FastifyDbSessionOptions, OpenTelemetryMeterProvider, PromClientRegistry, RegisteredDatabase } from 'fastify-db-session'
+import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, DbUnitOfWork, FastifyDbSession, FastifyDbSessionOptions, OpenTelemetryMeterProvider, PromClientRegistry, RegisteredDatabase } from 'fastify-db-session'
 import { Registry as PromRegistry, register as promRegister } from 'prom-client'
 import { metrics as otelMetrics } from '@opentelemetry/api'
 import { MeterProvider as SdkMeterProvider } from '@opentelemetry/sdk-metrics'
@@ -31,6 +32,10 @@ await app.register(dbSession, { pool: { host: 'localhost', max: 3 }, commitWhen:
 await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': (request) => request.headers['x-tenant'] as string, 'app.n': () => 1 } })
 await app.register(dbSession, { connectionString: 'postgres://x', pool: { ssl: false, application_name: 'api' } })
 await app.register(dbSession, { pool: new pg.Pool(), acquireTimeoutMillis: 100, closeTimeoutMillis: 100 })
+// pg-cursor's class, for stream()
+await app.register(dbSession, { connectionString: 'postgres://x', cursor: Cursor })
+// @ts-expect-error cursor is pg-cursor's class, not its name
+await app.register(dbSession, { connectionString: 'postgres://x', cursor: 'pg-cursor' })
 // Options that always fail registration do not compile:
 // @ts-expect-error no options: give connectionString or pool
 await app.register(dbSession)
@@ -87,8 +92,8 @@ expectTrue<Equal<typeof app.db.pool, pg.Pool>>()
 const stats: DbPoolStats = app.db.stats()
 expectTrue<Equal<typeof stats.active, number>>()
 expectTrue<Equal<keyof DbPoolStats, 'total' | 'idle' | 'active' | 'waiting' | 'max' | 'acquires' | 'commits' | 'rollbacks' | 'commitFailures' |
-'acquireTimeouts' | 'destroyed' | 'leaks' | 'aborts' | 'idleErrors' | 'connectionsCreated' | 'connectionsRemoved' | 'circuitOpen' |
-'circuitRejections' | 'acquireWaitSeconds' | 'holdSeconds'>>()
+'acquireTimeouts' | 'destroyed' | 'leaks' | 'aborts' | 'retries' | 'idleErrors' | 'connectionsCreated' | 'connectionsRemoved' | 'circuitOpen' |
+'circuitRejections' | 'callbackErrors' | 'acquireWaitSeconds' | 'holdSeconds'>>()
 expectTrue<Equal<typeof stats.holdSeconds, DbHistogram>>()
 expectTrue<Equal<typeof stats.circuitOpen, boolean>>()
 expectTrue<Equal<ReturnType<typeof app.db.metrics>, string>>()
@@ -118,6 +123,25 @@ const count: number = await app.db.transaction(async (trx) => {
 }, { accessMode: 'read only', context: { 'app.tenant_id': '42', 'app.user_id': null } })
 // @ts-expect-error the callback gets a transaction, not a string
 await app.db.transaction(async (trx: string) => trx)
+await app.db.transaction(async () => 1, { label: 'nightly cleanup' })
+await app.db.transaction(async () => 1, { label: false })
+// @ts-expect-error a label is a string or false
+await app.db.transaction(async () => 1, { label: true })
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: (request) => `${request.routeOptions.url ?? ''} ${request.id}` })
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: false })
+// @ts-expect-error applicationName is a function of the request, not a fixed string
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: 'notes' })
+
+// Retries: a plugin option (with the backoff's base), per route, and per fastify.db.transaction.
+const retrying: DbSessionCommonOptions = { retries: 3, retryDelayMillis: 50 }
+await app.register(dbSession, { ...retrying, connectionString: 'postgres://x' })
+app.post('/transfer', { config: { db: { isolationLevel: 'serializable', retries: 3 } } }, async () => 'ok')
+const retried: number = await app.db.transaction(async () => 1, { isolationLevel: 'serializable', retries: 2 })
+expectTrue<Equal<typeof stats.retries, number>>()
+// @ts-expect-error retries is a number
+const retriesAsText: FastifyContextConfig = { db: { retries: '3' } }
+// @ts-expect-error retryDelayMillis is a plugin option, not a route's
+const routeDelay: FastifyContextConfig = { db: { retryDelayMillis: 10 } }
 
 const code = new errors.FST_DB_SESSION_ACQUIRE_TIMEOUT(100).code
 expectTrue<Equal<typeof code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT'>>()
@@ -152,10 +176,93 @@ expectTrue<Equal<CodeAndStatus<Runtime>, CodeAndStatus<Declared>>>()
 // @ts-expect-error there is no such error
 const noSuchError = errors.FST_DB_SESSION_NOPE
 
+// afterCommit, afterRollback and savepoint: on the request, on fastify.db, on transaction()'s unit.
+app.post('/hooks', async (request) => {
+  // Sync and async callbacks, whatever they return.
+  request.afterCommit(() => {})
+  request.afterCommit(async () => { await Promise.resolve() })
+  request.afterRollback(() => 1)
+  expectTrue<Equal<ReturnType<typeof request.afterCommit>, void>>()
+  // @ts-expect-error a callback takes no arguments
+  request.afterCommit((committed: boolean) => committed)
+  // @ts-expect-error a callback is a function
+  request.afterRollback('cleanup')
+
+  const id = await request.savepoint(async (trx) => {
+    expectTrue<Equal<typeof trx, Transaction<Database>>>()
+    const row = await trx.insertInto('items').values({ name: 'x' }).returning('id').executeTakeFirstOrThrow()
+    return row.id
+  })
+  expectTrue<Equal<typeof id, number>>()
+  const plain: string = await request.savepoint(() => 'sync result')
+  // @ts-expect-error the savepoint's transaction is typed with the database
+  await request.savepoint((trx) => trx.selectFrom('nope').selectAll().execute())
+
+  app.db.afterCommit(request, () => {})
+  app.db.afterRollback(request, async () => {})
+  const viaInstance = await app.db.savepoint(request, async (trx) => {
+    expectTrue<Equal<typeof trx, Transaction<Database>>>()
+    return 'ok' as const
+  })
+  expectTrue<Equal<typeof viaInstance, 'ok'>>()
+  // @ts-expect-error the instance methods take the request first
+  app.db.afterCommit(() => {})
+  return { id, plain, viaInstance }
+})
+
+const hookedTotal: number = await app.db.transaction(async (trx, unit) => {
+  expectTrue<Equal<typeof unit, DbUnitOfWork<Database>>>()
+  unit.afterCommit(() => {})
+  unit.afterRollback(async () => {})
+  return unit.savepoint(async (sp) => {
+    expectTrue<Equal<typeof sp, Transaction<Database>>>()
+    await trx.insertInto('items').values({ name: 'y' }).execute()
+    return 1
+  })
+})
+// A callback that ignores the unit still compiles.
+await app.db.transaction(async (trx) => trx.selectFrom('items').selectAll().execute())
+
 function commitWhen (request: FastifyRequest, reply: FastifyReply): boolean {
   return request.method !== 'GET' && reply.statusCode < 400
 }
-export { badBreaker, misspeltRouteConfig, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+export { hookedTotal, badBreaker, misspeltRouteConfig, badPoolLifetime, noConnection, fromHandler, invalidOption, statusOf, badCommitWhen, badRouteConfig, commitWhen, count, code, exposition, noSuchError, pingMillis, routeConfig, routeTimeouts, safetyNets, stats }
+export { retried, retriesAsText, routeDelay }
+
+// A second database (the decorator option): the app declares its decorators with its interface.
+interface AnalyticsDatabase {
+  events: { id: Generated<number>, name: string, at: Date }
+}
+declare module 'fastify' {
+  interface FastifyRequest { readonly analytics: Transaction<AnalyticsDatabase> }
+  interface FastifyInstance { analytics: FastifyDbSession<AnalyticsDatabase> }
+  interface FastifyContextConfig { analytics?: DbRouteConfig }
+}
+await app.register(dbSession, { connectionString: 'postgres://localhost/analytics', decorator: 'analytics' })
+await app.register(dbSession, { pool: new pg.Pool(), decorator: 'legacy', name: 'legacy' })
+// @ts-expect-error decorator is a name
+await app.register(dbSession, { connectionString: 'postgres://x', decorator: 42 })
+app.post('/signup', { config: { db: { isolationLevel: 'serializable' }, analytics: { accessMode: 'read write' } } }, async (request) => {
+  expectTrue<Equal<typeof request.analytics, Transaction<AnalyticsDatabase>>>()
+  const item = await request.db.insertInto('items').values({ name: 'x' }).returning('id').executeTakeFirstOrThrow()
+  await request.analytics.insertInto('events').values({ name: `item ${item.id}`, at: new Date() }).execute()
+  // @ts-expect-error the main database's table is not in the analytics database
+  await request.analytics.selectFrom('items').selectAll().execute()
+  // @ts-expect-error nor the analytics table in the main one
+  await request.db.selectFrom('events').selectAll().execute()
+  return item
+})
+app.get('/no-analytics', { config: { analytics: false } }, async () => 'ok')
+// @ts-expect-error config.analytics takes the transaction settings, as config.db does
+const misspeltAnalyticsConfig: FastifyContextConfig = { analytics: { isolationLvl: 'serializable' } }
+expectTrue<Equal<typeof app.analytics.kysely, Kysely<AnalyticsDatabase>>>()
+const eventCount: number = await app.analytics.transaction(async (trx) => {
+  expectTrue<Equal<typeof trx, Transaction<AnalyticsDatabase>>>()
+  return (await trx.selectFrom('events').selectAll().execute()).length
+})
+const bothPools: string = combineMetrics(app.db, app.analytics)
+const withDecorator: DbSessionCommonOptions = { decorator: 'analytics', name: 'analytics' }
+export { misspeltAnalyticsConfig, eventCount, bothPools, withDecorator }
 
 // Observability: prom-client's Registry (and its global register) and OpenTelemetry's meter
 // providers (the API's global one, the SDK's class) fit the options without the package's types

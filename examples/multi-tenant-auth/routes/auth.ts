@@ -28,12 +28,13 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     // The tenant, and an invitation to own it: no account is made or looked at until the owner
     // proves the email by accepting with the mailed token. So the answer (and its time) is the
     // same whether or not the email has an account, and nobody can sign up someone else's.
-    await app.db.transaction(async (trx) => {
+    // Mailed once the transaction has committed (transaction() resolves after that), with no
+    // connection held; nothing is mailed when it rolls back.
+    await app.db.transaction(async (trx, unit) => {
       await trx.insertInto('tenants').values({ id: tenantId, name: request.body.name }).execute()
       await trx.insertInto('invitations').values({ tenant_id: tenantId, email, role: 'owner', token_hash: hash, expires_at: expiresAt, created_by: null }).execute()
+      unit.afterCommit(() => app.mailer.send(signUpMail({ to: email, tenantName: request.body.name, token, expiresAt })))
     }, { context: { 'app.tenant_id': tenantId } })
-    // Mailed once the transaction has committed, with no connection held.
-    await app.mailer.send(signUpMail({ to: email, tenantName: request.body.name, token, expiresAt }))
     return reply.code(202).send({ message: `to confirm, accept the invitation mailed to ${email}` })
   })
 

@@ -57,10 +57,11 @@ const memberRoutes: FastifyPluginAsyncTypebox = async (app) => {
       created_by: auth.sub
     }).execute()
     const tenant = await request.db.selectFrom('tenants').select('name').executeTakeFirstOrThrow()
-    // Sent before this transaction commits (a failed commit leaves a mail whose token opens
-    // nothing). The example's mailer writes a local file; a slow one (SMTP, an HTTP API) belongs
-    // after the commit, or in an outbox table a worker sends from.
-    await app.mailer.send(invitationMail({ to: email, tenantName: tenant.name, role: request.body.role, token, expiresAt }))
+    // Mailed only once this transaction has committed (before the 201 leaves): a request that
+    // rolls back, its COMMIT included, mails nothing. A mailer that fails is logged and counted
+    // (stats().callbackErrors); the invitation stands, and can be sent again.
+    const mail = invitationMail({ to: email, tenantName: tenant.name, role: request.body.role, token, expiresAt })
+    request.afterCommit(() => app.mailer.send(mail))
     return reply.code(201).send({ email, role: request.body.role, expiresAt })
   })
 }
