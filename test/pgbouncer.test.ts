@@ -24,6 +24,10 @@ if (skip !== false) t.comment(skip)
 /** Room for the ROLLBACK, the cancel through PgBouncer and a loaded machine, as in close.test.ts. */
 const MARGIN = 700
 
+// Six tests, each starting PgBouncer (one starts four app processes): about 30 s on a quiet machine,
+// tap's default limit for a whole file.
+t.setTimeout(120_000)
+
 /**
  * The `expected` counts of `database`'s one pool in PgBouncer's SHOW POOLS, as soon as they are
  * what is expected, or as they are after 3 s.
