@@ -1,39 +1,16 @@
 // Retries for fastify.db.transaction, with the same real conflicts as requests (a write skew at
 // serializable, a deadlock from locks taken in opposite orders, each made certain by a barrier),
 // and the retry options checked.
-import { Writable } from 'node:stream'
 import t from 'tap'
 import type { Transaction } from 'kysely'
 import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
-import { deferred } from './helpers/util.js'
+import { barrier, capturedLogs } from './helpers/util.js'
 
 // Real conflicts, several databases: on a loaded machine longer than tap's default 30 s.
 t.setTimeout(90_000)
 
-function barrier (parties: number): { arrive: () => Promise<void> } {
-  let arrived = 0
-  const all = deferred()
-  return {
-    arrive () {
-      if (++arrived === parties) all.resolve()
-      return all.promise
-    }
-  }
-}
-
-interface LogLine { level: number, msg: string, attempt?: number, of?: number, err?: { code?: string } }
-
-function debugLogs (): { lines: LogLine[], options: { logger: { level: string, stream: Writable } } } {
-  const lines: LogLine[] = []
-  const stream = new Writable({
-    write (chunk, _encoding, callback) {
-      lines.push(JSON.parse(String(chunk)))
-      callback()
-    }
-  })
-  return { lines, options: { logger: { level: 'debug', stream } } }
-}
+const debugLogs = () => capturedLogs('debug')
 
 const RETRY_MESSAGE = /running its function again/
 

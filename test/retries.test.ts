@@ -2,41 +2,16 @@
 // each made certain by a barrier that holds every first attempt until all have read (or locked)
 // what the others will write. With retries every request ends 2xx and the data is a serial
 // order's; without, the loser gets its 409.
-import { Writable } from 'node:stream'
 import t from 'tap'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
-import { deferred } from './helpers/util.js'
+import { barrier, capturedLogs } from './helpers/util.js'
 
 // Real conflicts, several databases: on a loaded machine longer than tap's default 30 s.
 t.setTimeout(90_000)
 
-/** Resolves `arrive()` for everyone once `parties` have arrived. */
-function barrier (parties: number): { arrive: () => Promise<void> } {
-  let arrived = 0
-  const all = deferred()
-  return {
-    arrive () {
-      if (++arrived === parties) all.resolve()
-      return all.promise
-    }
-  }
-}
-
-interface LogLine { level: number, msg: string, attempt?: number, of?: number, delayMillis?: number, reason?: string, err?: { code?: string } }
-
-/** Fastify options with a debug-level logger that keeps its lines. */
-function debugLogs (): { lines: LogLine[], options: { logger: { level: string, stream: Writable } } } {
-  const lines: LogLine[] = []
-  const stream = new Writable({
-    write (chunk, _encoding, callback) {
-      lines.push(JSON.parse(String(chunk)))
-      callback()
-    }
-  })
-  return { lines, options: { logger: { level: 'debug', stream } } }
-}
+const debugLogs = () => capturedLogs('debug')
 
 const RETRY_MESSAGE = /running the handler again/
 

@@ -5,30 +5,18 @@
 // other connection gets in first.
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
-import { Writable } from 'node:stream'
 import t from 'tap'
 import { sql } from 'kysely'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { eventually, testDatabase } from './helpers/database.js'
 import type { TestDatabase } from './helpers/database.js'
-import { deferred, watchUncaught } from './helpers/util.js'
+import { capturedLogs, deferred, watchUncaught } from './helpers/util.js'
 
 // Several tests wait through a real backoff, a handler timeout or a pg_sleep: on a loaded machine the
 // file takes longer than tap's default 30 s.
 t.setTimeout(120_000)
 
-interface LogLine { level: number, msg: string, attempt?: number, reason?: string, err?: { message?: string, code?: string } }
-
-function debugLogs (): { lines: LogLine[], options: { logger: { level: string, stream: Writable } } } {
-  const lines: LogLine[] = []
-  const stream = new Writable({
-    write (chunk, _encoding, callback) {
-      lines.push(JSON.parse(String(chunk)))
-      callback()
-    }
-  })
-  return { lines, options: { logger: { level: 'debug', stream } } }
-}
+const debugLogs = () => capturedLogs('debug')
 
 const RETRY_MESSAGE = /running the handler again/
 const STOP_MESSAGE = /not retrying the request/

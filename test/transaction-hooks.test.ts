@@ -2,29 +2,12 @@
 // the meanings they have on a request; transaction() resolves after the afterCommit callbacks ran.
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import type { Test } from 'tap'
 import { sql } from 'kysely'
-import { testDatabase } from './helpers/database.js'
-import type { TestDatabase } from './helpers/database.js'
+import { effects, setup } from './helpers/hooks.js'
 import { capturedLogs, itemNames } from './helpers/util.js'
-import type { FastifyInstance } from 'fastify'
 
 // Each test makes a database and a pool; on a loaded machine the file outlasts tap's default 30 s.
 t.setTimeout(120_000)
-
-async function setup (t: Test, options = {}, fastifyOptions = {}): Promise<{ db: TestDatabase, app: FastifyInstance }> {
-  const db = await testDatabase(t)
-  await db.query(`CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL,
-    CONSTRAINT unique_name UNIQUE (name) DEFERRABLE INITIALLY DEFERRED)`)
-  await db.query('CREATE TABLE effects (id serial PRIMARY KEY, name text NOT NULL)')
-  const app = await db.app(options, fastifyOptions)
-  return { db, app }
-}
-
-async function effects (db: TestDatabase): Promise<string[]> {
-  const { rows } = await db.query('SELECT name FROM effects ORDER BY id')
-  return rows.map((row: { name: string }) => row.name)
-}
 
 t.test('transaction(): afterCommit callbacks run after COMMIT, in order, and transaction() resolves after them', async (t) => {
   const { db, app } = await setup(t)

@@ -11,6 +11,18 @@ import type { TestDatabase } from './database.js'
 
 export interface Deferred<T> { promise: Promise<T>, resolve: (value: T) => void }
 
+/** Resolves every `arrive()` once `parties` have arrived: makes a conflict between requests certain. */
+export function barrier (parties: number): { arrive: () => Promise<void> } {
+  let arrived = 0
+  const all = deferred()
+  return {
+    arrive () {
+      if (++arrived === parties) all.resolve()
+      return all.promise
+    }
+  }
+}
+
 export function deferred<T = void> (): Deferred<T> {
   let resolve!: (value: T) => void
   const promise = new Promise<T>((_resolve) => { resolve = _resolve })
@@ -61,10 +73,23 @@ export async function startScript (t: Test, script: string, env: Record<string, 
 }
 
 /** A log line as pino writes it, with the fields the plugin's reports add. */
-export interface LogLine { level: number, msg: string, reqId?: string, route?: string, heldMillis?: number, acquiredAt?: string }
+export interface LogLine {
+  level: number
+  msg: string
+  reqId?: string
+  route?: string
+  heldMillis?: number
+  acquiredAt?: string
+  /** A retry's report: which attempt of how many, after what delay, or why it stopped. */
+  attempt?: number
+  of?: number
+  delayMillis?: number
+  reason?: string
+  err?: { message?: string, code?: string }
+}
 
 /** Fastify options whose logger (warnings and up) keeps its lines in `lines`; `stream` alone for custom loggers. */
-export function capturedLogs (): { lines: LogLine[], stream: Writable, options: { logger: { level: string, stream: Writable } } } {
+export function capturedLogs (level = 'warn'): { lines: LogLine[], stream: Writable, options: { logger: { level: string, stream: Writable } } } {
   const lines: LogLine[] = []
   const stream = new Writable({
     write (chunk, _encoding, callback) {
@@ -72,7 +97,7 @@ export function capturedLogs (): { lines: LogLine[], stream: Writable, options: 
       callback()
     }
   })
-  return { lines, stream, options: { logger: { level: 'warn', stream } } }
+  return { lines, stream, options: { logger: { level, stream } } }
 }
 
 /** What a client sees of POST /items. */
