@@ -29,7 +29,7 @@ const backendPid = sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`
 
 t.test('while a request holds its transaction, its backend shows the route and the request id; after, the pool\'s own name', async (t) => {
   const db = await testDatabase(t)
-  const app = await db.app({ connectionString: withPoolName(db.url), maxConnections: 1 })
+  const app = await db.app({ connectionString: withPoolName(db.url), maxConnections: 1, applicationName: true })
   const queried = deferred<{ pid: number, id: string }>()
   const release = deferred()
   app.get('/notes/:id', async (request) => {
@@ -50,7 +50,7 @@ t.test('while a request holds its transaction, its backend shows the route and t
 
 t.test('the not-found handler is named without its URL, which may carry a secret', async (t) => {
   const db = await testDatabase(t)
-  const app = await db.app()
+  const app = await db.app({ applicationName: true })
   app.setNotFoundHandler(async (request, reply) => {
     const { rows } = await sql<{ name: string }>`SELECT current_setting('application_name') AS name`.execute(request.db)
     return reply.code(404).send({ name: rows[0].name, id: request.id })
@@ -62,7 +62,7 @@ t.test('the not-found handler is named without its URL, which may carry a secret
 
 t.test('a rolled-back request leaves no name behind either', async (t) => {
   const db = await testDatabase(t)
-  const app = await db.app({ connectionString: withPoolName(db.url), maxConnections: 1 })
+  const app = await db.app({ connectionString: withPoolName(db.url), maxConnections: 1, applicationName: true })
   let pid = 0
   app.get('/fails', async (request) => {
     pid = (await backendPid.execute(request.db)).rows[0].pid
@@ -94,9 +94,9 @@ t.test('the context and the name travel together', async (t) => {
   t.same((await app.inject('/')).json(), { tenant: 'acme', name: 'named' })
 })
 
-t.test('applicationName: false leaves application_name alone', async (t) => {
+t.test('without the option (or with false) application_name is left alone', async (t) => {
   const db = await testDatabase(t)
-  const app = await db.app({ connectionString: withPoolName(db.url), applicationName: false })
+  const app = await db.app({ connectionString: withPoolName(db.url) })
   app.get('/', async (request) => {
     return sql<{ name: string }>`SELECT current_setting('application_name') AS name`.execute(request.db).then(({ rows }) => rows[0].name)
   })
@@ -105,11 +105,16 @@ t.test('applicationName: false leaves application_name alone', async (t) => {
   t.equal(inTransaction, 'notes-pool', 'fastify.db.transaction is not named by default either')
   const labelled = await app.db.transaction(async (trx) => (await sql<{ name: string }>`SELECT current_setting('application_name') AS name`.execute(trx)).rows[0].name, { label: 'nightly job' })
   t.equal(labelled, 'nightly job', 'an explicit label still names it')
+  const off = await db.app({ connectionString: withPoolName(db.url), applicationName: false })
+  off.get('/', async (request) => {
+    return sql<{ name: string }>`SELECT current_setting('application_name') AS name`.execute(request.db).then(({ rows }) => rows[0].name)
+  })
+  t.equal((await off.inject('/')).body, 'notes-pool', 'applicationName: false is the same')
 })
 
 t.test('fastify.db.transaction names itself: a default, its label, or nothing with label: false', async (t) => {
   const db = await testDatabase(t)
-  const app = await db.app({ connectionString: withPoolName(db.url), maxConnections: 1 })
+  const app = await db.app({ connectionString: withPoolName(db.url), maxConnections: 1, applicationName: true })
   const name = async (options?: { label?: string | false }): Promise<string> => app.db.transaction(async (trx) => {
     const { rows } = await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(trx)
     return nameOf(db, rows[0].pid)
@@ -128,7 +133,7 @@ t.test('a bad applicationName option fails at register time; a function that ret
   const db = await testDatabase(t)
   await t.rejects(db.app({ applicationName: 'notes' as never }), {
     code: 'FST_DB_SESSION_INVALID_OPTION',
-    message: /applicationName must be a function \(request\) => string, or false.*instead got 'notes'/
+    message: /applicationName must be true \(the route and the request id\), a function \(request\) => string, or false; instead got 'notes'/
   })
   const app = await db.app({ applicationName: (() => 42) as never })
   app.get('/', async (request) => sql`SELECT 1`.execute(request.db).then(() => 'ran'))
@@ -141,7 +146,7 @@ t.test('a bad applicationName option fails at register time; a function that ret
 t.test('through PgBouncer in transaction mode: the server connection shows the name while the transaction runs, and not after', { skip: skipBouncer }, async (t) => {
   const db = await testDatabase(t)
   const bouncer = await startPgBouncer(t, db.url, 1)
-  const app = await db.app({ connectionString: bouncer.urlFor(db.url), maxConnections: 2 })
+  const app = await db.app({ connectionString: bouncer.urlFor(db.url), maxConnections: 2, applicationName: true })
   const queried = deferred<number>()
   const release = deferred()
   app.get('/held', async (request) => {

@@ -129,6 +129,7 @@ await app.db.transaction(async () => 1, { label: false })
 await app.db.transaction(async () => 1, { label: true })
 await app.register(dbSession, { connectionString: 'postgres://x', applicationName: (request) => `${request.routeOptions.url ?? ''} ${request.id}` })
 await app.register(dbSession, { connectionString: 'postgres://x', applicationName: false })
+await app.register(dbSession, { connectionString: 'postgres://x', applicationName: true })
 // @ts-expect-error applicationName is a function of the request, not a fixed string
 await app.register(dbSession, { connectionString: 'postgres://x', applicationName: 'notes' })
 
