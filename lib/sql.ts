@@ -25,22 +25,32 @@ export function refuseSessionState (sql: string): void {
 
 /**
  * The statement that follows BEGIN in the same round trip: one SELECT of transaction-local
- * set_config calls (never SET, which would outlive the transaction on a pooled connection).
+ * set_config calls, or SET LOCAL for a lone application_name (never a plain SET, which would
+ * outlive the transaction on a pooled connection).
  * Values are quoted by pg's escapeLiteral, so that the statement is complete in itself: it
  * travels as a prelude before the first query, or in a simple-protocol string with BEGIN.
  * null and undefined set the empty string, so a value never survives from an earlier request.
  */
 export function contextStatement (values: Record<string, DbContextValue>): string {
+  const names = Object.keys(values)
+  // The common case, application_name alone, as SET LOCAL: a utility statement, which PostgreSQL
+  // runs without planning a SELECT (half the cost per transaction, measured on one connection).
+  if (names.length === 1 && names[0] === 'application_name') {
+    return `SET LOCAL application_name = ${pg.escapeLiteral(settingText('application_name', values.application_name))}`
+  }
   let sql = 'SELECT '
   let first = true
-  for (const name in values) {
-    const value = values[name]
-    const text = value === null || value === undefined ? '' : String(value)
-    if (text.includes('\0')) throw new InvalidContextError(name)
-    sql += `${first ? '' : ', '}set_config(${pg.escapeLiteral(name)}, ${pg.escapeLiteral(text)}, true)`
+  for (const name of names) {
+    sql += `${first ? '' : ', '}set_config(${pg.escapeLiteral(name)}, ${pg.escapeLiteral(settingText(name, values[name]))}, true)`
     first = false
   }
   return sql
+}
+
+function settingText (name: string, value: DbContextValue): string {
+  const text = value === null || value === undefined ? '' : String(value)
+  if (text.includes('\0')) throw new InvalidContextError(name)
+  return text
 }
 
 /**

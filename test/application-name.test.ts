@@ -94,22 +94,24 @@ t.test('the context and the name travel together', async (t) => {
   t.same((await app.inject('/')).json(), { tenant: 'acme', name: 'named' })
 })
 
-t.test('without the option (or with false) application_name is left alone', async (t) => {
+t.test('by default a unit of work is named (SET LOCAL, alone); applicationName: false leaves application_name alone', async (t) => {
   const db = await testDatabase(t)
-  const app = await db.app({ connectionString: withPoolName(db.url) })
-  app.get('/', async (request) => {
-    return sql<{ name: string }>`SELECT current_setting('application_name') AS name`.execute(request.db).then(({ rows }) => rows[0].name)
-  })
-  t.equal((await app.inject('/')).body, 'notes-pool')
-  const inTransaction = await app.db.transaction(async (trx) => (await sql<{ name: string }>`SELECT current_setting('application_name') AS name`.execute(trx)).rows[0].name)
-  t.equal(inTransaction, 'notes-pool', 'fastify.db.transaction is not named by default either')
-  const labelled = await app.db.transaction(async (trx) => (await sql<{ name: string }>`SELECT current_setting('application_name') AS name`.execute(trx)).rows[0].name, { label: 'nightly job' })
-  t.equal(labelled, 'nightly job', 'an explicit label still names it')
+  const currentName = sql<{ name: string }>`SELECT current_setting('application_name') AS name`
+  const byDefault = await db.app({ connectionString: withPoolName(db.url) })
+  byDefault.get('/notes/:id', async (request) => (await currentName.execute(request.db)).rows[0].name)
+  const res = await byDefault.inject('/notes/7')
+  t.equal(res.body, 'GET /notes/:id req-1', 'the route and the request id, without the option')
+  t.equal(await byDefault.db.transaction(async (trx) => (await currentName.execute(trx)).rows[0].name), 'fastify.db.transaction')
+  const quoted = await byDefault.db.transaction(async (trx) => (await currentName.execute(trx)).rows[0].name, { label: "it's a \\ job" })
+  t.equal(quoted, "it's a \\ job", 'quotes and backslashes survive SET LOCAL')
+
   const off = await db.app({ connectionString: withPoolName(db.url), applicationName: false })
-  off.get('/', async (request) => {
-    return sql<{ name: string }>`SELECT current_setting('application_name') AS name`.execute(request.db).then(({ rows }) => rows[0].name)
-  })
-  t.equal((await off.inject('/')).body, 'notes-pool', 'applicationName: false is the same')
+  off.get('/', async (request) => (await currentName.execute(request.db)).rows[0].name)
+  t.equal((await off.inject('/')).body, 'notes-pool')
+  const inTransaction = await off.db.transaction(async (trx) => (await currentName.execute(trx)).rows[0].name)
+  t.equal(inTransaction, 'notes-pool', 'fastify.db.transaction is not named either')
+  const labelled = await off.db.transaction(async (trx) => (await currentName.execute(trx)).rows[0].name, { label: 'nightly job' })
+  t.equal(labelled, 'nightly job', 'an explicit label still names it')
 })
 
 t.test('fastify.db.transaction names itself: a default, its label, or nothing with label: false', async (t) => {
@@ -133,7 +135,7 @@ t.test('a bad applicationName option fails at register time; a function that ret
   const db = await testDatabase(t)
   await t.rejects(db.app({ applicationName: 'notes' as never }), {
     code: 'FST_DB_SESSION_INVALID_OPTION',
-    message: /applicationName must be true \(the route and the request id\), a function \(request\) => string, or false; instead got 'notes'/
+    message: /applicationName must be a function \(request\) => string, true \(the default: the route and the request id\), or false to leave application_name alone; instead got 'notes'/
   })
   const app = await db.app({ applicationName: (() => 42) as never })
   app.get('/', async (request) => sql`SELECT 1`.execute(request.db).then(() => 'ran'))

@@ -123,7 +123,7 @@ t.test('BEGIN, the settings and the first query travel in one round trip', async
   t.same(parsed, [
     'BEGIN ISOLATION LEVEL REPEATABLE READ',
     'SET LOCAL statement_timeout = 5000',
-    "SELECT set_config('app.tenant_id', 'acme', true), set_config('app.role', 'admin', true)",
+    "SELECT set_config('app.tenant_id', 'acme', true), set_config('app.role', 'admin', true), set_config('application_name', 'GET / req-1', true)",
     'SELECT current_setting($1, true) AS value, pg_backend_pid() AS pid'
   ], 'one statement per Parse, the query last')
   t.same(simple, ['COMMIT'])

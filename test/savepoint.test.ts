@@ -175,7 +175,7 @@ t.test('a savepoint as the first query opens the transaction in the same round t
   await app.register(dbSession, { pool: { connectionString: db.url, Client: RecordingClient }, startupCheck: false })
   app.post('/items', async (request) => request.savepoint((trx) => insert(trx, 'first')).then(() => ({ ok: true })))
   t.equal((await app.inject({ method: 'POST', url: '/items' })).statusCode, 200)
-  t.same(parsed.slice(0, 2), ['BEGIN', 'SAVEPOINT fastify_db_session_1'], 'BEGIN and the SAVEPOINT in one batch')
+  t.same(parsed.slice(0, 3), ['BEGIN', "SET LOCAL application_name = 'POST /items req-1'", 'SAVEPOINT fastify_db_session_1'], 'BEGIN, its settings and the SAVEPOINT in one batch')
   t.equal(roundTrips.length, 4, 'BEGIN with SAVEPOINT, the INSERT, RELEASE, COMMIT')
   t.match(roundTrips[2], /^RELEASE SAVEPOINT fastify_db_session_1$/)
   t.same(await itemNames(db), ['first'])
