@@ -25,6 +25,8 @@ export class ConnectionSource implements LeaseOwner {
   /** How long a cancel of a destroyed connection's statement may take (closeTimeoutMillis). */
   readonly #cancelTimeoutMillis: number
   #closed = false
+  /** Callers waiting for a connection: close() answers them with FST_DB_SESSION_CLOSING. */
+  readonly #waiting = new Set<() => void>()
 
   /**
    * `boundedConnects`: the pool's clients have a connect timeout of the deadline's length (the
@@ -45,8 +47,11 @@ export class ConnectionSource implements LeaseOwner {
     return this.#breaker?.open ?? false
   }
 
+  /** Refuses new callers, and answers those still waiting for a connection at once. */
   close (): void {
     this.#closed = true
+    for (const abandon of this.#waiting) abandon()
+    this.#waiting.clear()
   }
 
   /**
@@ -79,17 +84,33 @@ export class ConnectionSource implements LeaseOwner {
     if (refused !== null) return Promise.reject(refused)
     const asked = performance.now()
     return new Promise((resolve, reject) => {
+      let abandoned = false
       const expire = (): void => {
         // pg-pool's own timeout takes a waiter out of its queue the same way; one whose new
         // connection is being made is not in it, and gets its answer late.
+        this.#waiting.delete(abandon)
         forgetWaiter(this.pool, answer)
         reject(this.#acquireError(new Error(PG_TIMEOUT_MESSAGE)))
+      }
+      // close() does not wait for the connection: while the pool shuts down, a queued caller
+      // might get one handed back by a rollback, or wait for its deadline on a pool that ended.
+      const abandon = (): void => {
+        abandoned = true
+        if (waiter !== null) (this.#deadlines as AcquireDeadlines).answered(waiter)
+        forgetWaiter(this.pool, answer)
+        reject(new ClosingError())
       }
       // As with pg-pool's own deadline: a caller that waits in the pool's queue gets the timeout;
       // one for whom a connection is made at once gets that connection's outcome (two timers of
       // the same length would otherwise race for which error it sees).
       const waiter = this.#deadlines === null || this.#connectsAtOnce() ? null : this.#deadlines.wait(asked, expire)
       const answer = (cause: Error | null | undefined, client?: pg.PoolClient): void => {
+        this.#waiting.delete(abandon)
+        if (abandoned) {
+          // A connection made for a caller that close() answered goes back, to be ended with the pool.
+          client?.release()
+          return
+        }
         if (waiter !== null) {
           if (waiter.expired) {
             // Already answered with the timeout: a late connection goes back to the pool, and a
@@ -105,18 +126,13 @@ export class ConnectionSource implements LeaseOwner {
           return
         }
         this.#breaker?.succeeded()
-        // A caller that waited in the pool's queue while close() ran gets no connection after it.
-        if (this.#closed) {
-          (client as pg.PoolClient).release()
-          reject(new ClosingError())
-          return
-        }
         const acquired = performance.now()
         this.telemetry.acquired((acquired - asked) / 1000)
         const lease = new Lease(client as pg.PoolClient, this, acquired)
         this.leases.add(lease)
         resolve(lease)
       }
+      this.#waiting.add(abandon)
       this.pool.connect(answer)
     })
   }

@@ -51,7 +51,8 @@ t.test('after failureThreshold failed connects the circuit opens: 503 DATABASE_U
 })
 
 t.test('a database that accepts connections and never answers opens the circuit too', async (t) => {
-  const { app, proxy } = await breakerApp(t, { failureThreshold: 2, coolDownMillis: 5000 }, 150)
+  // 600 ms: long enough for the first, real connect on a loaded machine (150 ms failed under load).
+  const { app, proxy } = await breakerApp(t, { failureThreshold: 2, coolDownMillis: 5000 }, 600)
   t.same((await app.inject('/')).json(), { one: 1 }, 'up: served')
   await new Promise((resolve) => setTimeout(resolve, 20)) // the idle connection times out
   proxy.mode = 'silent'
@@ -60,7 +61,7 @@ t.test('a database that accepts connections and never answers opens the circuit 
   for (let i = 0; i < 2; i++) {
     const res = await app.inject('/')
     t.equal(res.statusCode, 503)
-    await new Promise((resolve) => setTimeout(resolve, 100))
+    await new Promise((resolve) => setTimeout(resolve, 300))
   }
   t.equal(app.db.stats().circuitOpen, true, 'the circuit opened')
   const attempts = proxy.accepted
@@ -87,7 +88,8 @@ t.test('a probe that fails opens the circuit again; while the probe is out, othe
 
 t.test('acquire timeouts (a full pool) do not open the circuit', async (t) => {
   const db = await testDatabase(t)
-  const app = await db.app({ circuitBreaker: { failureThreshold: 1, coolDownMillis: 60000 }, maxConnections: 1, acquireTimeoutMillis: 50 })
+  // 500 ms bounds the real connects too (startup check, /hold's): 50 ms failed on a loaded machine.
+  const app = await db.app({ circuitBreaker: { failureThreshold: 1, coolDownMillis: 60000 }, maxConnections: 1, acquireTimeoutMillis: 500 })
   let release!: () => void
   const held = new Promise<void>((resolve) => { release = resolve })
   app.get('/hold', async (request) => {

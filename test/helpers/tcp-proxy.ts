@@ -16,6 +16,8 @@ export interface TcpProxy {
    * (the server still gets it and answers into the void), and the server side a moment later.
    */
   cutAfterClientSends: string | null
+  /** In 'up' mode, how long a new connection waits before it reaches the server (a slow connect). */
+  connectDelayMillis: number
   /** A connection string to the database `url` names, through the proxy. */
   urlFor: (url: string) => string
 }
@@ -36,6 +38,15 @@ export async function startProxy (t: Teardown, targetUrl: string, mode: ProxyMod
       return
     }
     if (proxy.mode === 'silent') return
+    if (proxy.connectDelayMillis > 0) {
+      // What the client sends meanwhile waits in the paused socket.
+      socket.pause()
+      setTimeout(() => { if (!socket.destroyed) forward(socket); socket.resume() }, proxy.connectDelayMillis)
+      return
+    }
+    forward(socket)
+  })
+  function forward (socket: Socket): void {
     const upstream = connect(Number(target.port), target.hostname)
     sockets.add(upstream)
     upstream.on('close', () => { sockets.delete(upstream); socket.destroy() })
@@ -52,7 +63,7 @@ export async function startProxy (t: Teardown, targetUrl: string, mode: ProxyMod
       }
     })
     upstream.on('data', (chunk) => { if (proxy.mode === 'up' && !socket.destroyed) socket.write(chunk) })
-  })
+  }
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const { port } = server.address() as { port: number }
   t.teardown(async () => {
@@ -63,6 +74,7 @@ export async function startProxy (t: Teardown, targetUrl: string, mode: ProxyMod
     port,
     mode,
     cutAfterClientSends: null,
+    connectDelayMillis: 0,
     get accepted () { return accepted },
     urlFor (url: string) {
       const through = new URL(url)

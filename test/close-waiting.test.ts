@@ -1,0 +1,68 @@
+// close() answers the callers still waiting for a connection at once, with FST_DB_SESSION_CLOSING:
+// whether they wait in the pool's queue or for a connection being made, and whatever the
+// connections held by others do meanwhile.
+import t from 'tap'
+import { eventually, testDatabase } from './helpers/database.js'
+import { startProxy } from './helpers/tcp-proxy.js'
+
+t.test('a caller queued behind a holder whose ROLLBACK never comes back gets CLOSING, not its acquire timeout', async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (name text)')
+  const proxy = await startProxy(t, db.url)
+  const app = await db.app({ connectionString: proxy.urlFor(db.url), maxConnections: 1, acquireTimeoutMillis: 20_000, closeTimeoutMillis: 200 })
+  let release: () => void = () => {}
+  const holding = new Promise<void>((resolve) => { release = resolve })
+  app.post('/hold', async (request) => {
+    await request.db.insertInto('items').values({ name: 'holder' }).execute()
+    await holding
+    return { ok: true }
+  })
+  app.post('/wait', async (request) => {
+    await request.db.insertInto('items').values({ name: 'waiter' }).execute()
+    return { ok: true }
+  })
+  const holder = app.inject({ method: 'POST', url: '/hold' })
+  await eventually(async () => app.db.stats(), (s) => s.active === 1)
+  const waiter = app.inject({ method: 'POST', url: '/wait' })
+  await eventually(async () => app.db.stats(), (s) => s.waiting === 1)
+  // The database stops answering: the holder's ROLLBACK at close() hangs until its connection is
+  // destroyed, and the pool ends with the waiter still in its queue.
+  proxy.mode = 'silent'
+  await app.close()
+  const waited = await waiter
+  t.equal(waited.statusCode, 503)
+  t.equal(waited.json().code, 'FST_DB_SESSION_CLOSING', 'answered by close(), not 20 s later by its deadline')
+  release()
+  t.equal((await holder).json().code, 'FST_DB_SESSION_CLOSING')
+  t.same((await db.query('SELECT name FROM items')).rows, [], 'nothing committed')
+  t.equal(await eventually(() => db.connections(), (n) => n === 0), 0, 'nothing is left open')
+})
+
+t.test('a caller whose connection is being made gets CLOSING; the connection, made after, is ended with the pool', async (t) => {
+  const db = await testDatabase(t)
+  const proxy = await startProxy(t, db.url)
+  const app = await db.app({ connectionString: proxy.urlFor(db.url), startupCheck: false, acquireTimeoutMillis: 20_000 })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  proxy.connectDelayMillis = 300
+  const response = app.inject('/')
+  await eventually(async () => proxy.accepted, (n) => n === 1)
+  await app.close()
+  const res = await response
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_DB_SESSION_CLOSING')
+  t.equal(await eventually(() => db.connections(), (n) => n === 0), 0, 'the late connection was not kept')
+})
+
+t.test('a caller whose connect fails after close() started has its answer already: CLOSING', async (t) => {
+  const db = await testDatabase(t)
+  const proxy = await startProxy(t, db.url, 'silent')
+  const app = await db.app({ connectionString: proxy.urlFor(db.url), startupCheck: false, acquireTimeoutMillis: 300, closeTimeoutMillis: 2000 })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const response = app.inject('/')
+  await eventually(async () => proxy.accepted, (n) => n === 1)
+  // close() waits for the pool to end, which waits for the connect to time out and fail.
+  await app.close()
+  const res = await response
+  t.equal(res.json().code, 'FST_DB_SESSION_CLOSING')
+  t.equal(app.db.stats().circuitOpen, false)
+})
