@@ -330,17 +330,31 @@ declare namespace fastifyDbSession {
      */
     promClientRegistry?: PromClientRegistry
     /**
-     * Reports the pool's figures as OpenTelemetry metrics through `meterProvider` (meter
-     * `fastify-db-session`): `db.client.connection.*` of the semantic conventions and
-     * `fastify_db_session.*` for the rest. Read at each collection, except the wait and use time
-     * histograms, recorded at each checkout. Default `false`: nothing is imported, nothing reported.
+     * OpenTelemetry. Traces: one span per unit of work (kind CLIENT, named `transaction <database>`),
+     * a child of the span active when `request.db` is first used (or `fastify.db.transaction` is
+     * called), with the unit's queries, COMMIT and ROLLBACK run in its context (so the spans of
+     * `@opentelemetry/instrumentation-pg` nest under it). They go to `tracerProvider` when given;
+     * otherwise to the global tracer provider of `@opentelemetry/api` (registered by the app's SDK)
+     * when that package is installed: no option needed, and nothing loaded without it.
+     *
+     * Metrics: the pool's figures through `meterProvider` (meter `fastify-db-session`):
+     * `db.client.connection.*` of the semantic conventions and `fastify_db_session.*` for the rest.
+     * Read at each collection, except the wait, use and create time histograms. Without
+     * `meterProvider` no metrics are reported.
+     *
+     * `false` turns both off: nothing is imported, nothing reported.
      *
      * ```ts
-     * import { metrics } from '@opentelemetry/api'
-     * await app.register(dbSession, { connectionString, openTelemetry: { meterProvider: metrics.getMeterProvider() } })
+     * import { metrics, trace } from '@opentelemetry/api'
+     * await app.register(dbSession, {
+     *   connectionString,
+     *   openTelemetry: { meterProvider: metrics.getMeterProvider(), tracerProvider: trace.getTracerProvider() }
+     * })
      * ```
      */
-    openTelemetry?: false | { meterProvider: OpenTelemetryMeterProvider }
+    openTelemetry?: false
+      | { meterProvider: OpenTelemetryMeterProvider, tracerProvider?: OpenTelemetryTracerProvider }
+      | { meterProvider?: OpenTelemetryMeterProvider, tracerProvider: OpenTelemetryTracerProvider }
   }
 
   /**
@@ -359,6 +373,21 @@ declare namespace fastifyDbSession {
    */
   export interface OpenTelemetryMeterProvider {
     getMeter (name: string, version?: string, options?: any): unknown
+  }
+
+  /**
+   * An OpenTelemetry `TracerProvider` (from `@opentelemetry/api`, `@opentelemetry/sdk-trace-base`
+   * or `@opentelemetry/sdk-trace-node`); declared here so that the types need no OpenTelemetry
+   * package installed.
+   *
+   * ```ts
+   * import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
+   * const tracerProvider = new NodeTracerProvider()
+   * await app.register(dbSession, { connectionString, openTelemetry: { tracerProvider } })
+   * ```
+   */
+  export interface OpenTelemetryTracerProvider {
+    getTracer (name: string, version?: string, options?: any): unknown
   }
 
   /** A histogram of durations in seconds, with cumulative buckets as Prometheus defines them. */

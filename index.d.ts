@@ -21,6 +21,7 @@ export type {
   FastifyDbSession,
   FastifyDbSessionOptions,
   OpenTelemetryMeterProvider,
+  OpenTelemetryTracerProvider,
   PromClientRegistry,
   RegisteredDatabase
 } from './index.cjs'

@@ -19,12 +19,26 @@ const loopDelay = monitorEventLoopDelay({ resolution: 5 })
 
 interface Database { items: { id: number, name: string } }
 
+/**
+ * Tracing on: the OpenTelemetry SDK as an app registers it (global tracer provider, AsyncLocalStorage
+ * context), every span sampled, kept in a batch, and handed to an exporter that drops it: the cost
+ * of making, recording and batching the spans, without a collector's network.
+ */
+async function startTracing (): Promise<void> {
+  const { BatchSpanProcessor, NodeTracerProvider } = await import('@opentelemetry/sdk-trace-node')
+  const dropping = { export: (_spans: unknown[], done: (result: { code: number }) => void) => { done({ code: 0 }) }, shutdown: async () => {} }
+  new NodeTracerProvider({ spanProcessors: [new BatchSpanProcessor(dropping)] }).register()
+}
+
 async function build (): Promise<FastifyInstance> {
   const app = Fastify({ logger: false })
   switch (variant) {
     case 'bare':
       app.get('/', async () => ({ ok: true }))
       break
+    case 'plugin-untouched-traced':
+      await startTracing()
+    // falls through: the same app, with an SDK registered
     case 'plugin-untouched':
       await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL })
       app.get('/', async () => ({ ok: true }))
@@ -42,6 +56,9 @@ async function build (): Promise<FastifyInstance> {
         return rows[0]
       })
       break
+    case 'plugin-select-traced':
+      await startTracing()
+    // falls through
     case 'plugin-select':
       await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL })
       app.get('/', async (request) => (request.db as unknown as Kysely<Database>)

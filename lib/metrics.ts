@@ -28,8 +28,8 @@ export interface Telemetry {
   leaked (count: number): void
   /** An idle pooled connection failed. */
   idleError (): void
-  /** The pool opened a connection. */
-  connectionCreated (): void
+  /** The pool opened a connection, in `seconds` (null when not timed: a user's own pool). */
+  connectionCreated (seconds: number | null): void
   /** The pool closed a connection. */
   connectionRemoved (): void
   /** An afterCommit or afterRollback callback threw or rejected (it was logged; the others ran). */
@@ -104,7 +104,7 @@ export class Counters implements Telemetry {
     this.idleErrors++
   }
 
-  connectionCreated (): void {
+  connectionCreated (_seconds: number | null): void {
     this.connectionsCreated++
   }
 

@@ -1,16 +1,18 @@
 import pg from 'pg'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { KyselyPlugin, PostgresCursorConstructor } from 'kysely'
-import type { DbTransactionSettings, FastifyDbSessionOptions, OpenTelemetryMeterProvider, PromClientRegistry } from '../index.js'
+import type { DbTransactionSettings, FastifyDbSessionOptions, OpenTelemetryMeterProvider, OpenTelemetryTracerProvider, PromClientRegistry } from '../index.js'
 import { decoratorName } from './decorator-name.js'
 import { InvalidOptionError } from './errors.js'
 import { applicationNameResolver } from './application-name.js'
+import { noteConnecting } from './connect-time.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings, retryCount } from './transaction-settings.js'
 import { checkPoolConfig, checkPoolMinimum } from './pool-config.js'
 import type { CircuitBreakerSettings } from './circuit-breaker.js'
 import type { StartupCheckSettings } from './health.js'
 import type { LeakSettings } from './leak-watch.js'
+import type { TracerChoice } from './otel-tracing.js'
 import type { RetrySettings } from './retry.js'
 
 export const DEFAULTS = {
@@ -59,6 +61,8 @@ export interface ResolvedOptions {
   promClientRegistry: PromClientRegistry | null
   /** The OpenTelemetry meter provider the metrics go through, or null (no OpenTelemetry). */
   meterProvider: OpenTelemetryMeterProvider | null
+  /** Where the units of work's spans go: the given tracer provider, the API's global one, or nowhere (openTelemetry: false). */
+  tracerProvider: TracerChoice
   /** Units of work name themselves in application_name (the applicationName option is not false). */
   namesTransactions: boolean
 }
@@ -127,15 +131,27 @@ function promClientRegistryOption (value: unknown): PromClientRegistry | null {
   return value as PromClientRegistry
 }
 
-function meterProviderOption (value: unknown): OpenTelemetryMeterProvider | null {
-  if (value === undefined || value === false) return null
-  const provider = (value as { meterProvider?: { getMeter?: unknown } } | null)?.meterProvider
-  if (typeof provider?.getMeter !== 'function') {
-    throw new InvalidOptionError(`openTelemetry must be false or { meterProvider }, with an OpenTelemetry MeterProvider (such as metrics.getMeterProvider() of @opentelemetry/api); instead got '${String(value)}'`)
+/** openTelemetry: false (nothing), or { meterProvider?, tracerProvider? } with at least one; spans go to the global provider by default. */
+function openTelemetryOption (value: unknown): { meterProvider: OpenTelemetryMeterProvider | null, tracerProvider: TracerChoice } {
+  if (value === undefined) return { meterProvider: null, tracerProvider: 'global' }
+  if (value === false) return { meterProvider: null, tracerProvider: null }
+  const expected = 'openTelemetry must be false or { meterProvider, tracerProvider } (either may be left out, not both), with an OpenTelemetry MeterProvider and TracerProvider (such as metrics.getMeterProvider() and trace.getTracerProvider() of @opentelemetry/api)'
+  const { meterProvider, tracerProvider } = (value ?? {}) as { meterProvider?: { getMeter?: unknown }, tracerProvider?: { getTracer?: unknown } }
+  if (typeof value !== 'object' || value === null || (meterProvider === undefined && tracerProvider === undefined)) {
+    throw new InvalidOptionError(`${expected}; instead got '${String(value)}'`)
   }
-  const unknown = Object.keys(value as object).filter((key) => key !== 'meterProvider')
-  if (unknown.length > 0) throw new InvalidOptionError(`unknown option 'openTelemetry.${unknown[0]}'; known is meterProvider`)
-  return provider as OpenTelemetryMeterProvider
+  const unknown = Object.keys(value).filter((key) => key !== 'meterProvider' && key !== 'tracerProvider')
+  if (unknown.length > 0) throw new InvalidOptionError(`unknown option 'openTelemetry.${unknown[0]}'; known are meterProvider, tracerProvider`)
+  if (meterProvider !== undefined && typeof meterProvider?.getMeter !== 'function') {
+    throw new InvalidOptionError(`${expected}; instead got meterProvider '${String(meterProvider)}'`)
+  }
+  if (tracerProvider !== undefined && typeof tracerProvider?.getTracer !== 'function') {
+    throw new InvalidOptionError(`${expected}; instead got tracerProvider '${String(tracerProvider)}'`)
+  }
+  return {
+    meterProvider: (meterProvider ?? null) as OpenTelemetryMeterProvider | null,
+    tracerProvider: (tracerProvider ?? 'global') as OpenTelemetryTracerProvider | 'global'
+  }
 }
 
 /** Checks every option once, at register time, and fills in the defaults. */
@@ -195,7 +211,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     circuitBreaker: toggled(options.circuitBreaker ?? false, 'circuitBreaker', CIRCUIT_BREAKER_DEFAULTS, { failureThreshold: 1, coolDownMillis: 1 }),
     startupCheck: toggled(options.startupCheck ?? true, 'startupCheck', STARTUP_CHECK_DEFAULTS, { retries: 0, delayMillis: 0 }),
     promClientRegistry: promClientRegistryOption(options.promClientRegistry),
-    meterProvider: meterProviderOption(options.openTelemetry)
+    ...openTelemetryOption(options.openTelemetry)
   }
 
   // Any pool with connect() is the user's: pg-pool's own class, or another copy of pg's.
@@ -242,7 +258,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   // the config's own is pg-pool's to keep; otherwise the deadline is ours, kept with one timer for
   // all waiters, and new connections get it as pg's connect timeout.
   const poolDeadline = config.connectionTimeoutMillis ?? 0
-  if (poolDeadline === 0) config.Client = withConnectTimeout(config.Client ?? pg.Client, acquireTimeoutMillis)
+  config.Client = withConnectTimeout(config.Client ?? pg.Client, poolDeadline === 0 ? acquireTimeoutMillis : 0)
   return {
     ...common,
     pool: new pg.Pool(config),
@@ -253,7 +269,8 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
 }
 
 /**
- * pg's Client class (or the config's own) with a connect timeout. pg-pool hands every client its
+ * pg's Client class (or the config's own) with a connect timeout (unless `millis` is 0: the
+ * pool's own), and the time each connect began (connect-time.ts). pg-pool hands every client its
  * own options, where a connectionTimeoutMillis would also put a timer on every checkout.
  */
 function withConnectTimeout (Client: NonNullable<pg.PoolConfig['Client']>, millis: number): typeof pg.Client {
@@ -263,6 +280,7 @@ function withConnectTimeout (Client: NonNullable<pg.PoolConfig['Client']>, milli
       // pg-pool keeps the password out of the options' enumerable properties. A timeout given
       // for this one client (the startup check's) stands.
       super({ ...config, password: config.password, connectionTimeoutMillis: config.connectionTimeoutMillis || millis })
+      noteConnecting(this)
     }
   }
 }

@@ -26,9 +26,9 @@ const OWN_COUNTERS: ReadonlyArray<[name: string, unit: string, description: stri
 
 /**
  * The counters behind stats(), which also report the pool to OpenTelemetry through the app's
- * meter provider. Everything but two histograms is an observable instrument, read from stats() when
- * the SDK collects; the wait and use times are recorded at each checkout, as OpenTelemetry has no
- * observable histogram. Without the openTelemetry option the plain Counters serve, so nothing is
+ * meter provider. Everything but three histograms is an observable instrument, read from stats()
+ * when the SDK collects; the wait and use times are recorded at each checkout, the create time at
+ * each new connection (of an owned pool), as OpenTelemetry has no observable histogram. Without the openTelemetry option the plain Counters serve, so nothing is
  * added to an event, and @opentelemetry/api is never loaded (this file only uses its types).
  */
 export class OpenTelemetryCounters extends Counters {
@@ -36,6 +36,7 @@ export class OpenTelemetryCounters extends Counters {
   readonly #pool: Attributes
   readonly #waitTime: Histogram
   readonly #useTime: Histogram
+  readonly #createTime: Histogram
 
   constructor (provider: OpenTelemetryMeterProvider, poolName: string) {
     super()
@@ -44,6 +45,7 @@ export class OpenTelemetryCounters extends Counters {
     const advice = { explicitBucketBoundaries: DEFAULT_BUCKETS }
     this.#waitTime = this.#meter.createHistogram('db.client.connection.wait_time', { unit: 's', description: 'The time it took to obtain an open connection from the pool.', advice })
     this.#useTime = this.#meter.createHistogram('db.client.connection.use_time', { unit: 's', description: 'The time between borrowing a connection and returning it to the pool.', advice })
+    this.#createTime = this.#meter.createHistogram('db.client.connection.create_time', { unit: 's', description: 'The time it took to create a new connection.', advice })
   }
 
   override acquired (waitSeconds: number): void {
@@ -54,6 +56,11 @@ export class OpenTelemetryCounters extends Counters {
   override released (holdSeconds: number, destroyed: boolean): void {
     super.released(holdSeconds, destroyed)
     this.#useTime.record(holdSeconds, this.#pool)
+  }
+
+  override connectionCreated (seconds: number | null): void {
+    super.connectionCreated(seconds)
+    if (seconds !== null) this.#createTime.record(seconds, this.#pool)
   }
 
   /** Reports `stats()` at each collection, until the returned function is called (at close). */

@@ -3,6 +3,7 @@ import type { PostgresPool } from 'kysely'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
 import { CircuitBreaker } from './circuit-breaker.js'
+import { connectSeconds } from './connect-time.js'
 import { ConnectionSource } from './connection-source.js'
 import { checkDecoratorFree, markOurs } from './decorator-name.js'
 import { ClosingError, InvalidOptionError } from './errors.js'
@@ -10,6 +11,7 @@ import { checkStartup, ping } from './health.js'
 import { LeakWatch } from './leak-watch.js'
 import { Counters, poolStats } from './metrics.js'
 import { OpenTelemetryCounters } from './otel-metrics.js'
+import { unitTracing } from './otel-tracing.js'
 import { resolveOptions } from './options.js'
 import { poolClientClass } from './pg-internals.js'
 import { prometheusText } from './prometheus.js'
@@ -39,6 +41,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   const breaker = resolved.circuitBreaker === null ? null : new CircuitBreaker(resolved.circuitBreaker)
   const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, boundedConnects: resolved.ownsPool, cancel: closeTimeoutMillis }
   const source = new ConnectionSource(pool, telemetry, fastify.log, deadlines, breaker)
+  const tracing = await unitTracing(resolved.tracerProvider, resolved.name)
   if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
 
   // fastify.db.kysely runs on Kysely's own driver, fed by our leases: same deadline, listening and release rules.
@@ -55,7 +58,8 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     props: { config: { dialect }, dialect, driver: new DummyDriver() },
     cursor,
     live: new Set(),
-    leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, telemetry)
+    leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, telemetry),
+    tracing
   }
 
   const defaults = resolved.transactionDefaults
@@ -106,7 +110,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     telemetry.idleError()
     fastify.log.warn({ err: error }, 'fastify-db-session: an idle database connection failed; the pool dropped it')
   }
-  const onConnect = (): void => { telemetry.connectionCreated() }
+  const onConnect = (client: object): void => { telemetry.connectionCreated(connectSeconds(client)) }
   const onRemove = (): void => { telemetry.connectionRemoved() }
   pool.on('error', onIdleError)
   pool.on('connect', onConnect)

@@ -49,7 +49,8 @@ export function installRequestScope (
     const reply = request[kReply]
     if (reply === null) throw new TooEarlyError(decorator)
     const owner = runtime.leakWatch === null ? null : () => ({ log: request.log, route: `${config.method} ${config.url}` })
-    const session = new WorkExecutor(runtime, new UnitOfWork(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner))
+    const span = runtime.tracing?.start({ route: `${config.method} ${config.url}`, httpRoute: config.url }, beginSettings) ?? null
+    const session = new WorkExecutor(runtime, new UnitOfWork(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner, span))
     // undefined, not null: a retry discarded an earlier session, whose listener serves this one too.
     const listening = request[kSession] === undefined
     request[kSession] = session
@@ -140,7 +141,7 @@ export function installRequestScope (
       // Nobody would learn of a commit made for a client that is gone.
       commit = !reply.raw.destroyed && decide(request, reply)
     } catch (error) {
-      return session.finish(false, 'commitWhen threw').then(() => { throw error })
+      return session.finish(false, 'commitWhen threw', error).then(() => { throw error })
     }
     // A failed COMMIT becomes the response: the client never hears "200 OK" for lost work.
     return session.finish(commit, 'the response was sent').then(({ error }) => {
@@ -168,11 +169,11 @@ export function installRequestScope (
     // (behind a query still running), the 503 would wait, and the handler resuming meanwhile would
     // reply inside onError: FST_ERR_SEND_INSIDE_ONERR, an unhandled rejection. Roll back behind it.
     if ((error as { code?: string }).code === 'FST_ERR_HANDLER_TIMEOUT') {
-      session.finish(false, 'the handler timed out')
+      session.finish(false, 'the handler timed out', error)
       done()
       return
     }
-    return session.finish(false, 'the request failed').then(ignore)
+    return session.finish(false, 'the request failed', error).then(ignore)
   })
 
   /**

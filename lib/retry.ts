@@ -253,7 +253,7 @@ function errorOf (ending: Ending): unknown {
 /** Finishes the attempt's unit of work: rolled back when it failed, else as commitWhen says, before anything is sent. */
 async function settle (ending: Ending, work: UnitOfWork, units: RequestUnits, request: FastifyRequest, reply: FastifyReply): Promise<{ outcome: Outcome, failure: unknown }> {
   const error = errorOf(ending)
-  if (error !== null) return { outcome: await work.finish(false, 'the request failed'), failure: error }
+  if (error !== null) return { outcome: await work.finish(false, 'the request failed', error), failure: error }
   // Nobody would learn of a commit made for a client that is gone. A commitWhen that throws fails
   // the request, and onError rolls back.
   const commit = !reply.raw.destroyed && units.decide(request, reply)

@@ -40,15 +40,18 @@ export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, def
     // Nothing to set (an empty context, no label) sends nothing, as for the plugin's context option.
     const statement = Object.keys(values).length === 0 ? null : () => contextStatement(values)
     const owner = () => ({ log, route: where })
+    const spanLabel = { route: typeof label === 'string' ? label : where }
     // Each attempt on a unit of work of its own; a serialization failure or deadlock may run `fn` again.
     return retrier.repeat(attempts, log, async () => {
-      const work = new UnitOfWork(runtime, begin, statement, runtime.leakWatch === null ? null : owner)
+      // One span per attempt: each is a transaction of its own, with its own outcome.
+      const span = runtime.tracing?.start(spanLabel, begin) ?? null
+      const work = new UnitOfWork(runtime, begin, statement, runtime.leakWatch === null ? null : owner, span)
       const executor = new WorkExecutor(runtime, work)
       let value: T
       try {
         value = await fn(executor.transaction, unitOf(executor, owner))
       } catch (error) {
-        return { value: undefined as T, outcome: await work.finish(false, 'its callback threw'), failure: error }
+        return { value: undefined as T, outcome: await work.finish(false, 'its callback threw', error), failure: error }
       }
       const outcome = await work.finish(true, 'its callback returned')
       return { value, outcome, failure: outcome.error }

@@ -12,6 +12,9 @@ const ACCESS_MODES = ['read write', 'read only']
 /** What a unit of work needs to start: BEGIN and the SET LOCAL statements after it, built once per settings. */
 export interface BeginSettings {
   readonly statements: readonly string[]
+  /** What BEGIN names, for a unit of work's span; undefined leaves it to the server's default. */
+  readonly isolationLevel?: string | undefined
+  readonly accessMode?: string | undefined
 }
 
 /** Validates transaction settings and builds their BEGIN statement, once, at register/route time. */
@@ -34,7 +37,7 @@ export function beginSettings (settings: DbTransactionSettings, where: string): 
   if (idleInTransactionTimeoutMillis !== undefined) {
     statements.push(`SET LOCAL idle_in_transaction_session_timeout = ${milliseconds(idleInTransactionTimeoutMillis, where + 'idleInTransactionTimeoutMillis')}`)
   }
-  return { statements }
+  return { statements, isolationLevel, accessMode }
 }
 
 // PostgreSQL takes these as int4 milliseconds; 0 turns the limit off.

@@ -10,6 +10,7 @@ import { ClosingError, CommitOutcomeUnknownError, HoldTimeoutError, TransactionA
 import { kyselyResult } from './lease.js'
 import type { Lease } from './lease.js'
 import type { LeakOwner, LeakWatch } from './leak-watch.js'
+import type { UnitSpan, UnitTracing } from './otel-tracing.js'
 import { refuseSessionState } from './sql.js'
 import type { BeginSettings } from './transaction-settings.js'
 
@@ -55,6 +56,8 @@ export interface WorkRuntime {
   readonly live: Set<UnitOfWork>
   /** Watches how long units of work hold their connections; null when leak detection is off. */
   readonly leakWatch: LeakWatch | null
+  /** Starts the units of work's spans; null when nothing traces them. */
+  readonly tracing: UnitTracing | null
 }
 
 /**
@@ -91,12 +94,15 @@ export class UnitOfWork {
   #stopWatching: () => void = ignore
   /** The afterCommit / afterRollback callbacks, made by the first registration: work without any pays nothing. */
   #hooks: CommitHooks | null = null
+  /** Its OpenTelemetry span (otel-tracing.ts), or null: its statements then run as they are, at no cost. */
+  readonly #span: UnitSpan | null
 
-  constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null) {
+  constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null, span: UnitSpan | null = null) {
     this.#runtime = runtime
     this.#settings = settings
     this.#context = context
     this.#owner = owner
+    this.#span = span
   }
 
   /** finish() was called: no query is taken any more. */
@@ -163,19 +169,27 @@ export class UnitOfWork {
   async #runQuery<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
     this.#running = true
     try {
-      return this.#lease === null ? await this.#openWith(compiledQuery) : await this.#lease.executeQuery(compiledQuery)
+      return await (this.#span === null ? this.#send(compiledQuery) : this.#span.query(() => this.#send(compiledQuery)))
     } finally {
       this.#next()
     }
   }
 
+  #send<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
+    return this.#lease === null ? this.#openWith(compiledQuery) : this.#lease.executeQuery(compiledQuery)
+  }
+
   async #runConsumer<T> (consumer: (connection: Lease) => Promise<T>): Promise<T> {
     this.#running = true
     try {
-      return await consumer(this.#lease ?? await this.#open())
+      return await (this.#span === null ? this.#lend(consumer) : this.#span.query(() => this.#lend(consumer)))
     } finally {
       this.#next()
     }
+  }
+
+  async #lend<T> (consumer: (connection: Lease) => Promise<T>): Promise<T> {
+    return consumer(this.#lease ?? await this.#open())
   }
 
   /** Starts the next waiting query, or notes that none runs. */
@@ -229,6 +243,7 @@ export class UnitOfWork {
 
   async #acquire (): Promise<Lease> {
     this.#advance('idle', 'opening')
+    this.#span?.acquiring()
     let lease: Lease
     try {
       lease = await this.#runtime.source.acquire()
@@ -239,6 +254,7 @@ export class UnitOfWork {
       throw error
     }
     this.#runtime.live.add(this)
+    this.#span?.acquired(lease)
     const { leakWatch } = this.#runtime
     if (leakWatch !== null && this.#owner !== null) {
       this.#stopWatching = leakWatch.watch(this.#owner(), this.#firstQuery as Error, () => { this.#abandon(lease) })
@@ -277,16 +293,22 @@ export class UnitOfWork {
 
   /**
    * Commits or rolls back after the queries already issued, and gives the connection back.
-   * Idempotent: later calls get the first call's outcome. Never rejects.
+   * Idempotent: later calls get the first call's outcome. Never rejects. `cause`: the error that
+   * made the owner roll back, if any, for the span.
    */
-  finish (commit: boolean, reason: string): Promise<Outcome> {
+  finish (commit: boolean, reason: string, cause?: unknown): Promise<Outcome> {
     if (this.#finishing === null) {
       this.#finishReason = reason
       this.#status = 'finishing'
       // After the queries already issued, and never within this call: whoever finishes (the
       // hold limit) may destroy the connection first, and then no ROLLBACK is sent.
       const drained = this.#running ? new Promise<void>((resolve) => { this.#drained = resolve }) : SETTLED
-      const ended = drained.then(() => this.#end(commit))
+      const span = this.#span
+      // The span ends once COMMIT or ROLLBACK answered, before the callbacks run.
+      const interruption = this.#interruption
+      const ended = span === null
+        ? drained.then(() => this.#end(commit))
+        : drained.then(() => span.finish(() => this.#end(commit))).then((outcome) => span.end(outcome, cause ?? interruption))
       // The callbacks are the last step: whoever awaits the finish (the response) waits for them.
       // None can be added from here on, so work without callbacks keeps the bare promise.
       const hooks = this.#hooks

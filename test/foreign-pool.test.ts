@@ -2,7 +2,7 @@
 // were a PoolConfig: the plugin then builds its own pool from the instance's fields, ignoring the
 // connection settings that live in pool.options. It should use the pool, or refuse it.
 import t from 'tap'
-// @ts-expect-error pg-pool ships no types of its own
+// Typed by @types/pg-pool (a devDependency; @opentelemetry/instrumentation-pg brings it too).
 import PgPool from 'pg-pool'
 import { testDatabase } from './helpers/database.js'
 

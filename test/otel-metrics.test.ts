@@ -6,6 +6,7 @@ import { metrics } from '@opentelemetry/api'
 import { AggregationTemporality, DataPointType, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics'
 import type { BatchObservableCallback, Meter } from '@opentelemetry/api'
 import type { DataPoint, Histogram, MetricData, SumMetricData } from '@opentelemetry/sdk-metrics'
+import pg from 'pg'
 import { testDatabase } from './helpers/database.js'
 
 const POOL = 'db.client.connection.pool.name'
@@ -84,6 +85,13 @@ t.test('after known traffic: connection counts, max, histograms and our counters
   t.ok((uses?.sum ?? 0) >= 3 * 0.015, `three holds of about 20 ms (sum ${uses?.sum} s)`)
   t.same(uses?.buckets.boundaries, stats.holdSeconds.buckets.map(({ le }) => le), 'the buckets are the plugin\'s, in seconds')
   t.equal(point<Histogram>(collected, 'db.client.connection.use_time', r)?.value.count, 1, 'one on the replica')
+  // One connection made per pool (requests one after another reuse it), each timed.
+  const created = point<Histogram>(collected, 'db.client.connection.create_time', p)?.value
+  t.equal(collected.get('db.client.connection.create_time')?.descriptor.unit, 's')
+  t.equal(created?.count, 1, 'the primary\'s one new connection')
+  t.ok((created?.sum ?? 0) > 0 && (created?.sum ?? 0) < 10, `its connect took some time (${created?.sum} s)`)
+  t.ok((created?.sum ?? 0) <= (waits?.sum ?? 0), 'made while the first request waited: within its wait')
+  t.equal(point<Histogram>(collected, 'db.client.connection.create_time', r)?.value.count, 1)
 
   t.equal(point(collected, 'fastify_db_session.commits', p)?.value, 3)
   t.equal(point(collected, 'fastify_db_session.rollbacks', p)?.value, 1)
@@ -116,7 +124,7 @@ t.test('after known traffic: connection counts, max, histograms and our counters
     'db.client.connection.max': stats.max
   }
   for (const [name, value] of Object.entries(expected)) t.equal(point(collected, name, p)?.value, value, `${name} = stats()`)
-  t.same([...collected.keys()].sort(), [...Object.keys(expected), 'db.client.connection.count', 'db.client.connection.wait_time', 'db.client.connection.use_time'].sort(), 'no other metric')
+  t.same([...collected.keys()].sort(), [...Object.keys(expected), 'db.client.connection.count', 'db.client.connection.wait_time', 'db.client.connection.use_time', 'db.client.connection.create_time'].sort(), 'no other metric')
 })
 
 t.test('while a request holds the only connection: used 1, a waiter pending, then a timeout counted', async (t) => {
@@ -203,7 +211,27 @@ t.test('without the option no meter is asked for; bad values are refused', async
   t.equal(asked, 0)
   await db.app({ name: 'asked', openTelemetry: { meterProvider } })
   t.equal(asked, 1, 'a given provider is asked for one meter')
-  await t.rejects(db.app({ openTelemetry: {} as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: /openTelemetry must be false or \{ meterProvider \}/ })
+  const expected = /openTelemetry must be false or \{ meterProvider, tracerProvider \} \(either may be left out, not both\)/
+  await t.rejects(db.app({ openTelemetry: {} as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: expected })
   await t.rejects(db.app({ openTelemetry: true as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: /instead got 'true'/ })
-  await t.rejects(db.app({ openTelemetry: { meterProvider, tracerProvider: {} } as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: /unknown option 'openTelemetry.tracerProvider'/ })
+  await t.rejects(db.app({ openTelemetry: null as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: /instead got 'null'/ })
+  await t.rejects(db.app({ openTelemetry: { meterProvider: null } as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: /instead got meterProvider 'null'/ })
+  await t.rejects(db.app({ openTelemetry: { meterProvider: {} } as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: /instead got meterProvider '\[object Object\]'/ })
+  await t.rejects(db.app({ openTelemetry: { tracerProvider: null } as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: /instead got tracerProvider 'null'/ })
+  await t.rejects(db.app({ openTelemetry: { meterProvider, tracerProvider: {} } as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: /instead got tracerProvider/ })
+  await t.rejects(db.app({ openTelemetry: { meterProvider, tracer: {} } as never }), { code: 'FST_DB_SESSION_INVALID_OPTION', message: /unknown option 'openTelemetry.tracer'; known are meterProvider, tracerProvider/ })
+  t.equal(asked, 1, 'a refused option asks for no meter')
+})
+
+t.test('a pool of the app\'s own: its connects are not timed (no create_time), the rest is reported', async (t) => {
+  const { meterProvider, collect } = sdk(t)
+  const db = await testDatabase(t)
+  const pool = new pg.Pool({ connectionString: db.url, max: 2 })
+  t.teardown(() => pool.end())
+  const app = await db.app({ connectionString: undefined, pool: pool as never, openTelemetry: { meterProvider } })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  t.equal((await app.inject('/')).statusCode, 200)
+  const collected = await collect()
+  t.equal(point(collected, 'fastify_db_session.connections_created', { [POOL]: 'default' })?.value, 1, 'the connection was made')
+  t.notOk(collected.has('db.client.connection.create_time'), 'but not timed: the plugin did not make the pool')
 })

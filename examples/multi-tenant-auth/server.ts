@@ -1,12 +1,13 @@
 // npm start: the multi-tenant auth service. PostgreSQL is DATABASE_URL's (used as the owner for
 // migrations), or an embedded one whose data lives in ./data (git-ignored; DATA_DIR elsewhere)
-// across restarts.
+// across restarts. With OTEL_EXPORTER_OTLP_ENDPOINT set, traces go there (telemetry.ts).
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { buildApp } from './app.js'
 import { outboxMailer } from './mailer.js'
 import { prepareDatabase } from './setup.js'
+import { startTelemetry } from './telemetry.js'
 
 const DATABASE = 'multi_tenant_auth'
 
@@ -25,6 +26,8 @@ async function embeddedOwnerUrl (): Promise<{ url: string, stop: () => Promise<v
   return { url: url.toString(), stop: server.stop }
 }
 
+// First: the app made below is then instrumented from its start.
+const stopTelemetry = await startTelemetry()
 const embedded = process.env.DATABASE_URL ? null : await embeddedOwnerUrl()
 const ownerUrl = process.env.DATABASE_URL ?? embedded!.url
 const databaseUrl = await prepareDatabase(ownerUrl, process.env.APP_DB_ROLE ?? 'mt_app')
@@ -42,6 +45,8 @@ console.log(`multi-tenant-auth listening on ${address}`)
 
 async function shutdown (): Promise<void> {
   await app.close()
+  // Exports the spans still in its batch.
+  await stopTelemetry?.()
   await embedded?.stop()
   process.exit(0)
 }

@@ -6,10 +6,12 @@ import type { Generated, Kysely, Transaction } from 'kysely'
 import pg from 'pg'
 import Cursor from 'pg-cursor'
 import dbSession, { combineMetrics, errors, fastifyDbSession } from 'fastify-db-session'
-import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, DbUnitOfWork, FastifyDbSession, FastifyDbSessionOptions, OpenTelemetryMeterProvider, PromClientRegistry, RegisteredDatabase } from 'fastify-db-session'
+import type { DbHistogram, DbPoolStats, DbRouteConfig, DbSessionCommonOptions, DbSessionError, DbUnitOfWork, FastifyDbSession, FastifyDbSessionOptions, OpenTelemetryMeterProvider, OpenTelemetryTracerProvider, PromClientRegistry, RegisteredDatabase } from 'fastify-db-session'
 import { Registry as PromRegistry, register as promRegister } from 'prom-client'
-import { metrics as otelMetrics } from '@opentelemetry/api'
+import { metrics as otelMetrics, trace as otelTrace } from '@opentelemetry/api'
 import { MeterProvider as SdkMeterProvider } from '@opentelemetry/sdk-metrics'
+import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base'
+import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
 import { errors as runtimeErrors } from '../../lib/errors.js'
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
@@ -282,5 +284,16 @@ const provider: OpenTelemetryMeterProvider = new SdkMeterProvider()
 await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: provider })
 // @ts-expect-error true is not an option: give the provider to use
 await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: true })
-const observability: Pick<DbSessionCommonOptions, 'promClientRegistry' | 'openTelemetry'> = { promClientRegistry: asOption, openTelemetry: { meterProvider: provider } }
+// Tracer providers: the API's global one, the SDK's classes; with or without a meter provider.
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: { tracerProvider: otelTrace.getTracerProvider() } })
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: { tracerProvider: new BasicTracerProvider() } })
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: { meterProvider: provider, tracerProvider: new NodeTracerProvider() } })
+const tracerProvider: OpenTelemetryTracerProvider = new NodeTracerProvider()
+// @ts-expect-error an object with neither provider says nothing: give one, or false
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: {} })
+// @ts-expect-error a meter provider is no tracer provider
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: { tracerProvider: provider } })
+// @ts-expect-error the tracer provider goes under tracerProvider
+await app.register(dbSession, { connectionString: 'postgres://x', openTelemetry: tracerProvider })
+const observability: Pick<DbSessionCommonOptions, 'promClientRegistry' | 'openTelemetry'> = { promClientRegistry: asOption, openTelemetry: { meterProvider: provider, tracerProvider } }
 await app.register(dbSession, { ...observability, connectionString: 'postgres://x' })
