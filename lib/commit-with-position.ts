@@ -24,16 +24,14 @@ class CommitWithPosition extends PgQueryClass {
   #wrote = false
   #command = ''
   #lsn: string | null = null
-  #settled = false
   readonly #client: pg.ClientBase
 
   constructor (client: pg.ClientBase, callback: Callback) {
     super('SELECT pg_current_wal_insert_lsn()::text', [])
     this.queryMode = 'extended'
     this.#client = client
+    // pg calls it once: at the error, or at the ReadyForQuery (no value of ours can fail to be written).
     this.callback = (error) => {
-      if (this.#settled) return
-      this.#settled = true
       // Once COMMIT has answered, the transaction is committed, whatever befalls the position.
       if (error !== null && this.#completed < 2) callback(error)
       else callback(null, { command: this.#command, lsn: this.#wrote ? this.#lsn : null })

@@ -53,7 +53,7 @@ export class ReplicaHealth {
   /** The highest position the primary is known to have reached: its last check, or a commit seen since. */
   primaryPosition = 0n
   readonly #waiters = new Set<Waiter>()
-  #timer: NodeJS.Timeout | null = null
+  #timer: NodeJS.Timeout | undefined
   #polling = false
   #closed = false
 
@@ -80,7 +80,7 @@ export class ReplicaHealth {
 
   close (): void {
     this.#closed = true
-    if (this.#timer !== null) clearTimeout(this.#timer)
+    clearTimeout(this.#timer)
     for (const waiter of this.#waiters) waiter.answer(null)
     this.#waiters.clear()
   }
@@ -168,7 +168,7 @@ export class ReplicaHealth {
   }
 
   async #read (replica: Replica): Promise<void> {
-    let row: { replayed: string | null, lag: number }
+    let row: { replayed: string, lag: number }
     try {
       row = (await replica.source.pool.query(CHECK)).rows[0]
     } catch (error) {
@@ -177,9 +177,9 @@ export class ReplicaHealth {
     }
     const wasOut = replica.leftOut
     replica.lagMillis = row.lag
-    // A standby that has replayed nothing yet has no position: it cannot serve.
-    replica.replayed = row.replayed === null ? null : parseLsn(row.replayed)
-    replica.leftOut = replica.replayed === null ? 'down' : row.lag > this.#maxLagMillis ? 'lag' : null
+    // A standby in recovery always has a replay position (where its recovery started, at least).
+    replica.replayed = parseLsn(row.replayed)
+    replica.leftOut = row.lag > this.#maxLagMillis ? 'lag' : null
     if (wasOut !== replica.leftOut && replica.leftOut === 'lag') {
       this.#log.warn(`fastify-db-session: a read replica lags ${row.lag} ms, more than maxReplicaLagMillis; reads go elsewhere until it catches up`)
     }

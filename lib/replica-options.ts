@@ -53,10 +53,9 @@ function millis (value: unknown, name: string, min: number): number {
   return value as number
 }
 
-/** Reads the position a request sent back in the db-session-lsn header; the first one when it came several times. */
+/** Reads the position a request sent back in the db-session-lsn header (Node joins a repeated one with commas: malformed). */
 function fromHeader (request: FastifyRequest): string | undefined {
-  const value = request.headers[LSN_HEADER]
-  return Array.isArray(value) ? value[0] : value
+  return request.headers[LSN_HEADER] as string | undefined
 }
 
 /**

@@ -1,6 +1,5 @@
 import type { FastifyRequest } from 'fastify'
 import type { ConnectionSource } from './connection-source.js'
-import { ClosingError } from './errors.js'
 import { Histogram } from './histogram.js'
 import type { Lease } from './lease.js'
 import { parseLsn } from './lsn.js'
@@ -76,7 +75,7 @@ export class ReplicaRouter {
     try {
       lease = await replica.source.acquire()
     } catch (error) {
-      if (error instanceof ClosingError) throw error
+      // Closing (FST_DB_SESSION_CLOSING) too: the primary's source then refuses the same way.
       this.health.failed(replica, error as Error)
       return this.#fallback('down')
     }

@@ -368,7 +368,8 @@ export class UnitOfWork {
       if (command !== 'COMMIT') error = new TransactionAbortedError()
       else if (lsn !== null) {
         position = lsn
-        this.#runtime.router?.health.committed(parseLsn(lsn))
+        const { health } = this.#runtime.router as ReplicaRouter
+        health.committed(parseLsn(lsn))
       }
     } catch (cause) {
       const classified = classify(cause as Error, 'commit', { ...lease.circumstances(), brokenBeforeCommit })

@@ -139,17 +139,20 @@ t.test('with replay paused, a read with the header waits for the replay to resum
   const server = await app(t, { replicaWaitMillis: 20_000 })
   const resume = await pauseReplay(t)
   const lsn = await write(server, 'seen after resume')
-  const reading = server.inject({ url: '/notes', headers: { 'db-session-lsn': lsn } })
-  // The read is waiting (nothing else can have answered it): then replay resumes.
+  const reading = [1, 2].map(() => server.inject({ url: '/notes', headers: { 'db-session-lsn': lsn } }))
+  // The reads are waiting (nothing else can have answered them): then replay resumes.
   await sleep(300)
   t.equal(server.db.stats().replicaWaitSeconds.count, 0, 'still waiting')
   await resume()
-  const row = (await reading).json()
-  t.equal(row.standby, true, 'served by the standby once it replayed the write')
-  t.ok(row.bodies.includes('seen after resume'), 'and the write is there')
+  for (const answer of await Promise.all(reading)) {
+    const row = answer.json()
+    t.equal(row.standby, true, 'served by the standby once it replayed the write')
+    t.ok(row.bodies.includes('seen after resume'), 'and the write is there')
+  }
   const stats = server.db.stats()
   t.same(stats.replicaFallbacks, { down: 0, lag: 0, waitTimedOut: 0, ahead: 0 })
-  t.equal(stats.replicaWaitSeconds.count, 1)
+  t.equal(stats.replicaWaitSeconds.count, 2)
+  t.comment(`two reads waited ${(stats.replicaWaitSeconds.sum / 2).toFixed(3)} s on average for the replay to resume`)
 })
 
 t.test('row by row: every read carrying a write\'s position sees that write, with replay paused and resumed', async (t) => {
@@ -172,6 +175,9 @@ t.test('a malformed position is refused with a 400; one ahead of the primary\'s 
   const bad = await server.inject({ url: '/notes', headers: { 'db-session-lsn': 'not a position' } })
   t.equal(bad.statusCode, 400)
   t.equal(bad.json().code, 'FST_DB_SESSION_INVALID_POSITION')
+  const long = await server.inject({ url: '/notes', headers: { 'db-session-lsn': '0/' + 'A'.repeat(100) } })
+  t.equal(long.statusCode, 400)
+  t.match(long.json().message, /instead got '0\/A{38}…'$/, 'a long value is cut in the message')
   const ahead = await server.inject({ url: '/notes', headers: { 'db-session-lsn': 'FFFFFFFF/0' } })
   t.equal(ahead.statusCode, 200)
   t.equal(ahead.json().standby, false)
@@ -221,4 +227,43 @@ t.test('metrics() labels each pool with its role', async (t) => {
   t.match(text, /^fastify_db_session_replica_serving\{pool="default-replica-1",role="replica"\} 1$/m)
   t.match(text, /^fastify_db_session_replica_lag_seconds\{pool="default-replica-1",role="replica"\} [\d.]+$/m)
   t.match(text, /^fastify_db_session_replica_wait_seconds_count\{pool="default",role="primary"\} 0$/m)
+})
+
+t.test('a replica that fails to connect before its next check: the read goes to the primary, and the replica is left out', async (t) => {
+  const server = await app(t, { replicaCheckMillis: 600_000 })
+  t.equal(server.db.stats().replicas[0].up, true)
+  await standby.stop()
+  t.teardown(() => standby.start())
+  const res = await server.inject('/notes')
+  t.equal(res.statusCode, 200)
+  t.equal(res.json().standby, false)
+  const stats = server.db.stats()
+  t.equal(stats.replicaFallbacks.down, 1)
+  t.equal(stats.replicas[0].up, false, 'left out at once, not at the next check')
+  await standby.start()
+})
+
+t.test('a primary that turns out to be a standby: a COMMIT whose position cannot be read still counts as committed', async (t) => {
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(dbSession, { connectionString: standby.url('app'), replicas: [standby.url('app')] })
+  server.get('/', async (request) => (await sql<{ standby: boolean }>`SELECT pg_is_in_recovery() AS standby`.execute(request.db)).rows[0])
+  const res = await server.inject('/')
+  t.equal(res.statusCode, 200)
+  t.same(res.json(), { standby: true })
+  t.notOk(res.headers['db-session-lsn'])
+  t.equal(server.db.stats().commits, 1)
+})
+
+t.test('close() answers a read waiting for the replay at once: it fails as closing, without waiting out replicaWaitMillis', async (t) => {
+  const server = await app(t, { replicaWaitMillis: 60_000 })
+  const resume = await pauseReplay(t)
+  const lsn = await write(server, 'never replayed before close')
+  const reading = server.inject({ url: '/notes', headers: { 'db-session-lsn': lsn } })
+  await sleep(200)
+  await server.close()
+  const res = await reading
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_DB_SESSION_CLOSING')
+  await resume()
 })
