@@ -11,6 +11,7 @@ import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import type { FastifyDbSessionOptions } from '../index.js'
 import { eventually } from './helpers/database.js'
+import { pgbouncerBinary, startPgBouncer } from './helpers/pgbouncer.js'
 import { startReplicationPair } from './helpers/standby.js'
 
 t.setTimeout(240_000)
@@ -266,4 +267,23 @@ t.test('close() answers a read waiting for the replay at once: it fails as closi
   t.equal(res.statusCode, 503)
   t.equal(res.json().code, 'FST_DB_SESSION_CLOSING')
   await resume()
+})
+
+t.test('through PgBouncer in transaction mode (one per server): reads on the standby, read-your-writes held', { skip: pgbouncerBinary() === null ? 'pgbouncer is not installed (apt-get install -y pgbouncer)' : false }, async (t) => {
+  // The pair trusts 127.0.0.1; PgBouncer's database line wants a password all the same.
+  const withPassword = (url: string): string => url.replace('postgres@', 'postgres:trusted@')
+  const toPrimary = await startPgBouncer(t, withPassword(primary.url('app')), 2)
+  const toStandby = await startPgBouncer(t, withPassword(standby.url('app')), 2)
+  const server = await app(t, { connectionString: toPrimary.urlFor(primary.url('app')), replicas: [toStandby.urlFor(standby.url('app'))], replicaWaitMillis: 100 })
+  t.equal((await server.inject('/notes')).json().standby, true, 'a read only route runs on the standby, through its PgBouncer')
+  const resume = await pauseReplay(t)
+  const lsn = await write(server, 'through pgbouncer')
+  t.match(lsn, LSN, 'the position comes back through PgBouncer')
+  t.notOk((await server.inject('/notes')).json().bodies.includes('through pgbouncer'), 'without the header: the standby\'s older data')
+  const fresh = (await server.inject({ url: '/notes', headers: { 'db-session-lsn': lsn } })).json()
+  t.same([fresh.standby, fresh.bodies.includes('through pgbouncer')], [false, true], 'with it: the primary, after the wait')
+  await resume()
+  const replayed = await eventually(async () => (await server.inject({ url: '/notes', headers: { 'db-session-lsn': lsn } })).json(), (row) => row.standby === true)
+  t.same([replayed.standby, replayed.bodies.includes('through pgbouncer')], [true, true], 'and the standby once it replayed the write')
+  t.equal(server.db.stats().replicas[0].up, true)
 })
