@@ -73,9 +73,8 @@ export class ReplicaHealth {
 
   #schedule (): void {
     if (this.#closed) return
-    this.#timer = setTimeout(() => {
-      this.#checkAll().then(() => this.#schedule(), () => this.#schedule())
-    }, this.#checkMillis).unref()
+    // No check rejects: each one's failure is the replica's (or the primary's) state.
+    this.#timer = setTimeout(() => { this.#checkAll().then(() => { this.#schedule() }) }, this.#checkMillis).unref()
   }
 
   close (): void {
@@ -144,7 +143,7 @@ export class ReplicaHealth {
         }
         if (this.#waiters.size === 0) this.#polling = false
         else setTimeout(round, 5)
-      }, /* c8 ignore next */ () => { this.#polling = false })
+      })
     }
     round()
   }
@@ -167,21 +166,21 @@ export class ReplicaHealth {
     return replica.checking
   }
 
+  /** Reads one replica's state; never rejects: a failure leaves the replica out. */
   async #read (replica: Replica): Promise<void> {
-    let row: { replayed: string, lag: number }
     try {
-      row = (await replica.source.pool.query(CHECK)).rows[0]
+      const { rows: [row] } = await replica.source.pool.query<{ replayed: string, lag: number }>(CHECK)
+      // A standby in recovery always has a replay position (where its recovery started, at least).
+      const replayed = parseLsn(row.replayed)
+      const wasOut = replica.leftOut
+      replica.lagMillis = row.lag
+      replica.replayed = replayed
+      replica.leftOut = row.lag > this.#maxLagMillis ? 'lag' : null
+      if (wasOut !== replica.leftOut && replica.leftOut === 'lag') {
+        this.#log.warn(`fastify-db-session: a read replica lags ${row.lag} ms, more than maxReplicaLagMillis; reads go elsewhere until it catches up`)
+      }
     } catch (error) {
       this.failed(replica, error as Error)
-      return
-    }
-    const wasOut = replica.leftOut
-    replica.lagMillis = row.lag
-    // A standby in recovery always has a replay position (where its recovery started, at least).
-    replica.replayed = parseLsn(row.replayed)
-    replica.leftOut = row.lag > this.#maxLagMillis ? 'lag' : null
-    if (wasOut !== replica.leftOut && replica.leftOut === 'lag') {
-      this.#log.warn(`fastify-db-session: a read replica lags ${row.lag} ms, more than maxReplicaLagMillis; reads go elsewhere until it catches up`)
     }
   }
 }

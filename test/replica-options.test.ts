@@ -1,6 +1,9 @@
 // The replicas option and its companions without a standby: checked at registration, pools made
 // or taken as the pool option's are, and a "replica" that is not in recovery (the primary itself,
 // as in development) measured by its own position.
+import { createServer } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import Fastify from 'fastify'
 import pg from 'pg'
@@ -166,4 +169,25 @@ t.test('with replicas, COMMIT carries the position and keeps every rule of COMMI
   t.same(rows, [{ name: 'retried route' }])
   t.equal(await db.idleInTransaction(), 0)
   t.match(app.db.stats(), { commits: 1, rollbacks: 2, commitFailures: 2 })
+})
+
+t.test('close() while a replica check hangs: no check is scheduled after it', async (t) => {
+  const db = await testDatabase(t)
+  // Accepts connections and never answers: each check waits for its connect timeout.
+  const sockets = new Set<Socket>()
+  const silent = createServer((socket) => { sockets.add(socket) })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const socket of sockets) socket.destroy()
+    silent.close()
+  })
+  const { port } = silent.address() as AddressInfo
+  const app = await db.app({ replicas: [`postgres://postgres@127.0.0.1:${port}/none`], acquireTimeoutMillis: 600, replicaCheckMillis: 10, closeTimeoutMillis: 100 })
+  t.equal(app.db.stats().replicas[0].up, false, 'the first check timed out')
+  // The next check started 10 ms after the first; close while it hangs.
+  await sleep(100)
+  await app.close()
+  const connected = sockets.size
+  await sleep(800)
+  t.equal(sockets.size, connected, `no check connected after close (${connected} connections in all)`)
 })

@@ -132,7 +132,8 @@ t.test('with replay paused: a read without the header is stale, one with it neve
   const stats = server.db.stats()
   t.equal(stats.replicaFallbacks.waitTimedOut, 1)
   t.equal(stats.replicaWaitSeconds.count, 1)
-  t.ok(stats.replicaWaitSeconds.sum >= 0.1, `waited ${stats.replicaWaitSeconds.sum} s`)
+  // Node's timers may fire a fraction of a millisecond before performance.now() says they are due.
+  t.ok(stats.replicaWaitSeconds.sum >= 0.09, `waited about replicaWaitMillis: ${stats.replicaWaitSeconds.sum} s`)
   await resume()
 })
 
