@@ -140,7 +140,12 @@ declare namespace fastifyDbSession {
   }
 
   /** Options of `fastify.db.transaction()`. */
-  export interface DbTransactionOptions extends DbTransactionSettings {
+  export interface DbTransactionOptions extends DbTransactionSettings, DbReplicaChoice {
+    /**
+     * For read only work on a replica: the commit position (a `db-session-lsn` value) it must see at
+     * least; a replica serves it once replayed that far (within `replicaWaitMillis`), else the primary.
+     */
+    lsn?: string
     /** Transaction-local settings for this unit of work, e.g. `{ 'app.tenant_id': '42' }`. */
     context?: Record<string, DbContextValue>
     /**
@@ -159,7 +164,20 @@ declare namespace fastifyDbSession {
    * app.get('/report', { config: { db: { isolationLevel: 'repeatable read', accessMode: 'read only' } } }, handler)
    * ```
    */
-  export type DbRouteConfig = false | DbTransactionSettings
+  export type DbRouteConfig = false | (DbTransactionSettings & DbReplicaChoice)
+
+  /** Whether read only work may run on a replica (with the `replicas` option). */
+  export interface DbReplicaChoice {
+    /**
+     * `false` keeps read only work on the primary (it must see the latest data, whatever the
+     * position it carries). Default `true`: read only work runs on a replica when one serves.
+     *
+     * ```ts
+     * app.get('/balance', { config: { db: { accessMode: 'read only', replica: false } } }, handler)
+     * ```
+     */
+    replica?: boolean
+  }
 
   /**
    * The plugin's options: `connectionString`, a `pg.PoolConfig` or an existing `pg.Pool`, with the
@@ -355,6 +373,46 @@ declare namespace fastifyDbSession {
     openTelemetry?: false
       | { meterProvider: OpenTelemetryMeterProvider, tracerProvider?: OpenTelemetryTracerProvider }
       | { meterProvider?: OpenTelemetryMeterProvider, tracerProvider: OpenTelemetryTracerProvider }
+    /**
+     * Read replicas (hot standbys): connection strings, `pg.PoolConfig`s or `pg.Pool`s. A unit of work
+     * whose access mode resolves to `'read only'` runs on a serving replica (in turn); everything
+     * else on the primary. The plugin ends only the pools it creates, which get `maxConnections`,
+     * `idleTimeoutMillis`, `maxLifetimeSeconds` and `acquireTimeoutMillis` unless their config sets them.
+     * A write that commits on the primary sends its commit position in the `db-session-lsn`
+     * response header; a request that sends it back reads from a replica only once that replica
+     * has replayed it (see `replicaWaitMillis`).
+     *
+     * ```ts
+     * await app.register(dbSession, {
+     *   connectionString: process.env.DATABASE_URL,
+     *   replicas: [process.env.DATABASE_REPLICA_URL],
+     *   accessMode: 'read only' // reads by default; routes that write say accessMode: 'read write'
+     * })
+     * ```
+     */
+    replicas?: Array<string | PoolConfig | Pool>
+    /**
+     * How long a read that carries a commit position waits for a replica to replay it before the
+     * primary serves it instead. Default 100 ms; 0 never waits.
+     */
+    replicaWaitMillis?: number
+    /**
+     * A replica whose replay lags more than this (the age of its last replayed commit while WAL waits
+     * to be replayed) is left out until it catches up; reads go to the other replicas or the primary. Default 5000 ms.
+     */
+    maxReplicaLagMillis?: number
+    /** How often each replica's health, lag and replay position are read (never per request). Default 1000 ms, at least 10. */
+    replicaCheckMillis?: number
+    /**
+     * Where a request's read-your-writes position comes from. Default: the `db-session-lsn`
+     * request header. Return `undefined` for none; a malformed value fails the read with
+     * `FST_DB_SESSION_INVALID_POSITION` (400).
+     *
+     * ```ts
+     * lsnFrom: (request) => request.cookies['db-session-lsn']
+     * ```
+     */
+    lsnFrom?: (request: FastifyRequest) => string | undefined
   }
 
   /**
@@ -446,6 +504,35 @@ declare namespace fastifyDbSession {
     acquireWaitSeconds: DbHistogram
     /** Time each connection stayed checked out. */
     holdSeconds: DbHistogram
+    /** `'primary'`, or `'replica'` for an entry of `replicas`. */
+    role: 'primary' | 'replica'
+    /** Read only units of work served by the replicas (on the primary's stats: by all of them; on a replica's: by it). */
+    replicaReads: number
+    /**
+     * Read only units of work the primary served although replicas are configured, by why: every
+     * replica `down`, the serving ones lagging (`lag`), none replayed the request's position within
+     * `replicaWaitMillis` (`waitTimedOut`), or the position is ahead of the primary's (`ahead`).
+     */
+    replicaFallbacks: { down: number, lag: number, waitTimedOut: number, ahead: number }
+    /** Time reads waited for a replica to replay their position (whether one did or not). */
+    replicaWaitSeconds: DbHistogram
+    /** Each replica's stats (the primary's only; empty without the `replicas` option). */
+    replicas: DbReplicaStats[]
+  }
+
+  /** One replica's pool, counters and health, as last checked. */
+  export interface DbReplicaStats extends DbPoolStats {
+    role: 'replica'
+    /** Its `pool` label: `<name>-replica-<n>`, n counting from 1 in the order of the `replicas` option. */
+    name: string
+    /** False while its checks or connects fail. */
+    up: boolean
+    /** Why reads do not go to it now, or null when it serves. */
+    leftOut: 'down' | 'lag' | null
+    /** Its replay lag at the last check, in milliseconds; null while down. */
+    lagMillis: number | null
+    /** How far it had replayed at the last check (`X/Y`); null while down. */
+    lsn: string | null
   }
 
   /** The `fastify.db` decorator (`fastify.<decorator>` for a registration with another `decorator`). */
@@ -539,6 +626,7 @@ declare namespace fastifyDbSession {
     readonly FST_DB_SESSION_HOLD_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_HOLD_TIMEOUT', 500>
     readonly FST_DB_SESSION_SESSION_STATE: DbSessionErrorClass<'FST_DB_SESSION_SESSION_STATE', 500>
     readonly FST_DB_SESSION_CONNECTION_KILLED: DbSessionErrorClass<'FST_DB_SESSION_CONNECTION_KILLED', 500>
+    readonly FST_DB_SESSION_INVALID_POSITION: DbSessionErrorClass<'FST_DB_SESSION_INVALID_POSITION', 400>
   }
 
   /**

@@ -6,6 +6,8 @@ export type {
   DbContextValue,
   DbHistogram,
   DbPoolStats,
+  DbReplicaChoice,
+  DbReplicaStats,
   DbRouteConfig,
   DbSessionCommonOptions,
   DbSessionConnectionStringOptions,

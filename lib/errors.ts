@@ -134,6 +134,12 @@ export const ConnectionKilledError = createError(
   500
 )
 
+export const InvalidPositionError = createError(
+  'FST_DB_SESSION_INVALID_POSITION',
+  "The db-session-lsn header must be a WAL position as a response's db-session-lsn header gave it (like 0/16B3748); instead got '%s'",
+  400
+)
+
 export const errors = {
   FST_DB_SESSION_INVALID_OPTION: InvalidOptionError,
   FST_DB_SESSION_DISABLED: DbDisabledError,
@@ -156,7 +162,8 @@ export const errors = {
   FST_DB_SESSION_STATEMENT_TIMEOUT: StatementTimeoutError,
   FST_DB_SESSION_HOLD_TIMEOUT: HoldTimeoutError,
   FST_DB_SESSION_SESSION_STATE: SessionStateError,
-  FST_DB_SESSION_CONNECTION_KILLED: ConnectionKilledError
+  FST_DB_SESSION_CONNECTION_KILLED: ConnectionKilledError,
+  FST_DB_SESSION_INVALID_POSITION: InvalidPositionError
 } as const
 
 /** Adds a Retry-After header, which Fastify's error handler sends with the error's status. */

@@ -23,6 +23,8 @@ export interface LeaseOwner {
  */
 export class Lease {
   readonly client: pg.PoolClient
+  /** The source that handed it out (the primary's or a replica's). */
+  readonly owner: LeaseOwner
   readonly #owner: LeaseOwner
   /** performance.now() when it was checked out. */
   readonly acquiredAt: number
@@ -41,6 +43,7 @@ export class Lease {
 
   constructor (client: pg.PoolClient, owner: LeaseOwner, acquiredAt: number) {
     this.client = client
+    this.owner = owner
     this.#owner = owner
     this.acquiredAt = acquiredAt
     const listened = client as ListenedClient

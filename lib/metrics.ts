@@ -117,7 +117,9 @@ export class Counters implements Telemetry {
   }
 }
 
-/** stats(): the pool's gauges, read now, beside the counters. */
+const NO_WAITS = new Histogram().snapshot()
+
+/** stats(): the pool's gauges, read now, beside the counters; replica-stats.ts fills in the replicas' part. */
 export function poolStats (pool: pg.Pool, counters: Counters, circuitOpen: boolean): DbPoolStats {
   const total = pool.totalCount
   const idle = pool.idleCount
@@ -143,6 +145,11 @@ export function poolStats (pool: pg.Pool, counters: Counters, circuitOpen: boole
     circuitRejections: counters.circuitRejections,
     callbackErrors: counters.callbackErrors,
     acquireWaitSeconds: counters.acquireWait.snapshot(),
-    holdSeconds: counters.hold.snapshot()
+    holdSeconds: counters.hold.snapshot(),
+    role: 'primary',
+    replicaReads: 0,
+    replicaFallbacks: { down: 0, lag: 0, waitTimedOut: 0, ahead: 0 },
+    replicaWaitSeconds: NO_WAITS,
+    replicas: []
   }
 }

@@ -14,6 +14,8 @@ import type { StartupCheckSettings } from './health.js'
 import type { LeakSettings } from './leak-watch.js'
 import type { TracerChoice } from './otel-tracing.js'
 import type { RetrySettings } from './retry.js'
+import { REPLICA_OPTION_NAMES, resolveReplicas } from './replica-options.js'
+import type { ReplicaSettings } from './replica-options.js'
 
 export const DEFAULTS = {
   maxConnections: 10,
@@ -65,13 +67,16 @@ export interface ResolvedOptions {
   tracerProvider: TracerChoice
   /** Units of work name themselves in application_name (the applicationName option is not false). */
   namesTransactions: boolean
+  /** The read replicas and their settings (replica-options.ts), or null without the replicas option. */
+  replicas: ReplicaSettings | null
 }
 
 const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'cursor', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'decorator', 'applicationName', 'promClientRegistry', 'openTelemetry'
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'decorator', 'applicationName', 'promClientRegistry', 'openTelemetry',
+  ...REPLICA_OPTION_NAMES
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
 
@@ -213,6 +218,14 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     promClientRegistry: promClientRegistryOption(options.promClientRegistry),
     ...openTelemetryOption(options.openTelemetry)
   }
+  // Replica pools the plugin makes are sized as the primary's would be (without the config's own numbers).
+  const replicas = (): ReplicaSettings | null => resolveReplicas(options, {
+    max: wholeNumber(options, 'maxConnections', 1),
+    idleTimeoutMillis: wholeNumber(options, 'idleTimeoutMillis', 0),
+    maxLifetimeSeconds: wholeNumber(options, 'maxLifetimeSeconds', 0),
+    acquireTimeoutMillis,
+    withConnectTimeout
+  })
 
   // Any pool with connect() is the user's: pg-pool's own class, or another copy of pg's.
   if (typeof (pool as { connect?: unknown } | undefined)?.connect === 'function') {
@@ -229,6 +242,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     }
     return {
       ...common,
+      replicas: replicas(),
       pool: userPool,
       ownsPool: false,
       acquireTimeoutMillis: poolDeadline > 0 ? 0 : acquireTimeoutMillis,
@@ -259,8 +273,10 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   // all waiters, and new connections get it as pg's connect timeout.
   const poolDeadline = config.connectionTimeoutMillis ?? 0
   config.Client = withConnectTimeout(config.Client ?? pg.Client, poolDeadline === 0 ? acquireTimeoutMillis : 0)
+  const replicaSettings = replicas()
   return {
     ...common,
+    replicas: replicaSettings,
     pool: new pg.Pool(config),
     ownsPool: true,
     acquireTimeoutMillis: poolDeadline > 0 ? 0 : acquireTimeoutMillis,

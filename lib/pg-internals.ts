@@ -34,6 +34,11 @@ export function returnsClean (client: pg.ClientBase): boolean {
   return queryable && !(readyForQuery && status !== 'I')
 }
 
+/** Whether the client's last ReadyForQuery said it is inside a failed transaction (its COMMIT would only roll back). */
+export function inFailedTransaction (client: pg.ClientBase): boolean {
+  return (client as unknown as PgClientState)._txStatus === 'E'
+}
+
 /**
  * Takes a timed-out caller out of pg-pool's queue of waiters (`_pendingQueue`, items with the
  * caller's `callback`), as pg-pool's own connectionTimeoutMillis does, so that a connection
@@ -68,6 +73,8 @@ export function poolClientClass (pool: pg.Pool): typeof pg.Client {
 export interface PgQuery {
   /** Called once with the error or the result; pg calls it from handleError and handleReadyForQuery. */
   callback: ((error: Error | null, result?: pg.QueryResult) => void) | undefined
+  /** The query's SQL: what pg's prepare() parses. */
+  text: string
   /** 'extended' makes pg write Parse/Bind/Execute/Sync even without parameters. */
   queryMode: string
   /** Writes the query's messages; one Sync follows. */

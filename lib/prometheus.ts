@@ -1,4 +1,4 @@
-import type { DbPoolStats } from '../index.js'
+import type { DbPoolStats, DbReplicaStats } from '../index.js'
 import type { HistogramSnapshot } from './histogram.js'
 
 /** One line of a metric: an optional name suffix (`_bucket`), labels beyond `pool`, the value. */
@@ -54,17 +54,44 @@ export const METRIC_FAMILIES: readonly MetricFamily[] = [
   histogram('connection_hold_seconds', 'Time a connection stayed checked out.', (stats) => stats.holdSeconds)
 ]
 
+const onPrimary = (read: (stats: DbPoolStats) => Sample[]) => (stats: DbPoolStats): Sample[] => stats.role === 'primary' ? read(stats) : []
+const onReplica = (read: (stats: DbReplicaStats) => number) => (stats: DbPoolStats): Sample[] => stats.role === 'replica' ? [{ value: read(stats as DbReplicaStats) }] : []
+
+/** What registrations with replicas add: each replica is a pool of its own, and the router's counters. */
+export const REPLICA_FAMILIES: readonly MetricFamily[] = [
+  counter('replica_reads', 'Read only units of work served by a replica.', (stats) => stats.replicaReads),
+  {
+    name: PREFIX + 'replica_fallbacks_total',
+    type: 'counter',
+    help: 'Read only units of work the primary served although replicas are configured, by reason.',
+    samples: onPrimary((stats) => Object.entries(stats.replicaFallbacks).map(([reason, value]) => ({ labels: { reason }, value })))
+  },
+  { ...histogram('replica_wait_seconds', 'Time reads waited for a replica to replay their position.', (stats) => stats.replicaWaitSeconds), samples: onPrimary((stats) => histogramSamples(stats.replicaWaitSeconds)) },
+  { name: PREFIX + 'replica_up', type: 'gauge', help: '1 while the replica answers its checks, else 0.', samples: onReplica((stats) => Number(stats.up)) },
+  { name: PREFIX + 'replica_serving', type: 'gauge', help: '1 while reads may go to the replica (up, and lagging no more than maxReplicaLagMillis), else 0.', samples: onReplica((stats) => Number(stats.leftOut === null)) },
+  { name: PREFIX + 'replica_lag_seconds', type: 'gauge', help: 'Replay lag of the replica at its last check.', samples: onReplica((stats) => (stats.lagMillis ?? 0) / 1000) }
+]
+
+/** A registration's pools: itself, then each of its replicas (labelled with their role), if it has any. */
+function expand ({ name, stats }: Pools[number]): Array<{ name: string, stats: DbPoolStats, role?: string }> {
+  if (stats.replicas.length === 0) return [{ name, stats }]
+  return [{ name, stats, role: 'primary' }, ...stats.replicas.map((replica) => ({ name: replica.name, stats: replica, role: 'replica' }))]
+}
+
 /**
  * The pools' figures in Prometheus' text exposition format (version 0.0.4): one HELP and TYPE
  * per metric, then a sample per pool, labelled `pool`, so one scrape can serve several pools.
+ * Pools of a registration with replicas are also labelled `role` (`primary` or `replica`).
  */
-export function prometheusText (pools: Pools): string {
+export function prometheusText (registrations: Pools): string {
   const out: string[] = []
-  for (const { name, type, help, samples } of METRIC_FAMILIES) {
+  const pools = registrations.flatMap(expand)
+  const families = pools.some(({ role }) => role !== undefined) ? [...METRIC_FAMILIES, ...REPLICA_FAMILIES] : METRIC_FAMILIES
+  for (const { name, type, help, samples } of families) {
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
-    for (const { name: pool, stats } of pools) {
+    for (const { name: pool, stats, role } of pools) {
       for (const { suffix = '', labels = {}, value } of samples(stats)) {
-        const all = [`pool="${escapeLabel(pool)}"`, ...Object.entries(labels).map(([key, label]) => `${key}="${label}"`)]
+        const all = [`pool="${escapeLabel(pool)}"`, ...(role === undefined ? [] : [`role="${role}"`]), ...Object.entries(labels).map(([key, label]) => `${key}="${label}"`)]
         out.push(`${name}${suffix}{${all.join(',')}} ${value}`)
       }
     }

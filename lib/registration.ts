@@ -1,5 +1,6 @@
 import { DummyDriver, Kysely, PostgresDialect } from 'kysely'
 import type { PostgresPool } from 'kysely'
+import type pg from 'pg'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyDbSession, FastifyDbSessionOptions } from '../index.js'
 import { CircuitBreaker } from './circuit-breaker.js'
@@ -10,12 +11,17 @@ import { ClosingError, InvalidOptionError } from './errors.js'
 import { checkStartup, ping } from './health.js'
 import { LeakWatch } from './leak-watch.js'
 import { Counters, poolStats } from './metrics.js'
+import type { Telemetry } from './metrics.js'
 import { OpenTelemetryCounters } from './otel-metrics.js'
 import { unitTracing } from './otel-tracing.js'
 import { resolveOptions } from './options.js'
 import { poolClientClass } from './pg-internals.js'
 import { prometheusText } from './prometheus.js'
 import { reportToPromClient } from './prom-client.js'
+import { ReplicaHealth } from './replica-health.js'
+import { ReplicaRouter } from './replica-router.js'
+import { withReplicas } from './replica-stats.js'
+import type { ReplicaPoolCounters } from './replica-stats.js'
 import { installRequestScope } from './request-scope.js'
 import { Retrier } from './retry.js'
 import { standaloneTransaction } from './standalone-transaction.js'
@@ -44,6 +50,31 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   const tracing = await unitTracing(resolved.tracerProvider, resolved.name)
   if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
 
+  const stopListening = listenToPool(pool, telemetry)
+
+  // Read replicas: a connection source each (same deadlines, no circuit breaker: a failing replica
+  // is left out by its health instead), their health read by a timer, and the router that places
+  // read only work. A replica that is down at startup is no startup failure: reads go to the primary.
+  const replicas: Array<ReplicaPoolCounters & { owned: boolean, source: ConnectionSource, stopListening: () => void }> = []
+  let router: ReplicaRouter | null = null
+  if (resolved.replicas !== null) {
+    for (const [index, replica] of resolved.replicas.pools.entries()) {
+      const replicaCounters = new Counters()
+      const replicaDeadlines = { own: replica.acquireTimeoutMillis, reported: replica.reportedAcquireTimeoutMillis, boundedConnects: replica.owned, cancel: closeTimeoutMillis }
+      replicas.push({
+        name: `${resolved.name}-replica-${index + 1}`,
+        pool: replica.pool,
+        counters: replicaCounters,
+        owned: replica.owned,
+        source: new ConnectionSource(replica.pool, replicaCounters, fastify.log, replicaDeadlines, null),
+        stopListening: listenToPool(replica.pool, replicaCounters)
+      })
+    }
+    const health = new ReplicaHealth(pool, replicas.map(({ source }) => source), resolved.replicas, fastify.log)
+    router = new ReplicaRouter(source, health, resolved.replicas)
+    await health.start()
+  }
+
   // fastify.db.kysely runs on Kysely's own driver, fed by our leases: same deadline, listening and release rules.
   // Its Client is what Kysely opens a control connection with, to cancel or kill a statement
   // aborted by a signal: without it Kysely would wait for a pooled one (inside a transaction,
@@ -59,7 +90,8 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     cursor,
     live: new Set(),
     leakWatch: resolved.leak === null ? null : new LeakWatch(resolved.leak, telemetry),
-    tracing
+    tracing,
+    router
   }
 
   const defaults = resolved.transactionDefaults
@@ -76,7 +108,9 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
 
   const transaction = standaloneTransaction(runtime, defaults, fastify.log, retrier, decorator, resolved.namesTransactions)
 
-  const stats = () => poolStats(pool, counters, source.circuitOpen)
+  const stats = router === null
+    ? () => poolStats(pool, counters, source.circuitOpen)
+    : () => withReplicas(poolStats(pool, counters, source.circuitOpen), router, replicas)
   const db: FastifyDbSession<any> = {
     kysely,
     pool,
@@ -106,21 +140,31 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   }
 
   // A checked-out client is listened to by its lease; an idle one that fails must not crash the process.
-  const onIdleError = (error: Error): void => {
-    telemetry.idleError()
-    fastify.log.warn({ err: error }, 'fastify-db-session: an idle database connection failed; the pool dropped it')
+  function listenToPool (listened: pg.Pool, poolTelemetry: Telemetry): () => void {
+    const onIdleError = (error: Error): void => {
+      poolTelemetry.idleError()
+      fastify.log.warn({ err: error }, 'fastify-db-session: an idle database connection failed; the pool dropped it')
+    }
+    const onConnect = (client: object): void => { poolTelemetry.connectionCreated(connectSeconds(client)) }
+    const onRemove = (): void => { poolTelemetry.connectionRemoved() }
+    listened.on('error', onIdleError)
+    listened.on('connect', onConnect)
+    listened.on('remove', onRemove)
+    return () => {
+      listened.removeListener('error', onIdleError)
+      listened.removeListener('connect', onConnect)
+      listened.removeListener('remove', onRemove)
+    }
   }
-  const onConnect = (client: object): void => { telemetry.connectionCreated(connectSeconds(client)) }
-  const onRemove = (): void => { telemetry.connectionRemoved() }
-  pool.on('error', onIdleError)
-  pool.on('connect', onConnect)
-  pool.on('remove', onRemove)
 
   let closeTimer: NodeJS.Timeout | undefined
   fastify.addHook('preClose', (done) => {
     // Requests still running get closeTimeoutMillis to finish; a request stuck in the database
     // would otherwise keep the server from closing.
-    closeTimer = setTimeout(() => source.destroyCheckedOut(), closeTimeoutMillis).unref()
+    closeTimer = setTimeout(() => {
+      source.destroyCheckedOut()
+      for (const replica of replicas) replica.source.destroyCheckedOut()
+    }, closeTimeoutMillis).unref()
     // Nothing runs again once closing: a request or transaction in its backoff answers its last failure now.
     retrier.stop()
     done()
@@ -128,18 +172,28 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   fastify.addHook('onClose', async () => {
     clearTimeout(closeTimer)
     source.close()
+    router?.health.close()
+    for (const replica of replicas) replica.source.close()
     const rollbacks = [...runtime.live].map((work) => work.interrupt(new ClosingError()))
     await within(closeTimeoutMillis, Promise.all(rollbacks))
-    await within(closeTimeoutMillis, source.destroyCheckedOut())
+    await within(closeTimeoutMillis, Promise.all([source, ...replicas.map((replica) => replica.source)].map((each) => each.destroyCheckedOut())))
     if (resolved.ownsPool) {
       // The listener stays: pg-pool's end() resolves while its sockets may still report errors.
       await within(closeTimeoutMillis, pool.end())
     } else {
-      pool.removeListener('error', onIdleError)
-      pool.removeListener('connect', onConnect)
-      pool.removeListener('remove', onRemove)
+      stopListening()
     }
+    await closeReplicas(replicas, closeTimeoutMillis)
   })
+}
+
+/**
+ * Ends the replica pools the plugin made, as the primary's; a user's replica pool is theirs to end,
+ * and only loses our listeners. Replica units of work were rolled back with the others (runtime.live).
+ */
+async function closeReplicas (replicas: ReadonlyArray<{ pool: pg.Pool, owned: boolean, stopListening: () => void }>, closeTimeoutMillis: number): Promise<void> {
+  for (const replica of replicas) if (!replica.owned) replica.stopListening()
+  await within(closeTimeoutMillis, Promise.all(replicas.filter(({ owned }) => owned).map(({ pool }) => pool.end())))
 }
 
 function pingTimeout (options: { timeoutMillis?: number } | undefined): number {

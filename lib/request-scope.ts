@@ -7,6 +7,8 @@ import { DbDisabledError, InvalidOptionError, TooEarlyError } from './errors.js'
 import { WorkExecutor } from './kysely-executor.js'
 import type { KyselyRuntime } from './kysely-executor.js'
 import type { Retrier, RequestUnits } from './retry.js'
+import { LSN_HEADER } from './replica-options.js'
+import { placementFor } from './replica-router.js'
 import type { routeSettingsResolver } from './transaction-settings.js'
 import { UnitOfWork } from './unit-of-work.js'
 import type { WorkRuntime } from './unit-of-work.js'
@@ -50,7 +52,8 @@ export function installRequestScope (
     if (reply === null) throw new TooEarlyError(decorator)
     const owner = runtime.leakWatch === null ? null : () => ({ log: request.log, route: `${config.method} ${config.url}` })
     const span = runtime.tracing?.start({ route: `${config.method} ${config.url}`, httpRoute: config.url }, beginSettings) ?? null
-    const session = new WorkExecutor(runtime, new UnitOfWork(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner, span))
+    const placement = placementFor(runtime.router, beginSettings, request)
+    const session = new WorkExecutor(runtime, new UnitOfWork(runtime, beginSettings, contextFor === null ? null : () => contextFor(request), owner, span, placement))
     // undefined, not null: a retry discarded an earlier session, whose listener serves this one too.
     const listening = request[kSession] === undefined
     request[kSession] = session
@@ -144,8 +147,10 @@ export function installRequestScope (
       return session.finish(false, 'commitWhen threw', error).then(() => { throw error })
     }
     // A failed COMMIT becomes the response: the client never hears "200 OK" for lost work.
-    return session.finish(commit, 'the response was sent').then(({ error }) => {
+    return session.finish(commit, 'the response was sent').then(({ error, position }) => {
       if (error !== null) throw error
+      // What the client hands back, for its next reads to see this write (read-your-writes).
+      if (position !== null) reply.header(LSN_HEADER, position)
       return payload
     })
   }

@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { DbRouteConfig } from '../index.js'
 import type { Telemetry } from './metrics.js'
+import { LSN_HEADER } from './replica-options.js'
 import type { Outcome, UnitOfWork } from './unit-of-work.js'
 
 /**
@@ -258,6 +259,7 @@ async function settle (ending: Ending, work: UnitOfWork, units: RequestUnits, re
   // the request, and onError rolls back.
   const commit = !reply.raw.destroyed && units.decide(request, reply)
   const outcome = await work.finish(commit, 'the response was sent')
+  if (outcome.position !== null) reply.header(LSN_HEADER, outcome.position)
   return { outcome, failure: outcome.error }
 }
 

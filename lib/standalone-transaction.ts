@@ -9,13 +9,15 @@ import { InvalidOptionError } from './errors.js'
 import { WorkExecutor } from './kysely-executor.js'
 import type { KyselyRuntime } from './kysely-executor.js'
 import type { Retrier } from './retry.js'
+import { isLsn } from './lsn.js'
+import { placementFor } from './replica-router.js'
 import { contextStatement } from './sql.js'
 import { beginSettings, retryCount, ROUTE_KEYS, withDefaults } from './transaction-settings.js'
 import { UnitOfWork } from './unit-of-work.js'
 import type { WorkRuntime } from './unit-of-work.js'
 
 /** The keys of transaction()'s options: a route's settings and a context of its own (one list: a new option is one line). */
-const OPTION_KEYS = [...ROUTE_KEYS, 'context', 'label']
+const OPTION_KEYS = [...ROUTE_KEYS, 'context', 'label', 'lsn']
 
 /**
  * fastify.db.transaction(fn, options) (`db` being the decorator option): a unit of work outside
@@ -30,9 +32,12 @@ export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, def
       throw new InvalidOptionError(`${where}: options must be an object like { isolationLevel, accessMode, context }; instead got '${String(options)}'`)
     }
     refuseUnknownKeys(options ?? {}, OPTION_KEYS, `${where}: options`)
-    const { context, label, retries, ...settings } = options ?? {}
+    const { context, label, retries, replica, lsn, ...settings } = options ?? {}
+    if (lsn !== undefined && !isLsn(lsn)) {
+      throw new InvalidOptionError(`${where}: lsn must be a WAL position as the db-session-lsn header carries it (like '0/16B3748'); instead got '${String(lsn)}'`)
+    }
     const attempts = retries === undefined ? retrier.settings.retries : retryCount(retries, `${where}: retries`)
-    const begin = beginSettings(withDefaults(defaults, settings), `${where}: `)
+    const begin = beginSettings({ ...withDefaults(defaults, settings), replica }, `${where}: `)
     const values: Record<string, DbContextValue> = { ...context }
     checkSettingNames(Object.keys(values), `${where} context: `)
     const name = transactionLabel(label, namesTransactions, where)
@@ -45,7 +50,7 @@ export function standaloneTransaction (runtime: WorkRuntime & KyselyRuntime, def
     return retrier.repeat(attempts, log, async () => {
       // One span per attempt: each is a transaction of its own, with its own outcome.
       const span = runtime.tracing?.start(spanLabel, begin) ?? null
-      const work = new UnitOfWork(runtime, begin, statement, runtime.leakWatch === null ? null : owner, span)
+      const work = new UnitOfWork(runtime, begin, statement, runtime.leakWatch === null ? null : owner, span, placementFor(runtime.router, begin, null, lsn))
       const executor = new WorkExecutor(runtime, work)
       let value: T
       try {

@@ -4,7 +4,7 @@ import { InvalidOptionError } from './errors.js'
 
 const ISOLATION_LEVELS = ['read uncommitted', 'read committed', 'repeatable read', 'serializable']
 /** The keys of a route's `config.<decorator>`, and of fastify.<decorator>.transaction()'s options with theirs. */
-export const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries']
+export const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries', 'replica']
 /** Each retry holds its request (or caller) longer; past a few, the conflict is the design's to fix. */
 export const MAX_RETRIES = 10
 const ACCESS_MODES = ['read write', 'read only']
@@ -15,11 +15,18 @@ export interface BeginSettings {
   /** What BEGIN names, for a unit of work's span; undefined leaves it to the server's default. */
   readonly isolationLevel?: string | undefined
   readonly accessMode?: string | undefined
+  /** The access mode resolves to read only and `replica` is not false: a replica may serve it (replica-router.ts). */
+  readonly replica?: boolean
+  /** BEGIN says READ ONLY: nothing to track for read-your-writes. */
+  readonly readOnly?: boolean
 }
 
 /** Validates transaction settings and builds their BEGIN statement, once, at register/route time. */
-export function beginSettings (settings: DbTransactionSettings, where: string): BeginSettings {
-  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis } = settings
+export function beginSettings (settings: DbTransactionSettings & { replica?: unknown }, where: string): BeginSettings {
+  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, replica } = settings
+  if (replica !== undefined && typeof replica !== 'boolean') {
+    throw new InvalidOptionError(`${where}replica must be false (read only work stays on the primary) or true; instead got '${String(replica)}'`)
+  }
   if (isolationLevel !== undefined && !ISOLATION_LEVELS.includes(isolationLevel)) {
     throw new InvalidOptionError(`${where}isolationLevel must be one of ${ISOLATION_LEVELS.join(', ')}; instead got '${isolationLevel}'`)
   }
@@ -37,7 +44,7 @@ export function beginSettings (settings: DbTransactionSettings, where: string): 
   if (idleInTransactionTimeoutMillis !== undefined) {
     statements.push(`SET LOCAL idle_in_transaction_session_timeout = ${milliseconds(idleInTransactionTimeoutMillis, where + 'idleInTransactionTimeoutMillis')}`)
   }
-  return { statements, isolationLevel, accessMode }
+  return { statements, isolationLevel, accessMode, replica: accessMode === 'read only' && replica !== false, readOnly: accessMode === 'read only' }
 }
 
 // PostgreSQL takes these as int4 milliseconds; 0 turns the limit off.
@@ -84,7 +91,7 @@ export function routeSettingsResolver (defaults: DbTransactionSettings, key: str
     }
     refuseUnknownKeys(routeConfig, ROUTE_KEYS, where + key)
     if (routeConfig.retries !== undefined) retryCount(routeConfig.retries, `${where}${key}.retries`)
-    return beginSettings(withDefaults(defaults, routeConfig), `${where}${key}.`)
+    return beginSettings({ ...withDefaults(defaults, routeConfig), replica: routeConfig.replica }, `${where}${key}.`)
   }
 
   return {

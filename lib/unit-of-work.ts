@@ -3,6 +3,7 @@ import type { CompiledQuery, QueryResult } from 'kysely'
 import { BeginFailure, canFollowBegin } from './begin-with-query.js'
 import { ignore, logWarning } from './callbacks.js'
 import { classify } from './classify.js'
+import { commitWithPosition } from './commit-with-position.js'
 import { CommitHooks } from './commit-hooks.js'
 import type { HookOwner } from './commit-hooks.js'
 import type { ConnectionSource } from './connection-source.js'
@@ -11,6 +12,8 @@ import { kyselyResult } from './lease.js'
 import type { Lease } from './lease.js'
 import type { LeakOwner, LeakWatch } from './leak-watch.js'
 import type { UnitSpan, UnitTracing } from './otel-tracing.js'
+import { parseLsn } from './lsn.js'
+import type { ReplicaRouter } from './replica-router.js'
 import { refuseSessionState } from './sql.js'
 import type { BeginSettings } from './transaction-settings.js'
 
@@ -47,6 +50,11 @@ export interface Outcome {
    * limit ended it.
    */
   readonly retryable: boolean
+  /**
+   * The WAL position its COMMIT reached on the primary (`X/Y`), when it wrote and replicas are
+   * configured (read-your-writes); null otherwise.
+   */
+  readonly position: string | null
 }
 
 /** What every unit of work of one registration shares. */
@@ -58,7 +66,12 @@ export interface WorkRuntime {
   readonly leakWatch: LeakWatch | null
   /** Starts the units of work's spans; null when nothing traces them. */
   readonly tracing: UnitTracing | null
+  /** Places read only work on replicas and learns the primary's commit positions; null without replicas. */
+  readonly router: ReplicaRouter | null
 }
+
+/** Where a unit of work that a replica may serve gets its connection (replica-router.ts). */
+export type Placement = () => Promise<Lease>
 
 /**
  * One unit of work: a transaction opened by its first query, its queries run one at a time, and
@@ -96,13 +109,19 @@ export class UnitOfWork {
   #hooks: CommitHooks | null = null
   /** Its OpenTelemetry span (otel-tracing.ts), or null: its statements then run as they are, at no cost. */
   readonly #span: UnitSpan | null
+  /** Picks a replica or the primary at the first acquire; null: the primary's source. */
+  readonly #placement: Placement | null
+  /** The source its connection came from: the primary's, or a replica's once placed there. */
+  #source: ConnectionSource
 
-  constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null, span: UnitSpan | null = null) {
+  constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null, span: UnitSpan | null = null, placement: Placement | null = null) {
     this.#runtime = runtime
     this.#settings = settings
     this.#context = context
     this.#owner = owner
     this.#span = span
+    this.#placement = placement
+    this.#source = runtime.source
   }
 
   /** finish() was called: no query is taken any more. */
@@ -246,7 +265,7 @@ export class UnitOfWork {
     this.#span?.acquiring()
     let lease: Lease
     try {
-      lease = await this.#runtime.source.acquire()
+      lease = this.#placement === null ? await this.#source.acquire() : await this.#placed()
     } catch (error) {
       this.#advance('opening', 'idle')
       // Made in a pool callback: its stack would say nothing of who asked.
@@ -259,6 +278,12 @@ export class UnitOfWork {
     if (leakWatch !== null && this.#owner !== null) {
       this.#stopWatching = leakWatch.watch(this.#owner(), this.#firstQuery as Error, () => { this.#abandon(lease) })
     }
+    return lease
+  }
+
+  async #placed (): Promise<Lease> {
+    const lease = await (this.#placement as Placement)()
+    this.#source = lease.owner as ConnectionSource
     return lease
   }
 
@@ -281,14 +306,14 @@ export class UnitOfWork {
     this.#runtime.live.delete(this)
     this.#stopWatching()
     lease.release(true)
-    return this.#runtime.source.beginError(cause)
+    return this.#source.beginError(cause)
   }
 
   /** Past the hold limit: the work is rolled back by destroying its connection, whatever it is doing. */
   #abandon (lease: Lease): void {
     const error = new HoldTimeoutError(this.#runtime.leakWatch?.timeoutMillis)
     this.interrupt(error)
-    if (!lease.gone) this.#runtime.source.destroy([lease], error).catch(ignore)
+    if (!lease.gone) this.#source.destroy([lease], error).catch(ignore)
   }
 
   /**
@@ -342,15 +367,15 @@ export class UnitOfWork {
     this.#stopWatching()
     // close() or the hold limit destroyed the connection: PostgreSQL rolled back; a commit cannot be had.
     if (lease.gone) {
-      this.#runtime.source.telemetry.transactionEnded('rolled back')
+      this.#source.telemetry.transactionEnded('rolled back')
       return this.#ended('rolled back', commit ? new ClosingError() : null)
     }
     return commit ? this.#commit(lease) : this.#rollback(lease)
   }
 
-  #ended (status: Outcome['status'], error: Error | null, retryable = false): Outcome {
+  #ended (status: Outcome['status'], error: Error | null, retryable = false, position: string | null = null): Outcome {
     this.#status = status
-    return { status, error, reason: this.#finishReason, retryable }
+    return { status, error, reason: this.#finishReason, retryable, position }
   }
 
   async #commit (lease: Lease): Promise<Outcome> {
@@ -358,10 +383,16 @@ export class UnitOfWork {
     const brokenBeforeCommit = lease.failure !== null
     let error: Error | null = null
     let retryable = lease.conflict
+    let position: string | null = null
     try {
       // PostgreSQL answers COMMIT with a ROLLBACK tag when an earlier statement failed.
-      const { command } = await lease.command('COMMIT')
+      const { command, lsn } = this.#tracksPosition() ? await commitWithPosition(lease.client) : { command: (await lease.command('COMMIT')).command, lsn: null }
       if (command !== 'COMMIT') error = new TransactionAbortedError()
+      else if (lsn !== null) {
+        position = lsn
+        const { health } = this.#runtime.router as ReplicaRouter
+        health.committed(parseLsn(lsn))
+      }
     } catch (cause) {
       const classified = classify(cause as Error, 'commit', { ...lease.circumstances(), brokenBeforeCommit })
       if (classified.broken) lease.broke(cause as Error)
@@ -369,14 +400,22 @@ export class UnitOfWork {
       retryable ||= classified.retryable
     }
     const status = error === null ? 'committed' : error instanceof CommitOutcomeUnknownError ? 'outcome unknown' : 'commit failed'
-    this.#runtime.source.telemetry.transactionEnded(status)
+    this.#source.telemetry.transactionEnded(status)
     lease.release()
-    return this.#ended(status, error, error !== null && retryable)
+    return this.#ended(status, error, error !== null && retryable, position)
+  }
+
+  /**
+   * Read-your-writes needs this commit's position: there are replicas, the work ran on the primary
+   * and may have written.
+   */
+  #tracksPosition (): boolean {
+    return this.#runtime.router !== null && this.#source === this.#runtime.source && this.#settings.readOnly !== true
   }
 
   async #rollback (lease: Lease): Promise<Outcome> {
     this.#status = 'rolling back'
-    const { telemetry, log } = this.#runtime.source
+    const { telemetry, log } = this.#source
     telemetry.transactionEnded('rolled back')
     // A connection that already broke has nothing to roll back: PostgreSQL did it as it ended.
     if (lease.failure !== null) {

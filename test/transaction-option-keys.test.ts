@@ -12,7 +12,7 @@ t.test('an unknown key in transaction() options is refused, with the closest kno
 
   await t.rejects(app.db.transaction(insert, { isolationLvl: 'serializable' } as any), {
     code: 'FST_DB_SESSION_INVALID_OPTION',
-    message: "fastify-db-session: fastify.db.transaction: options has an unknown key 'isolationLvl' (did you mean 'isolationLevel'?); known keys are isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, retries, context, label"
+    message: "fastify-db-session: fastify.db.transaction: options has an unknown key 'isolationLvl' (did you mean 'isolationLevel'?); known keys are isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, retries, replica, context, label, lsn"
   })
   await t.rejects(app.db.transaction(insert, { contxt: { 'app.tenant_id': '1' } } as any), {
     code: 'FST_DB_SESSION_INVALID_OPTION',

@@ -41,6 +41,12 @@ export interface AppOptions {
   /** How long an invitation's token can be accepted. */
   invitationDays?: number
   maxConnections?: number
+  /**
+   * Connection strings of the app role on hot standbys of the database: the read routes (GET
+   * /notes, /notes/:id, /members, /me) run there, and a client that sends back the db-session-lsn
+   * header of its last write reads what it wrote. None: everything runs on the primary.
+   */
+  replicaUrls?: string[]
   /** Fastify's `logger` option. */
   logger?: FastifyServerOptions['logger']
 }
@@ -112,6 +118,8 @@ export async function buildApp (options: AppOptions): Promise<App> {
     connectionString: options.databaseUrl,
     maxConnections: options.maxConnections ?? 10,
     name: 'app',
+    // Read only routes run on these (see replicaUrls above).
+    ...(options.replicaUrls === undefined || options.replicaUrls.length === 0 ? {} : { replicas: options.replicaUrls }),
     // Safety nets: no statement runs past 5 s, a transaction held 2 s is logged, one held 30 s is
     // ended, and a database that is down is answered 503 at once instead of by every request.
     statementTimeoutMillis: 5000,

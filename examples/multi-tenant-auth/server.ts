@@ -31,6 +31,14 @@ const stopTelemetry = await startTelemetry()
 const embedded = process.env.DATABASE_URL ? null : await embeddedOwnerUrl()
 const ownerUrl = process.env.DATABASE_URL ?? embedded!.url
 const databaseUrl = await prepareDatabase(ownerUrl, process.env.APP_DB_ROLE ?? 'mt_app')
+// Hot standbys of that server (comma-separated), reached as the app role: the read routes run there.
+const replicaUrls = (process.env.DATABASE_REPLICA_URL ?? '').split(',').filter((url) => url !== '').map((replica) => {
+  const url = new URL(replica)
+  const app = new URL(databaseUrl)
+  url.username = app.username
+  url.password = app.password
+  return url.toString()
+})
 // Access tokens last minutes; refresh tokens live in the database and survive a restart.
 const tokenSecret = process.env.TOKEN_SECRET ? Buffer.from(process.env.TOKEN_SECRET, 'base64url') : randomBytes(32)
 // Mail is written to a folder (see mailer.ts): ./outbox (git-ignored; outside PostgreSQL's own data folder) unless MAIL_OUTBOX names another.
@@ -39,7 +47,7 @@ const outbox = process.env.MAIL_OUTBOX ?? fileURLToPath(new URL('./outbox', impo
 const window = process.env.RATE_LIMIT_WINDOW_SECONDS
 if (window !== undefined && !/^[1-9]\d*$/.test(window)) throw new Error(`RATE_LIMIT_WINDOW_SECONDS: expected a whole number of seconds, got '${window}'`)
 const loginWindowMillis = window === undefined ? undefined : Number(window) * 1000
-const app = await buildApp({ databaseUrl, tokenSecret, mailer: outboxMailer(outbox), loginWindowMillis, logger: process.env.LOG === '1' })
+const app = await buildApp({ databaseUrl, replicaUrls, tokenSecret, mailer: outboxMailer(outbox), loginWindowMillis, logger: process.env.LOG === '1' })
 const address = await app.listen({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 3000) })
 console.log(`multi-tenant-auth listening on ${address}`)
 

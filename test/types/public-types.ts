@@ -95,7 +95,7 @@ const stats: DbPoolStats = app.db.stats()
 expectTrue<Equal<typeof stats.active, number>>()
 expectTrue<Equal<keyof DbPoolStats, 'total' | 'idle' | 'active' | 'waiting' | 'max' | 'acquires' | 'commits' | 'rollbacks' | 'commitFailures' |
 'acquireTimeouts' | 'destroyed' | 'leaks' | 'aborts' | 'retries' | 'idleErrors' | 'connectionsCreated' | 'connectionsRemoved' | 'circuitOpen' |
-'circuitRejections' | 'callbackErrors' | 'acquireWaitSeconds' | 'holdSeconds'>>()
+'circuitRejections' | 'callbackErrors' | 'acquireWaitSeconds' | 'holdSeconds' | 'role' | 'replicaReads' | 'replicaFallbacks' | 'replicaWaitSeconds' | 'replicas'>>()
 expectTrue<Equal<typeof stats.holdSeconds, DbHistogram>>()
 expectTrue<Equal<typeof stats.circuitOpen, boolean>>()
 expectTrue<Equal<ReturnType<typeof app.db.metrics>, string>>()

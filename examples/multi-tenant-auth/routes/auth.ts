@@ -126,7 +126,9 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     return reply.code(204).send()
   })
 
+  // A read only transaction: with replicas (replicaUrls), it runs there.
   app.get('/me', {
+    config: { db: { accessMode: 'read only' } },
     onRequest: app.authenticate,
     schema: {
       response: {

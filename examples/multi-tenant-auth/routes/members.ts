@@ -17,7 +17,8 @@ const Invitation = Type.Object({
 const memberRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.addHook('onRequest', app.authenticate)
 
-  app.get('/members', { schema: { response: { 200: Type.Array(Member) } } }, async (request) => {
+  // A read only transaction: with replicas (replicaUrls), it runs there.
+  app.get('/members', { config: { db: { accessMode: 'read only' } }, schema: { response: { 200: Type.Array(Member) } } }, async (request) => {
     return request.db.selectFrom('memberships')
       .innerJoin('users', 'users.id', 'memberships.user_id')
       .select(['users.id as userId', 'users.email', 'memberships.role'])

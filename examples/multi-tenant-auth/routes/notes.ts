@@ -23,7 +23,10 @@ const columns = ['id', 'title', 'body', 'author_id as authorId', 'created_at as 
 const noteRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.addHook('onRequest', app.authenticate)
 
-  app.get('/notes', { schema: { response: { 200: Type.Array(Note) } } }, async (request) => {
+  // Reads are read only transactions: with replicas (replicaUrls), they run there.
+  const readOnly = { db: { accessMode: 'read only' } } as const
+
+  app.get('/notes', { config: readOnly, schema: { response: { 200: Type.Array(Note) } } }, async (request) => {
     return request.db.selectFrom('notes').select(columns).orderBy('created_at', 'desc').limit(100).execute()
   })
 
@@ -40,7 +43,7 @@ const noteRoutes: FastifyPluginAsyncTypebox = async (app) => {
     return reply.code(201).send(note)
   })
 
-  app.get('/notes/:id', { schema: { params: NoteParams, response: { 200: Note, 404: Problem } } }, async (request, reply) => {
+  app.get('/notes/:id', { config: readOnly, schema: { params: NoteParams, response: { 200: Note, 404: Problem } } }, async (request, reply) => {
     const note = await request.db.selectFrom('notes').select(columns).where('id', '=', request.params.id).executeTakeFirst()
     return note ?? problem(reply, 404, 'NOT_FOUND', 'no such note')
   })

@@ -53,6 +53,11 @@ export async function startService (t: Test, options: Partial<AppOptions> = {}):
   return { app, db, appDatabaseUrl, appRole, tokenSecret, outbox }
 }
 
+/** For a service built by a test itself (buildApp) on `outbox`: what mails() and signUp() read. */
+export function readOutbox (app: App, outbox: string): void {
+  outboxes.set(app, outbox)
+}
+
 export interface Mail { file: string, to: string, subject: string, text: string, token: string | undefined }
 
 /** Every mail the service sent, oldest first, as the outbox folder holds them. */
