@@ -1,6 +1,7 @@
 // The multi-tenant auth service: accounts, tenants, memberships and notes, isolated by
 // PostgreSQL row-level security keyed on fastify-db-session's per-request context.
 import Fastify from 'fastify'
+import type { Kysely } from 'kysely'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import rateLimit from '@fastify/rate-limit'
@@ -11,7 +12,7 @@ import { answerError, formatSchemaErrors } from './http-errors.js'
 import { UUID, verifyAccessToken } from './tokens.js'
 import type { AccessClaims } from './tokens.js'
 import type { Mailer } from './mailer.js'
-import type { Role } from './schema.js'
+import type { Database, Role } from './schema.js'
 import authRoutes from './routes/auth.js'
 import invitationRoutes from './routes/invitations.js'
 import memberRoutes from './routes/members.js'
@@ -141,6 +142,7 @@ export async function buildApp (options: AppOptions): Promise<App> {
   app.decorateRequest('auth', null)
   app.decorateRequest('dbContext', null)
   app.decorateRequest('commitDespiteError', false)
+  const replicated = options.replicaUrls !== undefined && options.replicaUrls.length > 0
   app.decorate('authenticate', async function (request: FastifyRequest, reply: FastifyReply) {
     // The scheme is case-insensitive, followed by one or more spaces (RFC 9110, 11.4 and 11.6.2).
     const bearer = /^Bearer +(\S+)$/i.exec(request.headers.authorization ?? '')
@@ -152,16 +154,19 @@ export async function buildApp (options: AppOptions): Promise<App> {
     // The session is still open (not logged out, not revoked by a reused refresh token) and the
     // user still a member: one indexed query, the first of this request's transaction (its BEGIN
     // rides along), so a logout or a removal takes effect at the next request, and the role is
-    // the one the database holds now, not the one at login.
-    const member = await request.db.selectFrom('memberships')
-      .select('role')
-      .where('user_id', '=', claims.sub)
-      .where((eb) => eb.exists(eb.selectFrom('refresh_tokens').select('family_id')
-        .where('family_id', '=', claims.sid)
-        .where('user_id', '=', claims.sub)
-        .where('revoked_at', 'is', null)
-        .where('expires_at', '>', new Date())))
-      .executeTakeFirst()
+    // the one the database holds now, not the one at login. A read only route's transaction runs
+    // on a standby when there are replicas, which may not have replayed a logout yet: there the
+    // check asks the primary, so that no revoked token reads anything for the replication lag.
+    const routeSettings = request.routeOptions.config.db
+    const onStandby = replicated && routeSettings !== false && routeSettings?.accessMode === 'read only'
+    const member = onStandby
+      ? await app.db.transaction((trx) => sessionMember(trx, claims), {
+        accessMode: 'read only',
+        replica: false,
+        label: 'authenticate',
+        context: { 'app.tenant_id': claims.tid, 'app.user_id': claims.sub }
+      })
+      : await sessionMember(request.db, claims)
     if (member === undefined) {
       return reply.code(401).header('www-authenticate', 'Bearer').send({ code: 'SESSION_ENDED', message: 'this session has ended (logged out, revoked, or no longer a member); log in again' })
     }
@@ -174,4 +179,17 @@ export async function buildApp (options: AppOptions): Promise<App> {
   await app.register(noteRoutes)
   await app.register(opsRoutes)
   return app
+}
+
+/** The member's role while the access token's session is open and the member still belongs; undefined otherwise. */
+async function sessionMember (db: Kysely<Database>, claims: AccessClaims): Promise<{ role: Role } | undefined> {
+  return db.selectFrom('memberships')
+    .select('role')
+    .where('user_id', '=', claims.sub)
+    .where((eb) => eb.exists(eb.selectFrom('refresh_tokens').select('family_id')
+      .where('family_id', '=', claims.sid)
+      .where('user_id', '=', claims.sub)
+      .where('revoked_at', 'is', null)
+      .where('expires_at', '>', new Date())))
+    .executeTakeFirst()
 }

@@ -1,6 +1,7 @@
 // The service with a read replica: its read routes run on a real hot standby, and a client that
 // sends back the db-session-lsn of its last write always finds what it wrote, even with the
 // standby's replay paused; without it, the standby's older data shows the reads really go there.
+// A logout ends the session at once, though the standby has not replayed it.
 import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -60,6 +61,13 @@ t.test('a note created then read back at once is always found; reads run on the 
   // Without the position, the standby (replay paused) serves what it had: none of the notes.
   const stale = await app.inject({ method: 'GET', url: '/notes', headers: bearer(owner) })
   t.same(stale.json(), [], 'a read without the header ran on the standby')
+  // A logout reaches the standby only once its replay resumes; the session check asks the primary,
+  // so the logged-out access token reads nothing, even from the standby, with or without a position.
+  t.equal((await app.inject({ method: 'POST', url: '/logout', payload: { refreshToken: owner.refreshToken } })).statusCode, 204)
+  const afterLogout = await app.inject({ method: 'GET', url: '/notes', headers: bearer(owner) })
+  t.equal(afterLogout.statusCode, 401, 'a logged-out token is refused at once on a read route')
+  t.equal(afterLogout.json().code, 'SESSION_ENDED')
+  t.equal((await app.inject({ method: 'GET', url: '/me', headers: bearer(owner) })).statusCode, 401)
   const stats = app.db.stats()
   t.ok(stats.replicas[0].replicaReads >= 1, 'the standby served reads')
   t.comment(`reads from the standby ${stats.replicaReads}, from the primary after waiting ${stats.replicaFallbacks.waitTimedOut}`)
