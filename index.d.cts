@@ -97,6 +97,22 @@ declare namespace fastifyDbSession {
      */
     idleInTransactionTimeoutMillis?: number
     /**
+     * `true`: no BEGIN and no COMMIT; each query of the unit of work runs as its own implicit
+     * transaction, with the unit's settings (the context, `application_name`, read only,
+     * `statementTimeoutMillis`) sent in the same round trip as the query. Only with
+     * `accessMode: 'read only'` and `isolationLevel` unset or `'read committed'` (anything else is
+     * refused with `FST_DB_SESSION_INVALID_OPTION` at registration or route declaration). What
+     * differs from a transaction: `now()` changes from query to query, a `SET LOCAL` or
+     * `set_config(…, true)` sent by the handler ends with its statement, `pg_advisory_xact_lock`
+     * is released when its statement ends, a failed query does not fail the rest, and `stream()`
+     * and savepoints throw `FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED`. Default `false`.
+     *
+     * ```ts
+     * app.get('/items', { config: { db: { accessMode: 'read only', autocommit: true } } }, handler)
+     * ```
+     */
+    autocommit?: boolean
+    /**
      * How many more times a unit of work that failed with a serialization failure (40001) or a
      * deadlock (40P01), in a query or at COMMIT, is rolled back and run again, whole, on a fresh
      * transaction, after a short randomized backoff (`retryDelayMillis`). An integer from 0 to 10;
@@ -510,6 +526,7 @@ declare namespace fastifyDbSession {
     readonly FST_DB_SESSION_HOLD_TIMEOUT: DbSessionErrorClass<'FST_DB_SESSION_HOLD_TIMEOUT', 500>
     readonly FST_DB_SESSION_SESSION_STATE: DbSessionErrorClass<'FST_DB_SESSION_SESSION_STATE', 500>
     readonly FST_DB_SESSION_CONNECTION_KILLED: DbSessionErrorClass<'FST_DB_SESSION_CONNECTION_KILLED', 500>
+    readonly FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED: DbSessionErrorClass<'FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED', 500>
   }
 
   /**

@@ -134,6 +134,12 @@ export const ConnectionKilledError = createError(
   500
 )
 
+export const AutocommitUnsupportedError = createError(
+  'FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED',
+  '%s needs a transaction, and this unit of work runs with `autocommit: true` (each statement is its own transaction); use a route or transaction without autocommit',
+  500
+)
+
 export const errors = {
   FST_DB_SESSION_INVALID_OPTION: InvalidOptionError,
   FST_DB_SESSION_DISABLED: DbDisabledError,
@@ -156,7 +162,8 @@ export const errors = {
   FST_DB_SESSION_STATEMENT_TIMEOUT: StatementTimeoutError,
   FST_DB_SESSION_HOLD_TIMEOUT: HoldTimeoutError,
   FST_DB_SESSION_SESSION_STATE: SessionStateError,
-  FST_DB_SESSION_CONNECTION_KILLED: ConnectionKilledError
+  FST_DB_SESSION_CONNECTION_KILLED: ConnectionKilledError,
+  FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED: AutocommitUnsupportedError
 } as const
 
 /** Adds a Retry-After header, which Fastify's error handler sends with the error's status. */

@@ -78,7 +78,7 @@ export function installRequestScope (
 
   // Stands in for the session of a request whose response is out: request.db first touched after
   // that (in onResponse, or by work left running) throws instead of holding a connection forever.
-  const responded = new WorkExecutor(runtime, new UnitOfWork(runtime, { statements: ['BEGIN'] }))
+  const responded = new WorkExecutor(runtime, new UnitOfWork(runtime, { statements: ['BEGIN'], autocommit: null }))
   responded.work.finish(false, 'the response was already sent')
 
   fastify.decorateRequest(kSession, null)

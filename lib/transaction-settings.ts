@@ -1,10 +1,11 @@
 import type { DbRouteConfig, DbTransactionSettings } from '../index.js'
+import { autocommitSettings, checkAutocommit } from './autocommit.js'
 import { refuseUnknownKeys } from './closest-name.js'
 import { InvalidOptionError } from './errors.js'
 
 const ISOLATION_LEVELS = ['read uncommitted', 'read committed', 'repeatable read', 'serializable']
 /** The keys of a route's `config.<decorator>`, and of fastify.<decorator>.transaction()'s options with theirs. */
-export const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries']
+export const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries', 'autocommit']
 /** Each retry holds its request (or caller) longer; past a few, the conflict is the design's to fix. */
 export const MAX_RETRIES = 10
 const ACCESS_MODES = ['read write', 'read only']
@@ -12,11 +13,16 @@ const ACCESS_MODES = ['read write', 'read only']
 /** What a unit of work needs to start: BEGIN and the SET LOCAL statements after it, built once per settings. */
 export interface BeginSettings {
   readonly statements: readonly string[]
+  /**
+   * `autocommit: true`: no BEGIN; these set_config calls (autocommit.ts) go before every query,
+   * and `statements` is not sent. null for a transaction.
+   */
+  readonly autocommit: string | null
 }
 
 /** Validates transaction settings and builds their BEGIN statement, once, at register/route time. */
 export function beginSettings (settings: DbTransactionSettings, where: string): BeginSettings {
-  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis } = settings
+  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, autocommit } = settings
   if (isolationLevel !== undefined && !ISOLATION_LEVELS.includes(isolationLevel)) {
     throw new InvalidOptionError(`${where}isolationLevel must be one of ${ISOLATION_LEVELS.join(', ')}; instead got '${isolationLevel}'`)
   }
@@ -34,7 +40,9 @@ export function beginSettings (settings: DbTransactionSettings, where: string): 
   if (idleInTransactionTimeoutMillis !== undefined) {
     statements.push(`SET LOCAL idle_in_transaction_session_timeout = ${milliseconds(idleInTransactionTimeoutMillis, where + 'idleInTransactionTimeoutMillis')}`)
   }
-  return { statements }
+  // No transaction stays open between statements: idleInTransactionTimeoutMillis has nothing to limit.
+  const perQuery = checkAutocommit(autocommit, accessMode, isolationLevel, where) ? autocommitSettings(statementTimeoutMillis) : null
+  return { statements, autocommit: perQuery }
 }
 
 // PostgreSQL takes these as int4 milliseconds; 0 turns the limit off.
@@ -59,7 +67,8 @@ export function withDefaults (defaults: DbTransactionSettings, settings: DbTrans
     isolationLevel: settings.isolationLevel ?? defaults.isolationLevel,
     accessMode: settings.accessMode ?? defaults.accessMode,
     statementTimeoutMillis: settings.statementTimeoutMillis ?? defaults.statementTimeoutMillis,
-    idleInTransactionTimeoutMillis: settings.idleInTransactionTimeoutMillis ?? defaults.idleInTransactionTimeoutMillis
+    idleInTransactionTimeoutMillis: settings.idleInTransactionTimeoutMillis ?? defaults.idleInTransactionTimeoutMillis,
+    autocommit: settings.autocommit ?? defaults.autocommit
   }
 }
 

@@ -1,5 +1,6 @@
 import type pg from 'pg'
 import type { CompiledQuery, QueryResult } from 'kysely'
+import { autocommitPrelude, runAutocommit } from './autocommit.js'
 import { BeginFailure, canFollowBegin } from './begin-with-query.js'
 import { ignore, logWarning } from './callbacks.js'
 import { classify } from './classify.js'
@@ -91,6 +92,8 @@ export class UnitOfWork {
   #stopWatching: () => void = ignore
   /** The afterCommit / afterRollback callbacks, made by the first registration: work without any pays nothing. */
   #hooks: CommitHooks | null = null
+  /** `autocommit: true`: what goes before each query, built with the first one (the context is read once per unit). */
+  #autocommitPrelude: readonly string[] | null = null
 
   constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null) {
     this.#runtime = runtime
@@ -117,6 +120,16 @@ export class UnitOfWork {
     if (!this.#accepting()) throw new TransactionFinishedError(this.#finishReason)
     this.#hooks ??= new CommitHooks(owner(), this.#runtime.source.telemetry)
     return this.#hooks
+  }
+
+  /** `autocommit: true`: each query is its own transaction; nothing needs or has a transaction of the unit's. */
+  get autocommit (): boolean {
+    return this.#settings.autocommit !== null
+  }
+
+  /** Runs a query on the unit's connection (lent to Kysely's executor): in the transaction, or behind the autocommit settings. */
+  execute<R> (lease: Lease, compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    return this.#autocommitPrelude === null ? lease.executeQuery(compiledQuery) : runAutocommit(lease, this.#autocommitPrelude, compiledQuery)
   }
 
   /** Where a savepoint's callbacks start (see CommitHooks.mark); 0 while none was registered. */
@@ -163,7 +176,7 @@ export class UnitOfWork {
   async #runQuery<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
     this.#running = true
     try {
-      return this.#lease === null ? await this.#openWith(compiledQuery) : await this.#lease.executeQuery(compiledQuery)
+      return this.#lease === null ? await this.#openWith(compiledQuery) : await this.execute(this.#lease, compiledQuery)
     } finally {
       this.#next()
     }
@@ -192,6 +205,11 @@ export class UnitOfWork {
   /** BEGIN and the statements that go with it: the route's settings, then the request's context. */
   #prelude (): readonly string[] {
     // Built before a connection is taken: a context function that throws costs none.
+    const { autocommit } = this.#settings
+    if (autocommit !== null) {
+      this.#autocommitPrelude = autocommitPrelude(autocommit, this.#context === null ? null : this.#context())
+      return this.#autocommitPrelude
+    }
     return this.#context === null ? this.#settings.statements : [...this.#settings.statements, this.#context()]
   }
 
@@ -199,7 +217,7 @@ export class UnitOfWork {
   async #openWith<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
     // Later queries are checked by the lease; this one before a connection is taken.
     refuseSessionState(compiledQuery.sql)
-    if (!canFollowBegin(compiledQuery.sql, compiledQuery.parameters)) return (await this.#open()).executeQuery(compiledQuery)
+    if (!canFollowBegin(compiledQuery.sql, compiledQuery.parameters)) return this.execute(await this.#open(), compiledQuery)
     const prelude = this.#prelude()
     const lease = await this.#acquire()
     let result: pg.QueryResult
@@ -218,6 +236,11 @@ export class UnitOfWork {
   async #open (): Promise<Lease> {
     const prelude = this.#prelude()
     const lease = await this.#acquire()
+    // Autocommit: nothing to open; the settings go with each query.
+    if (this.#settings.autocommit !== null) {
+      this.#opened(lease)
+      return lease
+    }
     try {
       await lease.command(prelude.join('; '))
     } catch (cause) {
@@ -323,7 +346,20 @@ export class UnitOfWork {
       this.#runtime.source.telemetry.transactionEnded('rolled back')
       return this.#ended('rolled back', commit ? new ClosingError() : null)
     }
+    if (this.#settings.autocommit !== null) return this.#endAutocommit(lease, commit)
     return commit ? this.#commit(lease) : this.#rollback(lease)
+  }
+
+  /**
+   * Autocommit: every statement ended with its own Sync, so there is nothing to commit or roll
+   * back; the connection goes back (destroyed if the handler left a transaction of its own open).
+   * Its callbacks run as for a transaction that committed or rolled back, as the owner asked.
+   */
+  #endAutocommit (lease: Lease, commit: boolean): Outcome {
+    const status = commit ? 'committed' : 'rolled back'
+    this.#runtime.source.telemetry.transactionEnded(status)
+    lease.release()
+    return this.#ended(status, null, !commit && lease.conflict)
   }
 
   #ended (status: Outcome['status'], error: Error | null, retryable = false): Outcome {
