@@ -24,6 +24,20 @@ export function refuseSessionState (sql: string): void {
 }
 
 /**
+ * Statements whose effect lasts until COMMIT even in a read-only transaction: advisory transaction
+ * locks, LOCK TABLE, NOTIFY (delivered at COMMIT). (Row locks, FOR UPDATE or SHARE, are refused in
+ * a read-only transaction.) A response
+ * sent before such a COMMIT could reach its client while the lock is still held. A heuristic on
+ * the text, erring towards waiting: a false match only keeps the usual order.
+ */
+const HELD_UNTIL_COMMIT = /\bpg_(?:try_)?advisory_xact_lock(?:_shared)?\s*\(|\bnotify\b|\bpg_notify\s*\(|^\s*lock\b/i
+
+/** Whether a statement leaves something held until its transaction's COMMIT. */
+export function holdsUntilCommit (sql: string): boolean {
+  return HELD_UNTIL_COMMIT.test(sql)
+}
+
+/**
  * The statement that follows BEGIN in the same round trip: one SELECT of transaction-local
  * set_config calls (never SET, which would outlive the transaction on a pooled connection).
  * Values are quoted by pg's escapeLiteral, so that the statement is complete in itself: it

@@ -18,6 +18,11 @@ export interface BeginSettings {
    * and `statements` is not sent. null for a transaction.
    */
   readonly autocommit: string | null
+  /**
+   * A read-only transaction below serializable: its COMMIT has nothing to lose and no conflict to
+   * report, so the response need not wait for it (see UnitOfWork.answersBeforeCommit).
+   */
+  readonly readOnly: boolean
 }
 
 /** Validates transaction settings and builds their BEGIN statement, once, at register/route time. */
@@ -42,7 +47,7 @@ export function beginSettings (settings: DbTransactionSettings, where: string): 
   }
   // No transaction stays open between statements: idleInTransactionTimeoutMillis has nothing to limit.
   const perQuery = checkAutocommit(autocommit, accessMode, isolationLevel, where) ? autocommitSettings(statementTimeoutMillis) : null
-  return { statements, autocommit: perQuery }
+  return { statements, autocommit: perQuery, readOnly: accessMode === 'read only' && isolationLevel !== 'serializable' }
 }
 
 // PostgreSQL takes these as int4 milliseconds; 0 turns the limit off.

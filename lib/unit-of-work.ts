@@ -11,7 +11,7 @@ import { ClosingError, CommitOutcomeUnknownError, HoldTimeoutError, TransactionA
 import { kyselyResult } from './lease.js'
 import type { Lease } from './lease.js'
 import type { LeakOwner, LeakWatch } from './leak-watch.js'
-import { refuseSessionState } from './sql.js'
+import { holdsUntilCommit, refuseSessionState } from './sql.js'
 import type { BeginSettings } from './transaction-settings.js'
 
 const SETTLED = Promise.resolve()
@@ -92,12 +92,19 @@ export class UnitOfWork {
   #stopWatching: () => void = ignore
   /** The afterCommit / afterRollback callbacks, made by the first registration: work without any pays nothing. */
   #hooks: CommitHooks | null = null
+  /**
+   * A read-only transaction whose COMMIT the response may skip waiting for: cleared by a query
+   * that failed (its COMMIT then answers ROLLBACK, which the client must hear) or that holds
+   * something until COMMIT (a lock, a NOTIFY).
+   */
+  #quietCommit: boolean
   /** `autocommit: true`: what goes before each query, built with the first one (the context is read once per unit). */
   #autocommitPrelude: readonly string[] | null = null
 
   constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null) {
     this.#runtime = runtime
     this.#settings = settings
+    this.#quietCommit = settings.readOnly
     this.#context = context
     this.#owner = owner
   }
@@ -127,8 +134,24 @@ export class UnitOfWork {
     return this.#settings.autocommit !== null
   }
 
+  /**
+   * Whether its owner may answer before the COMMIT: a read-only transaction below serializable
+   * with no failed query, nothing held until COMMIT, no query still running and no callbacks
+   * (the response waits for afterCommit ones). Its COMMIT can lose nothing and report nothing
+   * the client must hear; the finish still commits and gives the connection back after.
+   */
+  get answersBeforeCommit (): boolean {
+    return this.#quietCommit && !this.#running && this.#hooks === null && this.#settings.autocommit === null
+  }
+
+  /** A statement about to run: one that holds something until COMMIT makes the response wait for it. */
+  note (sql: string): void {
+    if (this.#quietCommit && holdsUntilCommit(sql)) this.#quietCommit = false
+  }
+
   /** Runs a query on the unit's connection (lent to Kysely's executor): in the transaction, or behind the autocommit settings. */
   execute<R> (lease: Lease, compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    this.note(compiledQuery.sql)
     return this.#autocommitPrelude === null ? lease.executeQuery(compiledQuery) : runAutocommit(lease, this.#autocommitPrelude, compiledQuery)
   }
 
@@ -176,7 +199,12 @@ export class UnitOfWork {
   async #runQuery<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
     this.#running = true
     try {
-      return this.#lease === null ? await this.#openWith(compiledQuery) : await this.execute(this.#lease, compiledQuery)
+      if (this.#lease !== null) return await this.execute(this.#lease, compiledQuery)
+      this.note(compiledQuery.sql)
+      return await this.#openWith(compiledQuery)
+    } catch (error) {
+      this.#quietCommit = false
+      throw error
     } finally {
       this.#next()
     }
@@ -186,6 +214,9 @@ export class UnitOfWork {
     this.#running = true
     try {
       return await consumer(this.#lease ?? await this.#open())
+    } catch (error) {
+      this.#quietCommit = false
+      throw error
     } finally {
       this.#next()
     }

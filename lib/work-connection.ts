@@ -36,6 +36,7 @@ export class WorkConnection implements DatabaseConnection {
     // A cursor lives in a transaction; the autocommit settings would not reach its statement.
     if (this.#work.autocommit) throw new AutocommitUnsupportedError('stream()')
     refuseSessionState(compiledQuery.sql)
+    this.#work.note(compiledQuery.sql)
     const lease = this.#lease
     const cursor = new this.#cursor<R>(compiledQuery.sql, compiledQuery.parameters.slice())
     // pg takes a cursor as a Submittable and runs it like a query, in its turn on the client.
