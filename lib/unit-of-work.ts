@@ -198,26 +198,33 @@ export class UnitOfWork {
 
   async #runQuery<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
     this.#running = true
+    // A flag rather than a catch: the response waits for the COMMIT of a unit where a query failed.
+    let succeeded = false
     try {
-      if (this.#lease !== null) return await this.execute(this.#lease, compiledQuery)
-      this.note(compiledQuery.sql)
-      return await this.#openWith(compiledQuery)
-    } catch (error) {
-      this.#quietCommit = false
-      throw error
+      let result: QueryResult<R>
+      if (this.#lease !== null) {
+        result = await this.execute(this.#lease, compiledQuery)
+      } else {
+        this.note(compiledQuery.sql)
+        result = await this.#openWith(compiledQuery)
+      }
+      succeeded = true
+      return result
     } finally {
+      if (!succeeded) this.#quietCommit = false
       this.#next()
     }
   }
 
   async #runConsumer<T> (consumer: (connection: Lease) => Promise<T>): Promise<T> {
     this.#running = true
+    let succeeded = false
     try {
-      return await consumer(this.#lease ?? await this.#open())
-    } catch (error) {
-      this.#quietCommit = false
-      throw error
+      const result = await consumer(this.#lease ?? await this.#open())
+      succeeded = true
+      return result
     } finally {
+      if (!succeeded) this.#quietCommit = false
       this.#next()
     }
   }
