@@ -97,6 +97,32 @@ declare namespace fastifyDbSession {
      */
     idleInTransactionTimeoutMillis?: number
     /**
+     * `true`: no BEGIN and no COMMIT; each query of the unit of work runs as its own implicit
+     * transaction, with the unit's settings (the context, `application_name`, read only,
+     * `statementTimeoutMillis`) sent in the same round trip as the query. Only with
+     * `accessMode: 'read only'` and `isolationLevel` unset or `'read committed'` (anything else is
+     * refused with `FST_DB_SESSION_INVALID_OPTION` at registration or route declaration). What
+     * differs from a transaction: `now()` changes from query to query, a `SET LOCAL` or
+     * `set_config(…, true)` sent by the handler ends with its statement, `pg_advisory_xact_lock`
+     * is released when its statement ends, a failed query does not fail the rest, and `stream()`
+     * and savepoints throw `FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED`. Default `false`.
+     *
+     * ```ts
+     * app.get('/items', { config: { db: { accessMode: 'read only', autocommit: true } } }, handler)
+     * ```
+     */
+    autocommit?: boolean
+    /**
+     * `true`: a read-only transaction below serializable sends its response first, then its
+     * COMMIT (nothing can be lost at that COMMIT), then gives its connection back: one round trip
+     * less before the client has its answer. The response still waits for the COMMIT where the
+     * client could tell: a query of the unit failed or still runs, `afterCommit`/`afterRollback`
+     * callbacks were registered, or a statement took an advisory transaction lock, a `LOCK` or a
+     * `NOTIFY`. Until the COMMIT ends, `stats()` and `pg_stat_activity` still show the connection
+     * in use. Default `false`.
+     */
+    respondBeforeCommit?: boolean
+    /**
      * How many more times a unit of work that failed with a serialization failure (40001) or a
      * deadlock (40P01), in a query or at COMMIT, is rolled back and run again, whole, on a fresh
      * transaction, after a short randomized backoff (`retryDelayMillis`). An integer from 0 to 10;
@@ -627,6 +653,7 @@ declare namespace fastifyDbSession {
     readonly FST_DB_SESSION_SESSION_STATE: DbSessionErrorClass<'FST_DB_SESSION_SESSION_STATE', 500>
     readonly FST_DB_SESSION_CONNECTION_KILLED: DbSessionErrorClass<'FST_DB_SESSION_CONNECTION_KILLED', 500>
     readonly FST_DB_SESSION_INVALID_POSITION: DbSessionErrorClass<'FST_DB_SESSION_INVALID_POSITION', 400>
+    readonly FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED: DbSessionErrorClass<'FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED', 500>
   }
 
   /**

@@ -10,12 +10,16 @@ import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { freePort, startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
 import { inProcessOverhead } from './in-process.js'
+import { sequential } from './sequential.js'
+import type { Latencies } from './sequential.js'
 
 // Many short rounds rather than a few long ones: the median of their ratios follows the slow
 // drifts of a shared machine less.
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 8)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3)
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32)
+/** Requests per sequential run (one client, one request at a time). */
+const SEQUENTIAL_REQUESTS = Number(process.env.BENCH_SEQUENTIAL_REQUESTS ?? 1000)
 const root = fileURLToPath(new URL('..', import.meta.url))
 
 const VARIANTS = {
@@ -26,8 +30,10 @@ const VARIANTS = {
   5: 'plugin-select',
   6: 'kysely-tenant',
   7: 'plugin-tenant',
-  8: 'plugin-untouched-traced',
-  9: 'plugin-select-traced'
+  8: 'plugin-readonly-autocommit',
+  9: 'plugin-readonly-transaction',
+  10: 'plugin-untouched-traced',
+  11: 'plugin-select-traced'
 } as const
 type VariantNumber = keyof typeof VARIANTS
 const ALL_PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
@@ -35,17 +41,31 @@ const ALL_PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
   [5, 3, 'plugin select / hand-written Kysely transaction'],
   [5, 4, 'plugin select / @fastify/postgres transact'],
   [7, 6, 'plugin with tenant context / hand-written tenant transaction'],
-  // Tracing on (an OpenTelemetry SDK registered, every span sampled): 8/1 and 9/3 against 2/1 and
-  // 5/3 above, and 9/5 what the unit of work's span costs a request directly.
-  [8, 1, 'plugin registered, tracing on, route untouched / bare Fastify'],
-  [9, 3, 'plugin select, tracing on / hand-written Kysely transaction'],
-  [9, 5, 'plugin select, tracing on / tracing off']
+  [8, 4, 'plugin read-only select, autocommit / @fastify/postgres transact'],
+  [9, 4, 'plugin read-only transaction (answers before COMMIT) / @fastify/postgres transact'],
+  // Tracing on (an OpenTelemetry SDK registered, every span sampled): 10/1 and 11/3 against 2/1 and
+  // 5/3 above, and 11/5 what the unit of work's span costs a request directly.
+  [10, 1, 'plugin registered, tracing on, route untouched / bare Fastify'],
+  [11, 3, 'plugin select, tracing on / hand-written Kysely transaction'],
+  [11, 5, 'plugin select, tracing on / tracing off']
 ]
 // BENCH_PAIRS=5/3,5/4 runs only those pairs, for a quick comparison while working: no
 // saturation or in-process figures, and bench/results.json is left as it is.
 const ONLY = process.env.BENCH_PAIRS?.split(',')
 const PAIRS = ALL_PAIRS.filter(([a, b]) => ONLY === undefined || ONLY.includes(`${a}/${b}`))
-const TARGETS: Record<string, number> = { '2/1': 0.98, '5/3': 1.10, '5/4': 1.00, '7/6': 1.20 }
+const TARGETS: Record<string, number> = { '2/1': 0.98, '5/3': 1.10, '5/4': 1.00, '7/6': 1.20, '8/4': 1.25 }
+// Latency as one user feels it on an idle server: A's p50 and p99 over B's (lower is better).
+// 1/4 and 3/4 are references: the bare route (no database at all) and a hand-written Kysely transaction.
+const ALL_SEQUENTIAL_PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
+  [5, 4, 'plugin select / @fastify/postgres transact'],
+  [8, 4, 'plugin read-only select, autocommit / @fastify/postgres transact'],
+  [9, 4, 'plugin read-only transaction / @fastify/postgres transact'],
+  [3, 4, 'hand-written Kysely transaction / @fastify/postgres transact'],
+  [1, 4, 'bare Fastify, no database / @fastify/postgres transact']
+]
+const SEQUENTIAL_PAIRS = ALL_SEQUENTIAL_PAIRS.filter(([a, b]) => ONLY === undefined || ONLY.includes(`${a}/${b}`))
+/** At most this p50 ratio. */
+const SEQUENTIAL_TARGETS: Record<string, number> = { '5/4': 0.85, '8/4': 0.65 }
 
 interface Run {
   rps: number
@@ -62,7 +82,7 @@ interface Run {
 interface Server { process: ChildProcess, port: number }
 
 const started = Date.now()
-const plannedSeconds = PAIRS.length * (ROUNDS + 1) * 2 * (SECONDS + 0.5) + 2 * (SECONDS + 1) + 25
+const plannedSeconds = PAIRS.length * (ROUNDS + 1) * 2 * (SECONDS + 0.5) + SEQUENTIAL_PAIRS.length * (ROUNDS + 1) * 2 * SEQUENTIAL_REQUESTS / 1500 + 2 * (SECONDS + 1) + 25
 function progress (what: string): void {
   const elapsed = (Date.now() - started) / 1000
   const left = Math.max(0, plannedSeconds - elapsed)
@@ -134,7 +154,7 @@ try {
   await seed.end()
   progress(`PostgreSQL ready; starting ${Object.keys(VARIANTS).length} servers`)
   for (const [number, variant] of Object.entries(VARIANTS)) {
-    if (!PAIRS.some((pair) => pair.includes(Number(number) as VariantNumber))) continue
+    if (![...PAIRS, ...SEQUENTIAL_PAIRS].some((pair) => pair.includes(Number(number) as VariantNumber))) continue
     servers.set(Number(number) as VariantNumber, await startServer(variant, databaseUrl))
   }
 
@@ -156,8 +176,42 @@ try {
     }
   }
 
+  const latencies = new Map<VariantNumber, Latencies[]>()
+  const latencyRatios: Record<string, { p50: number[], p99: number[] }> = {}
+  for (const [a, b, label] of SEQUENTIAL_PAIRS) {
+    const key = `${a}/${b}`
+    latencyRatios[key] = { p50: [], p99: [] }
+    for (let round = 0; round <= ROUNDS; round++) {
+      progress(`sequential ${key} (${label}): ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`}, ${SEQUENTIAL_REQUESTS} requests each`)
+      const runA = await sequential(servers.get(a)!.port, SEQUENTIAL_REQUESTS, headers)
+      const runB = await sequential(servers.get(b)!.port, SEQUENTIAL_REQUESTS, headers)
+      if (round === 0) continue
+      latencies.set(a, [...(latencies.get(a) ?? []), runA])
+      latencies.set(b, [...(latencies.get(b) ?? []), runB])
+      latencyRatios[key].p50.push(runA.p50 / runB.p50)
+      latencyRatios[key].p99.push(runA.p99 / runB.p99)
+    }
+  }
+  const latencyRows = Object.entries(latencyRatios).map(([key, { p50, p99 }]) => ({
+    ratio: key,
+    target: SEQUENTIAL_TARGETS[key],
+    p50Ratio: Number(median(p50).toFixed(3)),
+    p99Ratio: Number(median(p99).toFixed(3)),
+    p50Rounds: p50.map((r) => Number(r.toFixed(3))),
+    met: SEQUENTIAL_TARGETS[key] === undefined ? undefined : median(p50) <= SEQUENTIAL_TARGETS[key]
+  }))
+  const latencyTable = [...latencies].sort(([a], [b]) => a - b).map(([number, list]) => ({
+    variant: `${number}. ${VARIANTS[number]}`,
+    runs: list.length,
+    p50Micros: Math.round(median(list.map((r) => r.p50))),
+    p99Micros: Math.round(median(list.map((r) => r.p99))),
+    errors: list.reduce((sum, r) => sum + r.errors, 0)
+  }))
+
   if (ONLY !== undefined) {
     console.table(Object.entries(ratios).map(([ratio, { rps, cpu }]) => ({ ratio, rps: median(rps).toFixed(3), cpu: median(cpu).toFixed(3), rounds: rps.map((r) => r.toFixed(2)).join(' ') })))
+    console.log('Sequential latency (A/B, lower is better):')
+    console.table(latencyRows.map(({ p50Rounds, ...row }) => ({ ...row, p50Rounds: p50Rounds.map((r) => r.toFixed(2)).join(' ') })))
   } else {
     progress('saturation: 200 clients, pool of 10, generous acquire timeout (5000 ms)')
     const generous = await startServer('saturation', databaseUrl, ['5000'])
@@ -203,6 +257,7 @@ try {
       settings: { rounds: ROUNDS, seconds: SECONDS, connections: CONNECTIONS, pool: 10 },
       variants: table,
       ratios: ratioRows,
+      sequential: { requestsPerRun: SEQUENTIAL_REQUESTS, variants: latencyTable, ratios: latencyRows },
       saturation,
       inProcess,
       date: new Date().toISOString()
@@ -213,6 +268,10 @@ try {
     console.table(table)
     console.log('Ratios (median of per-round ratios; rps = A/B throughput, cpu = B/A server CPU per request):')
     console.table(ratioRows.map(({ rounds, ...row }) => row))
+    console.log(`Sequential latency (one client, one request at a time, ${SEQUENTIAL_REQUESTS} per run; medians over runs, µs):`)
+    console.table(latencyTable)
+    console.log('Sequential latency ratios (median of per-round A/B; lower is better):')
+    console.table(latencyRows.map(({ p50Rounds, ...row }) => row))
     console.log('Saturation (200 clients, pool of 10, 20 ms per request):')
     console.table({
       'generous (5000 ms)': { rps: Math.round(generousRun.rps), p99: generousRun.p99, max: generousRun.max, errors: generousRun.errors, non2xx: generousRun.non2xx, ...generousRun.server },

@@ -64,6 +64,18 @@ async function build (): Promise<FastifyInstance> {
       app.get('/', async (request) => (request.db as unknown as Kysely<Database>)
         .selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst())
       break
+    case 'plugin-readonly-autocommit':
+      // No BEGIN, no COMMIT: the select is one round trip.
+      await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL })
+      app.get('/', { config: { db: { accessMode: 'read only', autocommit: true } } }, async (request) => (request.db as unknown as Kysely<Database>)
+        .selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst())
+      break
+    case 'plugin-readonly-transaction':
+      // BEGIN READ ONLY with the select; the response leaves before the COMMIT.
+      await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL, respondBeforeCommit: true })
+      app.get('/', { config: { db: { accessMode: 'read only' } } }, async (request) => (request.db as unknown as Kysely<Database>)
+        .selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst())
+      break
     case 'kysely-tenant': {
       const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: databaseUrl, max: POOL }) }) })
       app.get('/', async (request) => db.transaction().execute(async (trx) => {

@@ -140,6 +140,12 @@ export const InvalidPositionError = createError(
   400
 )
 
+export const AutocommitUnsupportedError = createError(
+  'FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED',
+  '%s needs a transaction, and this unit of work runs with `autocommit: true` (each statement is its own transaction); use a route or transaction without autocommit',
+  500
+)
+
 export const errors = {
   FST_DB_SESSION_INVALID_OPTION: InvalidOptionError,
   FST_DB_SESSION_DISABLED: DbDisabledError,
@@ -163,7 +169,8 @@ export const errors = {
   FST_DB_SESSION_HOLD_TIMEOUT: HoldTimeoutError,
   FST_DB_SESSION_SESSION_STATE: SessionStateError,
   FST_DB_SESSION_CONNECTION_KILLED: ConnectionKilledError,
-  FST_DB_SESSION_INVALID_POSITION: InvalidPositionError
+  FST_DB_SESSION_INVALID_POSITION: InvalidPositionError,
+  FST_DB_SESSION_AUTOCOMMIT_UNSUPPORTED: AutocommitUnsupportedError
 } as const
 
 /** Adds a Retry-After header, which Fastify's error handler sends with the error's status. */

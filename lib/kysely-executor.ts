@@ -1,6 +1,7 @@
 import { CompiledQuery, Transaction } from 'kysely'
 import type { AbortableOperationOptions, AbortableQueryOptions, ConnectionProvider, DatabaseConnection, DialectAdapter, KyselyPlugin, KyselyProps, PostgresCursorConstructor, QueryExecutor, QueryId, QueryResult, RootOperationNode } from 'kysely'
 import type { ConnectionSource } from './connection-source.js'
+import { AutocommitUnsupportedError } from './errors.js'
 import { savepointStatements } from './sql.js'
 import type { UnitOfWork } from './unit-of-work.js'
 import { WorkConnection } from './work-connection.js'
@@ -111,6 +112,8 @@ export class WorkExecutor implements QueryExecutor, ConnectionProvider {
    * Savepoints nest (call it again inside `fn`); they are not meant to run side by side.
    */
   async savepoint<T> (fn: (trx: Transaction<any>) => Promise<T> | T): Promise<T> {
+    // PostgreSQL takes SAVEPOINT only inside a transaction block.
+    if (this.work.autocommit) throw new AutocommitUnsupportedError('savepoint()')
     const { open, release, rollback } = savepointStatements(++this.#savepoints)
     await this.work.query(CompiledQuery.raw(open))
     const mark = this.work.hooksMark

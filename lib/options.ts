@@ -75,7 +75,7 @@ const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'cursor', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'decorator', 'applicationName', 'promClientRegistry', 'openTelemetry',
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'autocommit', 'respondBeforeCommit', 'decorator', 'applicationName', 'promClientRegistry', 'openTelemetry',
   ...REPLICA_OPTION_NAMES
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
@@ -188,8 +188,8 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   if (cursor !== null && typeof cursor !== 'function') {
     throw new InvalidOptionError(`cursor must be pg-cursor's class (import Cursor from 'pg-cursor'); instead got '${String(cursor)}'`)
   }
-  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis } = options
-  const transactionDefaults = { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis }
+  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, autocommit, respondBeforeCommit } = options
+  const transactionDefaults = { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, autocommit, respondBeforeCommit }
   beginSettings(transactionDefaults, '')
   const closeTimeoutMillis = wholeNumber(options, 'closeTimeoutMillis', 1)
   const acquireTimeoutMillis = wholeNumber(options, 'acquireTimeoutMillis', 1)

@@ -82,7 +82,7 @@ export function installRequestScope (
 
   // Stands in for the session of a request whose response is out: request.db first touched after
   // that (in onResponse, or by work left running) throws instead of holding a connection forever.
-  const responded = new WorkExecutor(runtime, new UnitOfWork(runtime, { statements: ['BEGIN'] }))
+  const responded = new WorkExecutor(runtime, new UnitOfWork(runtime, { statements: ['BEGIN'], autocommit: null, quietCommit: false }))
   responded.work.finish(false, 'the response was already sent')
 
   fastify.decorateRequest(kSession, null)
@@ -134,17 +134,26 @@ export function installRequestScope (
       else done(interruption)
       return
     }
-    return finishBeforeSending(session, request, reply, payload)
+    return finishBeforeSending(session, request, reply, payload, done)
   })
 
   // Not async: the finish's own promise, continued once, is all that Fastify waits on.
-  function finishBeforeSending (session: UnitOfWork, request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
+  function finishBeforeSending (session: UnitOfWork, request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (error: Error | null, payload?: unknown) => void): Promise<unknown> | undefined {
     let commit: boolean
     try {
       // Nobody would learn of a commit made for a client that is gone.
       commit = !reply.raw.destroyed && decide(request, reply)
     } catch (error) {
       return session.finish(false, 'commitWhen threw', error).then(() => { throw error })
+    }
+    if (commit && session.answersBeforeCommit) {
+      // A read-only transaction has nothing to lose at COMMIT: the response goes now, and the
+      // COMMIT and the connection's return follow it.
+      session.finish(true, 'the response was sent').then(({ error }) => {
+        if (error !== null) request.log.error({ err: error }, 'fastify-db-session: COMMIT of a read-only transaction failed after its response was sent')
+      })
+      done(null, payload)
+      return
     }
     // A failed COMMIT becomes the response: the client never hears "200 OK" for lost work.
     return session.finish(commit, 'the response was sent').then(({ error, position }) => {

@@ -24,6 +24,22 @@ export function refuseSessionState (sql: string): void {
 }
 
 /**
+ * Statements whose effect lasts until COMMIT even in a read-only transaction: advisory transaction
+ * locks, LOCK TABLE, NOTIFY (delivered at COMMIT). (Row locks, FOR UPDATE or SHARE, are refused in
+ * a read-only transaction.) A response
+ * sent before such a COMMIT could reach its client while the lock is still held. A heuristic on
+ * the text, erring towards waiting: a false match only keeps the usual order.
+ */
+const HELD_UNTIL_COMMIT = /\bpg_(?:try_)?advisory_xact_lock(?:_shared)?\s*\(|\bnotify\b|\bpg_notify\s*\(|^\s*lock\b/i
+
+/** Whether a statement leaves something held until its transaction's COMMIT. */
+export function holdsUntilCommit (sql: string): boolean {
+  return HELD_UNTIL_COMMIT.test(sql)
+}
+
+const LONE_NAME = 'SET LOCAL application_name = '
+
+/**
  * The statement that follows BEGIN in the same round trip: one SELECT of transaction-local
  * set_config calls, or SET LOCAL for a lone application_name (never a plain SET, which would
  * outlive the transaction on a pooled connection).
@@ -36,7 +52,7 @@ export function contextStatement (values: Record<string, DbContextValue>): strin
   // The common case, application_name alone, as SET LOCAL: a utility statement, which PostgreSQL
   // runs without planning a SELECT (half the cost per transaction, measured on one connection).
   if (names.length === 1 && names[0] === 'application_name') {
-    return `SET LOCAL application_name = ${pg.escapeLiteral(settingText('application_name', values.application_name))}`
+    return `${LONE_NAME}${pg.escapeLiteral(settingText('application_name', values.application_name))}`
   }
   let sql = 'SELECT '
   let first = true
@@ -45,6 +61,15 @@ export function contextStatement (values: Record<string, DbContextValue>): strin
     first = false
   }
   return sql
+}
+
+/**
+ * The set_config calls of a contextStatement, without their SELECT, for a statement of its own
+ * that carries more of them (autocommit.ts): SET LOCAL, outside BEGIN, would only warn.
+ */
+export function setConfigCalls (statement: string): string {
+  if (statement.startsWith(LONE_NAME)) return `set_config('application_name', ${statement.slice(LONE_NAME.length)}, true)`
+  return statement.slice('SELECT '.length)
 }
 
 function settingText (name: string, value: DbContextValue): string {

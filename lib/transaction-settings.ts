@@ -1,10 +1,11 @@
 import type { DbRouteConfig, DbTransactionSettings } from '../index.js'
+import { autocommitSettings, checkAutocommit } from './autocommit.js'
 import { refuseUnknownKeys } from './closest-name.js'
 import { InvalidOptionError } from './errors.js'
 
 const ISOLATION_LEVELS = ['read uncommitted', 'read committed', 'repeatable read', 'serializable']
 /** The keys of a route's `config.<decorator>`, and of fastify.<decorator>.transaction()'s options with theirs. */
-export const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries', 'replica']
+export const ROUTE_KEYS = ['isolationLevel', 'accessMode', 'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'retries', 'replica', 'autocommit', 'respondBeforeCommit']
 /** Each retry holds its request (or caller) longer; past a few, the conflict is the design's to fix. */
 export const MAX_RETRIES = 10
 const ACCESS_MODES = ['read write', 'read only']
@@ -19,11 +20,24 @@ export interface BeginSettings {
   readonly replica?: boolean
   /** BEGIN says READ ONLY: nothing to track for read-your-writes. */
   readonly readOnly?: boolean
+  /**
+   * `autocommit: true`: no BEGIN; these set_config calls (autocommit.ts) go before every query,
+   * and `statements` is not sent. null for a transaction.
+   */
+  readonly autocommit: string | null
+  /**
+   * `respondBeforeCommit` on a read-only transaction below serializable: its COMMIT has nothing to lose and no conflict to
+   * report, so the response need not wait for it (see UnitOfWork.answersBeforeCommit).
+   */
+  readonly quietCommit: boolean
 }
 
 /** Validates transaction settings and builds their BEGIN statement, once, at register/route time. */
 export function beginSettings (settings: DbTransactionSettings & { replica?: unknown }, where: string): BeginSettings {
-  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, replica } = settings
+  const { isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, autocommit, replica, respondBeforeCommit } = settings
+  if (respondBeforeCommit !== undefined && typeof respondBeforeCommit !== 'boolean') {
+    throw new InvalidOptionError(`${where}respondBeforeCommit must be true (read only transactions answer before their COMMIT) or false; instead got '${String(respondBeforeCommit)}'`)
+  }
   if (replica !== undefined && typeof replica !== 'boolean') {
     throw new InvalidOptionError(`${where}replica must be false (read only work stays on the primary) or true; instead got '${String(replica)}'`)
   }
@@ -44,7 +58,10 @@ export function beginSettings (settings: DbTransactionSettings & { replica?: unk
   if (idleInTransactionTimeoutMillis !== undefined) {
     statements.push(`SET LOCAL idle_in_transaction_session_timeout = ${milliseconds(idleInTransactionTimeoutMillis, where + 'idleInTransactionTimeoutMillis')}`)
   }
-  return { statements, isolationLevel, accessMode, replica: accessMode === 'read only' && replica !== false, readOnly: accessMode === 'read only' }
+  // No transaction stays open between statements: idleInTransactionTimeoutMillis has nothing to limit.
+  const perQuery = checkAutocommit(autocommit, accessMode, isolationLevel, where) ? autocommitSettings(statementTimeoutMillis) : null
+  const readOnly = accessMode === 'read only'
+  return { statements, isolationLevel, accessMode, replica: readOnly && replica !== false, readOnly, autocommit: perQuery, quietCommit: respondBeforeCommit === true && readOnly && isolationLevel !== 'serializable' }
 }
 
 // PostgreSQL takes these as int4 milliseconds; 0 turns the limit off.
@@ -69,7 +86,9 @@ export function withDefaults (defaults: DbTransactionSettings, settings: DbTrans
     isolationLevel: settings.isolationLevel ?? defaults.isolationLevel,
     accessMode: settings.accessMode ?? defaults.accessMode,
     statementTimeoutMillis: settings.statementTimeoutMillis ?? defaults.statementTimeoutMillis,
-    idleInTransactionTimeoutMillis: settings.idleInTransactionTimeoutMillis ?? defaults.idleInTransactionTimeoutMillis
+    idleInTransactionTimeoutMillis: settings.idleInTransactionTimeoutMillis ?? defaults.idleInTransactionTimeoutMillis,
+    autocommit: settings.autocommit ?? defaults.autocommit,
+    respondBeforeCommit: settings.respondBeforeCommit ?? defaults.respondBeforeCommit
   }
 }
 

@@ -1,5 +1,6 @@
 import type pg from 'pg'
 import type { CompiledQuery, QueryResult } from 'kysely'
+import { autocommitPrelude, runAutocommit } from './autocommit.js'
 import { BeginFailure, canFollowBegin } from './begin-with-query.js'
 import { ignore, logWarning } from './callbacks.js'
 import { classify } from './classify.js'
@@ -14,7 +15,7 @@ import type { LeakOwner, LeakWatch } from './leak-watch.js'
 import type { UnitSpan, UnitTracing } from './otel-tracing.js'
 import { parseLsn } from './lsn.js'
 import type { ReplicaRouter } from './replica-router.js'
-import { refuseSessionState } from './sql.js'
+import { holdsUntilCommit, refuseSessionState } from './sql.js'
 import type { BeginSettings } from './transaction-settings.js'
 
 const SETTLED = Promise.resolve()
@@ -113,10 +114,19 @@ export class UnitOfWork {
   readonly #placement: Placement | null
   /** The source its connection came from: the primary's, or a replica's once placed there. */
   #source: ConnectionSource
+  /**
+   * A read-only transaction whose COMMIT the response may skip waiting for: cleared by a query
+   * that failed (its COMMIT then answers ROLLBACK, which the client must hear) or that holds
+   * something until COMMIT (a lock, a NOTIFY).
+   */
+  #quietCommit: boolean
+  /** `autocommit: true`: what goes before each query, built with the first one (the context is read once per unit). */
+  #autocommitPrelude: readonly string[] | null = null
 
   constructor (runtime: WorkRuntime, settings: BeginSettings, context: (() => string) | null = null, owner: (() => LeakOwner) | null = null, span: UnitSpan | null = null, placement: Placement | null = null) {
     this.#runtime = runtime
     this.#settings = settings
+    this.#quietCommit = settings.quietCommit
     this.#context = context
     this.#owner = owner
     this.#span = span
@@ -142,6 +152,32 @@ export class UnitOfWork {
     if (!this.#accepting()) throw new TransactionFinishedError(this.#finishReason)
     this.#hooks ??= new CommitHooks(owner(), this.#runtime.source.telemetry)
     return this.#hooks
+  }
+
+  /** `autocommit: true`: each query is its own transaction; nothing needs or has a transaction of the unit's. */
+  get autocommit (): boolean {
+    return this.#settings.autocommit !== null
+  }
+
+  /**
+   * Whether its owner may answer before the COMMIT: a read-only transaction below serializable
+   * with no failed query, nothing held until COMMIT, no query still running and no callbacks
+   * (the response waits for afterCommit ones). Its COMMIT can lose nothing and report nothing
+   * the client must hear; the finish still commits and gives the connection back after.
+   */
+  get answersBeforeCommit (): boolean {
+    return this.#quietCommit && !this.#running && this.#hooks === null && this.#settings.autocommit === null
+  }
+
+  /** A statement about to run: one that holds something until COMMIT makes the response wait for it. */
+  note (sql: string): void {
+    if (this.#quietCommit && holdsUntilCommit(sql)) this.#quietCommit = false
+  }
+
+  /** Runs a query on the unit's connection (lent to Kysely's executor): in the transaction, or behind the autocommit settings. */
+  execute<R> (lease: Lease, compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    this.note(compiledQuery.sql)
+    return this.#autocommitPrelude === null ? lease.executeQuery(compiledQuery) : runAutocommit(lease, this.#autocommitPrelude, compiledQuery)
   }
 
   /** Where a savepoint's callbacks start (see CommitHooks.mark); 0 while none was registered. */
@@ -187,22 +223,33 @@ export class UnitOfWork {
 
   async #runQuery<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
     this.#running = true
+    // A flag rather than a catch: the response waits for the COMMIT of a unit where a query failed.
+    let succeeded = false
     try {
-      return await (this.#span === null ? this.#send(compiledQuery) : this.#span.query(() => this.#send(compiledQuery)))
+      const result = await (this.#span === null ? this.#send(compiledQuery) : this.#span.query(() => this.#send(compiledQuery)))
+      succeeded = true
+      return result
     } finally {
+      if (!succeeded) this.#quietCommit = false
       this.#next()
     }
   }
 
   #send<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
-    return this.#lease === null ? this.#openWith(compiledQuery) : this.#lease.executeQuery(compiledQuery)
+    if (this.#lease !== null) return this.execute(this.#lease, compiledQuery)
+    this.note(compiledQuery.sql)
+    return this.#openWith(compiledQuery)
   }
 
   async #runConsumer<T> (consumer: (connection: Lease) => Promise<T>): Promise<T> {
     this.#running = true
+    let succeeded = false
     try {
-      return await (this.#span === null ? this.#lend(consumer) : this.#span.query(() => this.#lend(consumer)))
+      const result = await (this.#span === null ? this.#lend(consumer) : this.#span.query(() => this.#lend(consumer)))
+      succeeded = true
+      return result
     } finally {
+      if (!succeeded) this.#quietCommit = false
       this.#next()
     }
   }
@@ -225,6 +272,11 @@ export class UnitOfWork {
   /** BEGIN and the statements that go with it: the route's settings, then the request's context. */
   #prelude (): readonly string[] {
     // Built before a connection is taken: a context function that throws costs none.
+    const { autocommit } = this.#settings
+    if (autocommit !== null) {
+      this.#autocommitPrelude = autocommitPrelude(autocommit, this.#context === null ? null : this.#context())
+      return this.#autocommitPrelude
+    }
     return this.#context === null ? this.#settings.statements : [...this.#settings.statements, this.#context()]
   }
 
@@ -232,7 +284,7 @@ export class UnitOfWork {
   async #openWith<R> (compiledQuery: CompiledQuery<R>): Promise<QueryResult<R>> {
     // Later queries are checked by the lease; this one before a connection is taken.
     refuseSessionState(compiledQuery.sql)
-    if (!canFollowBegin(compiledQuery.sql, compiledQuery.parameters)) return (await this.#open()).executeQuery(compiledQuery)
+    if (!canFollowBegin(compiledQuery.sql, compiledQuery.parameters)) return this.execute(await this.#open(), compiledQuery)
     const prelude = this.#prelude()
     const lease = await this.#acquire()
     let result: pg.QueryResult
@@ -251,6 +303,11 @@ export class UnitOfWork {
   async #open (): Promise<Lease> {
     const prelude = this.#prelude()
     const lease = await this.#acquire()
+    // Autocommit: nothing to open; the settings go with each query.
+    if (this.#settings.autocommit !== null) {
+      this.#opened(lease)
+      return lease
+    }
     try {
       await lease.command(prelude.join('; '))
     } catch (cause) {
@@ -370,7 +427,20 @@ export class UnitOfWork {
       this.#source.telemetry.transactionEnded('rolled back')
       return this.#ended('rolled back', commit ? new ClosingError() : null)
     }
+    if (this.#settings.autocommit !== null) return this.#endAutocommit(lease, commit)
     return commit ? this.#commit(lease) : this.#rollback(lease)
+  }
+
+  /**
+   * Autocommit: every statement ended with its own Sync, so there is nothing to commit or roll
+   * back; the connection goes back (destroyed if the handler left a transaction of its own open).
+   * Its callbacks run as for a transaction that committed or rolled back, as the owner asked.
+   */
+  #endAutocommit (lease: Lease, commit: boolean): Outcome {
+    const status = commit ? 'committed' : 'rolled back'
+    this.#source.telemetry.transactionEnded(status)
+    lease.release()
+    return this.#ended(status, null, !commit && lease.conflict)
   }
 
   #ended (status: Outcome['status'], error: Error | null, retryable = false, position: string | null = null): Outcome {

@@ -1,7 +1,7 @@
 import type pg from 'pg'
 import type { CompiledQuery, DatabaseConnection, PostgresCursorConstructor, QueryResult } from 'kysely'
 import type { ConnectionSource } from './connection-source.js'
-import { ConnectionKilledError, StreamUnsupportedError } from './errors.js'
+import { AutocommitUnsupportedError, ConnectionKilledError, StreamUnsupportedError } from './errors.js'
 import type { Lease } from './lease.js'
 import { refuseSessionState } from './sql.js'
 import type { UnitOfWork } from './unit-of-work.js'
@@ -27,13 +27,16 @@ export class WorkConnection implements DatabaseConnection {
   }
 
   executeQuery<R> (compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
-    return this.#lease.executeQuery(compiledQuery)
+    return this.#work.execute(this.#lease, compiledQuery)
   }
 
   /** As Kysely's PostgresConnection streams: a cursor read `chunkSize` rows at a time, closed at the end. */
   async * streamQuery<R> (compiledQuery: CompiledQuery, chunkSize: number): AsyncIterableIterator<QueryResult<R>> {
     if (this.#cursor === null) throw new StreamUnsupportedError()
+    // A cursor lives in a transaction; the autocommit settings would not reach its statement.
+    if (this.#work.autocommit) throw new AutocommitUnsupportedError('stream()')
     refuseSessionState(compiledQuery.sql)
+    this.#work.note(compiledQuery.sql)
     const lease = this.#lease
     const cursor = new this.#cursor<R>(compiledQuery.sql, compiledQuery.parameters.slice())
     // pg takes a cursor as a Submittable and runs it like a query, in its turn on the client.

@@ -12,7 +12,7 @@ t.test('an unknown key in transaction() options is refused, with the closest kno
 
   await t.rejects(app.db.transaction(insert, { isolationLvl: 'serializable' } as any), {
     code: 'FST_DB_SESSION_INVALID_OPTION',
-    message: "fastify-db-session: fastify.db.transaction: options has an unknown key 'isolationLvl' (did you mean 'isolationLevel'?); known keys are isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, retries, replica, context, label, lsn"
+    message: "fastify-db-session: fastify.db.transaction: options has an unknown key 'isolationLvl' (did you mean 'isolationLevel'?); known keys are isolationLevel, accessMode, statementTimeoutMillis, idleInTransactionTimeoutMillis, retries, replica, autocommit, respondBeforeCommit, context, label, lsn"
   })
   await t.rejects(app.db.transaction(insert, { contxt: { 'app.tenant_id': '1' } } as any), {
     code: 'FST_DB_SESSION_INVALID_OPTION',
@@ -32,7 +32,7 @@ t.test('an unknown key in transaction() options is refused, with the closest kno
   t.equal((await db.query('SELECT count(*)::int AS n FROM items')).rows[0].n, 0)
 
   // The known keys all pass, an explicit undefined among them.
-  await app.db.transaction(insert, { isolationLevel: 'serializable', accessMode: 'read write', statementTimeoutMillis: 1000, idleInTransactionTimeoutMillis: 1000, retries: 1, context: undefined, label: 'keys' })
+  await app.db.transaction(insert, { isolationLevel: 'serializable', accessMode: 'read write', statementTimeoutMillis: 1000, idleInTransactionTimeoutMillis: 1000, retries: 1, autocommit: false, context: undefined, label: 'keys' })
   await app.db.transaction(insert, {})
   t.equal((await db.query('SELECT count(*)::int AS n FROM items')).rows[0].n, 2)
 })

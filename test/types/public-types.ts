@@ -79,6 +79,13 @@ app.post('/items', async (request) => {
 
 app.get('/off', { config: { db: false } }, async () => 'ok')
 app.get('/ro', { config: { db: { accessMode: 'read only', isolationLevel: 'repeatable read' } } }, async () => 'ok')
+app.get('/ro-autocommit', { config: { db: { accessMode: 'read only', autocommit: true } } }, async () => 'ok')
+app.get('/ro-early', { config: { db: { accessMode: 'read only', respondBeforeCommit: true } } }, async () => 'ok')
+await app.register(dbSession, { connectionString: 'postgres://x', respondBeforeCommit: true })
+// @ts-expect-error respondBeforeCommit is a boolean
+app.get('/ro-early-bad', { config: { db: { respondBeforeCommit: 'yes' } } }, async () => 'ok')
+// @ts-expect-error autocommit is a boolean
+app.get('/ro-autocommit-bad', { config: { db: { accessMode: 'read only', autocommit: 'yes' } } }, async () => 'ok')
 app.get('/typed-config', async (request) => {
   expectTrue<Equal<typeof request.routeOptions.config.db, DbRouteConfig | undefined>>()
   return 'ok'
