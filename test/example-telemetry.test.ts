@@ -15,6 +15,8 @@ import { testDatabase } from './helpers/database.js'
 import { startScript } from './helpers/util.js'
 
 const SERVER = 'examples/multi-tenant-auth/server.ts'
+// Two starts of the example (migrations, a role, an embedded-free PostgreSQL of the run): longer than tap's default 30 s on a loaded machine.
+t.setTimeout(120_000)
 
 /** An OTLP span as OTLP/HTTP's JSON encoding writes it. */
 interface OtlpSpan {

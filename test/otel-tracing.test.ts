@@ -278,12 +278,13 @@ t.test('Kysely\'s own executor (a query with an AbortSignal) runs in the unit to
   t.match(units()[0].attributes, { [OUTCOME]: 'committed', 'fastify_db_session.queries': 2 })
 })
 
-t.test('the global tracer provider, with no option; openTelemetry: false, and a span not sampled, record nothing', async (t) => {
+t.test('the global tracer provider, with no option, even registered after the plugin; openTelemetry: false, and a span not sampled, record nothing', async (t) => {
   const global = sdk(t)
+  const db = await itemsTable(t)
+  // Registered before the SDK is: the global provider is a proxy, and finds the SDK later.
+  const traced = await db.app({ name: 'traced' })
   trace.setGlobalTracerProvider(global.tracerProvider)
   t.teardown(() => trace.disable())
-  const db = await itemsTable(t)
-  const traced = await db.app({ name: 'traced' })
   const silent = await db.app({ name: 'silent', openTelemetry: false })
   const unsampled = sdk(t, false)
   const sampledOut = await db.app({ name: 'sampled-out', openTelemetry: { tracerProvider: unsampled.tracerProvider } })
