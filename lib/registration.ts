@@ -162,8 +162,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     // Requests still running get closeTimeoutMillis to finish; a request stuck in the database
     // would otherwise keep the server from closing.
     closeTimer = setTimeout(() => {
-      source.destroyCheckedOut()
-      for (const replica of replicas) replica.source.destroyCheckedOut()
+      for (const each of [source, ...replicas.map((replica) => replica.source)]) each.destroyCheckedOut()
     }, closeTimeoutMillis).unref()
     // Nothing runs again once closing: a request or transaction in its backoff answers its last failure now.
     retrier.stop()

@@ -63,6 +63,10 @@ t.test('without a context, the default application_name alone reaches each query
   t.equal(response.statusCode, 200)
   for (const seen of response.json()) t.match(seen, { readOnly: 'on', applicationName: 'GET /names/:id req-1' })
   t.same(notices, [], 'no "SET LOCAL can only be used in transaction blocks" warning')
+
+  const unnamed = await db.app({ maxConnections: 1, applicationName: false, ...READ_ONLY })
+  unnamed.get('/', async (request) => settings(request))
+  t.match((await unnamed.inject('/')).json(), { readOnly: 'on', applicationName: '', tenant: null }, 'with nothing to set but read only, still read only')
 })
 
 t.test('a write is refused with PostgreSQL\'s read-only error, and nothing is written', async (t) => {
