@@ -331,6 +331,16 @@ declare namespace fastifyDbSession {
      */
     applicationName?: ((request: FastifyRequest) => string) | boolean
     /**
+     * Sends the queries of `request.db` and `fastify.db.transaction` that have parameters as named
+     * prepared statements: PostgreSQL parses and plans each text once per connection instead of at
+     * every run (about 25 µs less per query on loopback, see the README's Performance section).
+     * `true` prepares up to 100 distinct texts per registration, `{ max }` up to `max`; texts past
+     * that run unnamed. Default `false`. Needs connections that keep their statements: a direct
+     * connection, PgBouncer in session mode, or PgBouncer 1.21 or later with
+     * `max_prepared_statements` in transaction mode (earlier PgBouncers fail such queries).
+     */
+    preparedStatements?: boolean | { max?: number }
+    /**
      * The `pool` label of `metrics()`, to tell several registrations apart. Default `'default'`
      * for the decorator `'db'`, otherwise the `decorator` option.
      */

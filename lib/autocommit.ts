@@ -59,7 +59,7 @@ export async function runAutocommit<R> (lease: Lease, prelude: readonly string[]
       result = own.length === 1 ? own[0] : own
     }
   } catch (error) {
-    throw lease.queryError(error instanceof BeginFailure ? error.cause as Error : error as Error)
+    throw lease.queryError(error instanceof BeginFailure ? error.cause as Error : error as Error, compiledQuery.sql)
   }
   return kyselyResult(result as pg.QueryResult)
 }

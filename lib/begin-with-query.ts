@@ -17,6 +17,11 @@ type Callback = (error: Error | null, result?: pg.QueryResult) => void
  * them all (PostgreSQL skips the rest of the batch after an error). pg's Query collects the
  * query's result; the answers to the statements before it are skipped. It overrides pg's
  * private Query methods, declared in pg-internals.ts.
+ *
+ * With a statement name (preparedStatements), the query is a named statement, parsed once per
+ * connection. pg records a name as parsed at the first ParseComplete of the batch, which here is
+ * a prelude statement's: the name is shown to pg only while the query is written and once the
+ * prelude has answered.
  */
 class BeginWithQuery extends PgQueryClass {
   readonly #prelude: readonly string[]
@@ -25,14 +30,17 @@ class BeginWithQuery extends PgQueryClass {
   /** True while pg writes the query itself: an error then is the query's (a value pg cannot send). */
   #writingQuery = false
   #settled = false
+  /** The prepared statement's name, or undefined: an unnamed statement. */
+  #statementName: string | undefined
 
-  constructor (prelude: readonly string[], text: string, values: readonly unknown[], callback: Callback) {
+  constructor (prelude: readonly string[], text: string, values: readonly unknown[], callback: Callback, statementName: string | undefined) {
     // Text and values rather than a config object, which pg copies property by property.
     super(text, values)
     // Even without parameters: BEGIN and the query must end with the same Sync.
     this.queryMode = 'extended'
     this.#prelude = prelude
     this.#preludeLeft = prelude.length
+    this.#statementName = statementName
     this.callback = (error, result) => {
       // pg reports a value it could not write at once, and later the ReadyForQuery after it.
       if (this.#settled) return
@@ -47,9 +55,11 @@ class BeginWithQuery extends PgQueryClass {
       connection.bind({})
       connection.execute({})
     }
+    this.name = this.#statementName
     this.#writingQuery = true
     super.prepare(connection)
     this.#writingQuery = false
+    if (this.#preludeLeft > 0) this.name = undefined
   }
 
   override handleDataRow (message: unknown): void {
@@ -57,26 +67,43 @@ class BeginWithQuery extends PgQueryClass {
   }
 
   override handleCommandComplete (message: unknown, connection: PgConnection): void {
-    if (this.#preludeLeft > 0) this.#preludeLeft--
-    else super.handleCommandComplete(message, connection)
+    if (this.#preludeLeft > 0) {
+      // The query's own ParseComplete, if it was parsed, comes next.
+      if (--this.#preludeLeft === 0) this.name = this.#statementName
+    } else {
+      super.handleCommandComplete(message, connection)
+    }
   }
 
   override handleError (error: Error, connection: PgConnection): void {
+    const name = this.#statementName
+    if (name !== undefined && this.#writingQuery) {
+      // pg could not send a value, and closed the statement (Close) behind the Parse: on this
+      // connection it does not exist any more, and its ParseComplete must not say it does.
+      this.#statementName = undefined
+      this.name = undefined
+      delete connection.parsedStatements[name]
+      delete connection.submittedNamedStatements[name]
+    } else if (name !== undefined && this.#preludeLeft > 0) {
+      // PostgreSQL skipped the query's Parse after the prelude's error.
+      delete connection.submittedNamedStatements[name]
+    }
     super.handleError(this.#preludeLeft > 0 && !this.#writingQuery ? new BeginFailure(error) : error, connection)
   }
 }
 
 /**
- * Runs `prelude` (BEGIN, then settings) and the query on `client` in one round trip. Rejects
- * with a BeginFailure when a prelude statement failed (or the connection was lost before they
- * all ran); any other error is the query's, inside the opened transaction.
+ * Runs `prelude` (BEGIN, then settings; or nothing) and the query on `client` in one round trip,
+ * the query as the named statement `statementName` if given. Rejects with a BeginFailure when a
+ * prelude statement failed (or the connection was lost before they all ran); any other error is
+ * the query's, inside the opened transaction.
  */
-export function beginWithQuery (client: pg.ClientBase, prelude: readonly string[], text: string, values: readonly unknown[]): Promise<pg.QueryResult> {
+export function beginWithQuery (client: pg.ClientBase, prelude: readonly string[], text: string, values: readonly unknown[], statementName?: string): Promise<pg.QueryResult> {
   return new Promise((resolve, reject) => {
     client.query(new BeginWithQuery(prelude, text, values, (error, result) => {
       if (error === null) resolve(result as pg.QueryResult)
       else reject(error)
-    }) as unknown as pg.Submittable)
+    }, statementName) as unknown as pg.Submittable)
   })
 }
 

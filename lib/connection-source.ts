@@ -9,12 +9,14 @@ import { Lease } from './lease.js'
 import type { LeaseOwner } from './lease.js'
 import type { Telemetry } from './metrics.js'
 import { forgetWaiter } from './pg-internals.js'
+import type { PreparedStatements } from './prepared-statements.js'
 
 /** Hands out pooled connections with a deadline, and knows every one that is checked out. */
 export class ConnectionSource implements LeaseOwner {
   readonly pool: pg.Pool
   readonly telemetry: Telemetry
   readonly log: FastifyBaseLogger
+  readonly statements: PreparedStatements | null
   /** Checked-out connections, so that close() can end what their owners never did. */
   readonly leases = new Set<Lease>()
   /** Our acquire deadline, when the pool does not keep one (pg-pool's connectionTimeoutMillis). */
@@ -32,10 +34,11 @@ export class ConnectionSource implements LeaseOwner {
    * `boundedConnects`: the pool's clients have a connect timeout of the deadline's length (the
    * owned pool's do), so a connection made at once for a caller needs no deadline of ours.
    */
-  constructor (pool: pg.Pool, telemetry: Telemetry, log: FastifyBaseLogger, deadlines: { own: number, reported: number, boundedConnects: boolean, cancel: number }, breaker: CircuitBreaker | null) {
+  constructor (pool: pg.Pool, telemetry: Telemetry, log: FastifyBaseLogger, deadlines: { own: number, reported: number, boundedConnects: boolean, cancel: number }, breaker: CircuitBreaker | null, statements: PreparedStatements | null = null) {
     this.pool = pool
     this.telemetry = telemetry
     this.log = log
+    this.statements = statements
     this.#deadlines = deadlines.own > 0 ? new AcquireDeadlines(deadlines.own) : null
     this.#boundedConnects = deadlines.boundedConnects
     this.#reportedDeadline = deadlines.reported

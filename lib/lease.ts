@@ -5,9 +5,11 @@ import { beginWithQuery } from './begin-with-query.js'
 import { classify } from './classify.js'
 import type { Telemetry } from './metrics.js'
 import { isQueryable, returnsClean } from './pg-internals.js'
+import type { PreparedStatements } from './prepared-statements.js'
 import { refuseSessionState } from './sql.js'
 
 const NO_PARAMETERS: readonly unknown[] = []
+const NO_PRELUDE: readonly string[] = []
 
 /** What a lease reports to: the source that handed it out. */
 export interface LeaseOwner {
@@ -15,6 +17,8 @@ export interface LeaseOwner {
   readonly leases: Set<Lease>
   readonly telemetry: Telemetry
   readonly log: FastifyBaseLogger
+  /** Which queries go as named statements (the preparedStatements option); null: none. */
+  readonly statements: PreparedStatements | null
 }
 
 /**
@@ -76,10 +80,12 @@ export class Lease {
    */
   async executeQuery<R> (compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
     refuseSessionState(compiledQuery.sql)
+    const { sql, parameters } = compiledQuery
+    const name = this.#owner.statements?.nameFor(compiledQuery)
     try {
-      return kyselyResult(await this.command(compiledQuery.sql, compiledQuery.parameters))
+      return kyselyResult(await (name === undefined ? this.command(sql, parameters) : beginWithQuery(this.client, NO_PRELUDE, sql, parameters, name)))
     } catch (error) {
-      throw this.queryError(error as Error)
+      throw this.queryError(error as Error, sql)
     }
   }
 
@@ -89,11 +95,15 @@ export class Lease {
    * the caller to pass through queryError where it awaits, so that their stacks lead back to it.
    */
   runAfter (prelude: readonly string[], compiledQuery: CompiledQuery): Promise<pg.QueryResult> {
-    return beginWithQuery(this.client, prelude, compiledQuery.sql, compiledQuery.parameters)
+    return beginWithQuery(this.client, prelude, compiledQuery.sql, compiledQuery.parameters, this.#owner.statements?.nameFor(compiledQuery))
   }
 
-  /** What a failed query is reported as (classify's 'query'); a connection it broke is remembered, to be destroyed. */
-  queryError (error: Error): Error {
+  /**
+   * What a failed query is reported as (classify's 'query'); a connection it broke is remembered,
+   * to be destroyed. `sql`: the query's text, for a prepared statement that can no longer run.
+   */
+  queryError (error: Error, sql?: string): Error {
+    if (sql !== undefined) this.#owner.statements?.failed(sql, error)
     if (this.#condemnation !== null) return this.#condemnation
     const classified = classify(error, 'query', this.circumstances())
     // Kept here, not read from the error: a handler may catch it, wrap it, or answer 409 itself.

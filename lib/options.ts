@@ -9,6 +9,8 @@ import { noteConnecting } from './connect-time.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings, retryCount } from './transaction-settings.js'
 import { checkPoolConfig, checkPoolMinimum } from './pool-config.js'
+import { preparedStatementsOption } from './prepared-statements.js'
+import type { PreparedStatements } from './prepared-statements.js'
 import type { CircuitBreakerSettings } from './circuit-breaker.js'
 import type { StartupCheckSettings } from './health.js'
 import type { LeakSettings } from './leak-watch.js'
@@ -69,13 +71,15 @@ export interface ResolvedOptions {
   namesTransactions: boolean
   /** The read replicas and their settings (replica-options.ts), or null without the replicas option. */
   replicas: ReplicaSettings | null
+  /** Which queries go as named statements; null without the preparedStatements option. */
+  preparedStatements: PreparedStatements | null
 }
 
 const KNOWN = new Set([
   'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'cursor', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
-  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'autocommit', 'respondBeforeCommit', 'decorator', 'applicationName', 'promClientRegistry', 'openTelemetry',
+  'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'autocommit', 'respondBeforeCommit', 'decorator', 'applicationName', 'promClientRegistry', 'openTelemetry', 'preparedStatements',
   ...REPLICA_OPTION_NAMES
 ])
 const POOL_SIZING = ['maxConnections', 'idleTimeoutMillis', 'maxLifetimeSeconds'] as const
@@ -216,6 +220,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     circuitBreaker: toggled(options.circuitBreaker ?? false, 'circuitBreaker', CIRCUIT_BREAKER_DEFAULTS, { failureThreshold: 1, coolDownMillis: 1 }),
     startupCheck: toggled(options.startupCheck ?? true, 'startupCheck', STARTUP_CHECK_DEFAULTS, { retries: 0, delayMillis: 0 }),
     promClientRegistry: promClientRegistryOption(options.promClientRegistry),
+    preparedStatements: preparedStatementsOption(options.preparedStatements),
     ...openTelemetryOption(options.openTelemetry)
   }
   // Replica pools the plugin makes are sized as the primary's would be (without the config's own numbers).

@@ -75,6 +75,8 @@ export interface PgQuery {
   callback: ((error: Error | null, result?: pg.QueryResult) => void) | undefined
   /** The query's SQL: what pg's prepare() parses. */
   text: string
+  /** A prepared statement's name: pg parses it once per connection, and records it as parsed at a ParseComplete. */
+  name: string | undefined
   /** 'extended' makes pg write Parse/Bind/Execute/Sync even without parameters. */
   queryMode: string
   /** Writes the query's messages; one Sync follows. */
@@ -86,6 +88,10 @@ export interface PgQuery {
 
 /** pg's Connection, as Query.prepare writes to it. */
 export interface PgConnection {
+  /** Names of the statements parsed on this connection, to their text (pg skips their Parse). */
+  parsedStatements: Record<string, string>
+  /** Names whose Parse was sent and not yet answered. */
+  submittedNamedStatements: Record<string, string>
   parse (query: { text: string }): void
   bind (config: object): void
   execute (config: object): void

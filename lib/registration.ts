@@ -46,7 +46,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   const telemetry = counters
   const breaker = resolved.circuitBreaker === null ? null : new CircuitBreaker(resolved.circuitBreaker)
   const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, boundedConnects: resolved.ownsPool, cancel: closeTimeoutMillis }
-  const source = new ConnectionSource(pool, telemetry, fastify.log, deadlines, breaker)
+  const source = new ConnectionSource(pool, telemetry, fastify.log, deadlines, breaker, resolved.preparedStatements)
   const tracing = await unitTracing(resolved.tracerProvider, resolved.name)
   if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
 
@@ -66,7 +66,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
         pool: replica.pool,
         counters: replicaCounters,
         owned: replica.owned,
-        source: new ConnectionSource(replica.pool, replicaCounters, fastify.log, replicaDeadlines, null),
+        source: new ConnectionSource(replica.pool, replicaCounters, fastify.log, replicaDeadlines, null, resolved.preparedStatements),
         stopListening: listenToPool(replica.pool, replicaCounters)
       })
     }

@@ -293,7 +293,7 @@ export class UnitOfWork {
     } catch (error) {
       if (error instanceof BeginFailure) throw this.#notOpened(lease, error.cause as Error)
       this.#opened(lease)
-      throw lease.queryError(error as Error)
+      throw lease.queryError(error as Error, compiledQuery.sql)
     }
     this.#opened(lease)
     return kyselyResult(result)
