@@ -9,6 +9,8 @@ import { cpus } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { freePort, startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
+import { applyLayout, pinnedLayout, serverCommand, UNPINNED } from './cpu-pinning.js'
+import type { Layout } from './cpu-pinning.js'
 import { inProcessOverhead } from './in-process.js'
 import { sequential } from './sequential.js'
 import type { Latencies } from './sequential.js'
@@ -33,7 +35,9 @@ const VARIANTS = {
   8: 'plugin-readonly-autocommit',
   9: 'plugin-readonly-transaction',
   10: 'plugin-untouched-traced',
-  11: 'plugin-select-traced'
+  11: 'plugin-select-traced',
+  12: 'plugin-select-prepared',
+  13: 'plugin-readonly-autocommit-prepared'
 } as const
 type VariantNumber = keyof typeof VARIANTS
 const ALL_PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
@@ -47,25 +51,42 @@ const ALL_PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
   // 5/3 above, and 11/5 what the unit of work's span costs a request directly.
   [10, 1, 'plugin registered, tracing on, route untouched / bare Fastify'],
   [11, 3, 'plugin select, tracing on / hand-written Kysely transaction'],
-  [11, 5, 'plugin select, tracing on / tracing off']
+  [11, 5, 'plugin select, tracing on / tracing off'],
+  // preparedStatements: the same routes with their select parsed and planned once per connection.
+  [12, 4, 'plugin select, prepared / @fastify/postgres transact'],
+  [13, 4, 'plugin read-only select, autocommit, prepared / @fastify/postgres transact']
 ]
 // BENCH_PAIRS=5/3,5/4 runs only those pairs, for a quick comparison while working: no
 // saturation or in-process figures, and bench/results.json is left as it is.
 const ONLY = process.env.BENCH_PAIRS?.split(',')
 const PAIRS = ALL_PAIRS.filter(([a, b]) => ONLY === undefined || ONLY.includes(`${a}/${b}`))
-const TARGETS: Record<string, number> = { '2/1': 0.98, '5/3': 1.10, '5/4': 1.00, '7/6': 1.20, '8/4': 1.25 }
+const TARGETS: Record<string, number> = { '2/1': 0.98, '5/3': 1.10, '5/4': 1.00, '7/6': 1.20, '8/4': 1.25, '12/4': 1.00, '13/4': 1.25 }
 // Latency as one user feels it on an idle server: A's p50 and p99 over B's (lower is better).
 // 1/4 and 3/4 are references: the bare route (no database at all) and a hand-written Kysely transaction.
 const ALL_SEQUENTIAL_PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
   [5, 4, 'plugin select / @fastify/postgres transact'],
   [8, 4, 'plugin read-only select, autocommit / @fastify/postgres transact'],
   [9, 4, 'plugin read-only transaction / @fastify/postgres transact'],
+  [12, 4, 'plugin select, prepared / @fastify/postgres transact'],
+  [13, 4, 'plugin read-only select, autocommit, prepared / @fastify/postgres transact'],
   [3, 4, 'hand-written Kysely transaction / @fastify/postgres transact'],
   [1, 4, 'bare Fastify, no database / @fastify/postgres transact']
 ]
 const SEQUENTIAL_PAIRS = ALL_SEQUENTIAL_PAIRS.filter(([a, b]) => ONLY === undefined || ONLY.includes(`${a}/${b}`))
 /** At most this p50 ratio. */
-const SEQUENTIAL_TARGETS: Record<string, number> = { '5/4': 0.85, '8/4': 0.65 }
+const SEQUENTIAL_TARGETS: Record<string, number> = { '5/4': 0.85, '8/4': 0.65, '12/4': 0.85, '13/4': 0.65 }
+/**
+ * The same pairs under other conditions, to say which favour which: more connections than the
+ * pool has (requests queue for connections, and how long each holds one decides), and the
+ * processes left wherever the scheduler puts them (servers restarted every round, so that no
+ * variant keeps a lucky or unlucky placement for the whole run).
+ */
+const CONDITION_PAIRS: Array<[VariantNumber, VariantNumber]> = [[5, 4], [12, 4]]
+const CONDITION_ROUNDS = Number(process.env.BENCH_CONDITION_ROUNDS ?? 4)
+const CONDITIONS = [
+  { name: 'pinned, 50 connections, 5 s rounds', pinned: true, connections: 50, seconds: 5 },
+  { name: 'unpinned, 32 connections, 3 s rounds', pinned: false, connections: 32, seconds: 3 }
+]
 
 interface Run {
   rps: number
@@ -82,16 +103,22 @@ interface Run {
 interface Server { process: ChildProcess, port: number }
 
 const started = Date.now()
-const plannedSeconds = PAIRS.length * (ROUNDS + 1) * 2 * (SECONDS + 0.5) + SEQUENTIAL_PAIRS.length * (ROUNDS + 1) * 2 * SEQUENTIAL_REQUESTS / 1500 + 2 * (SECONDS + 1) + 25
+const plannedSeconds = PAIRS.length * (ROUNDS + 1) * 2 * (SECONDS + 0.5) + SEQUENTIAL_PAIRS.length * (ROUNDS + 1) * 2 * SEQUENTIAL_REQUESTS / 1500 + 2 * (SECONDS + 1) + 25 +
+  (ONLY === undefined ? CONDITION_PAIRS.length * (CONDITION_ROUNDS + 1) * CONDITIONS.reduce((sum, { pinned, seconds }) => sum + 2 * (seconds + 0.5) + (pinned ? 0 : 2 * 3.5), 0) : 0)
 function progress (what: string): void {
   const elapsed = (Date.now() - started) / 1000
   const left = Math.max(0, plannedSeconds - elapsed)
   process.stdout.write(`[${elapsed.toFixed(0).padStart(4)} s, ~${left.toFixed(0)} s left] ${what}\n`)
 }
 
+let layout: Layout = UNPINNED
+/** The layout of the main run, for the report. */
+let pinned: Layout = UNPINNED
+
 async function startServer (variant: string, databaseUrl: string, extra: string[] = []): Promise<Server> {
   const port = await freePort()
-  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/server.ts', variant, String(port), databaseUrl, ...extra], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+  const [command, args] = serverCommand(layout, ['--import', 'tsx', 'bench/server.ts', variant, String(port), databaseUrl, ...extra])
+  const child = spawn(command, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
   for await (const chunk of child.stdout!) if (String(chunk).includes('ready')) break
   return { process: child, port }
 }
@@ -152,7 +179,10 @@ try {
   await seed.query('DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)')
   await seed.query("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 1000) AS i")
   await seed.end()
-  progress(`PostgreSQL ready; starting ${Object.keys(VARIANTS).length} servers`)
+  layout = process.env.BENCH_PIN === '0' ? UNPINNED : pinnedLayout()
+  pinned = layout
+  await applyLayout(layout, databaseUrl)
+  progress(`PostgreSQL ready; servers on CPU ${layout.server ?? 'any'}, PostgreSQL and load on CPU ${layout.rest ?? 'any'}; starting servers`)
   for (const [number, variant] of Object.entries(VARIANTS)) {
     if (![...PAIRS, ...SEQUENTIAL_PAIRS].some((pair) => pair.includes(Number(number) as VariantNumber))) continue
     servers.set(Number(number) as VariantNumber, await startServer(variant, databaseUrl))
@@ -225,6 +255,45 @@ try {
     progress('in-process overhead: fastify.inject on an untouched route, with and without the plugin')
     const inProcess = await inProcessOverhead(databaseUrl)
 
+    const conditionRows = []
+    for (const condition of CONDITIONS) {
+      if (!condition.pinned) {
+        layout = UNPINNED
+        await applyLayout(UNPINNED, databaseUrl)
+      }
+      for (const [a, b] of CONDITION_PAIRS) {
+        const rps: number[] = []
+        const cpu: number[] = []
+        for (let round = 0; round <= CONDITION_ROUNDS; round++) {
+          progress(`condition '${condition.name}': pair ${a}/${b}, ${round === 0 ? 'warm-up' : `round ${round}/${CONDITION_ROUNDS}`}`)
+          const pair: Server[] = []
+          for (const number of [a, b]) {
+            if (condition.pinned) {
+              pair.push(servers.get(number)!)
+              continue
+            }
+            // A new process each round, placed anew, warmed up for a second before it counts.
+            const server = await startServer(VARIANTS[number], databaseUrl)
+            await load(server, 1, condition.connections, headers)
+            pair.push(server)
+          }
+          const runA = await load(pair[0], condition.seconds, condition.connections, headers)
+          const runB = await load(pair[1], condition.seconds, condition.connections, headers)
+          if (!condition.pinned) await Promise.all(pair.map(stopServer))
+          if (round === 0) continue
+          rps.push(runA.rps / runB.rps)
+          cpu.push(runB.cpuMicrosPerRequest / runA.cpuMicrosPerRequest)
+        }
+        conditionRows.push({
+          condition: condition.name,
+          ratio: `${a}/${b}`,
+          rpsRatio: Number(median(rps).toFixed(3)),
+          cpuRatio: Number(median(cpu).toFixed(3)),
+          rounds: rps.map((r) => Number(r.toFixed(3)))
+        })
+      }
+    }
+
     const table = Object.entries(VARIANTS).map(([number, variant]) => {
       const list = runs.get(Number(number) as VariantNumber) ?? []
       return {
@@ -254,10 +323,11 @@ try {
     }
     const report = {
       machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version },
-      settings: { rounds: ROUNDS, seconds: SECONDS, connections: CONNECTIONS, pool: 10 },
+      settings: { rounds: ROUNDS, seconds: SECONDS, connections: CONNECTIONS, pool: 10, serverCpus: pinned.server ?? 'any', databaseAndLoadCpus: pinned.rest ?? 'any' },
       variants: table,
       ratios: ratioRows,
       sequential: { requestsPerRun: SEQUENTIAL_REQUESTS, variants: latencyTable, ratios: latencyRows },
+      conditions: conditionRows,
       saturation,
       inProcess,
       date: new Date().toISOString()
@@ -272,6 +342,8 @@ try {
     console.table(latencyTable)
     console.log('Sequential latency ratios (median of per-round A/B; lower is better):')
     console.table(latencyRows.map(({ p50Rounds, ...row }) => row))
+    console.log(`Other conditions (median of ${CONDITION_ROUNDS} rounds' A/B):`)
+    console.table(conditionRows.map(({ rounds, ...row }) => ({ ...row, rounds: rounds.map((r) => r.toFixed(2)).join(' ') })))
     console.log('Saturation (200 clients, pool of 10, 20 ms per request):')
     console.table({
       'generous (5000 ms)': { rps: Math.round(generousRun.rps), p99: generousRun.p99, max: generousRun.max, errors: generousRun.errors, non2xx: generousRun.non2xx, ...generousRun.server },

@@ -70,6 +70,17 @@ async function build (): Promise<FastifyInstance> {
       app.get('/', { config: { db: { accessMode: 'read only', autocommit: true } } }, async (request) => (request.db as unknown as Kysely<Database>)
         .selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst())
       break
+    case 'plugin-select-prepared':
+      // The same select, parsed and planned once per connection (preparedStatements).
+      await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL, preparedStatements: true })
+      app.get('/', async (request) => (request.db as unknown as Kysely<Database>)
+        .selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst())
+      break
+    case 'plugin-readonly-autocommit-prepared':
+      await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL, preparedStatements: true })
+      app.get('/', { config: { db: { accessMode: 'read only', autocommit: true } } }, async (request) => (request.db as unknown as Kysely<Database>)
+        .selectFrom('items').select(['id', 'name']).where('id', '=', id()).executeTakeFirst())
+      break
     case 'plugin-readonly-transaction':
       // BEGIN READ ONLY with the select; the response leaves before the COMMIT.
       await app.register(dbSession, { connectionString: databaseUrl, maxConnections: POOL, respondBeforeCommit: true })
