@@ -23,12 +23,14 @@ const ALL = `0-${cpus().length - 1}`
 export function pinnedLayout (): Layout {
   const count = cpus().length
   if (count < 2) return UNPINNED
+  const layout = { server: String(count - 1), rest: count === 2 ? '0' : `0-${count - 2}` }
   try {
-    execFileSync('taskset', ['-p', String(process.pid)], { stdio: 'ignore' })
+    // No taskset, or CPUs this process may not use (a container's cpuset): left to the scheduler.
+    setAffinity(process.pid, layout.rest)
   } catch {
     return UNPINNED
   }
-  return { server: String(count - 1), rest: count === 2 ? '0' : `0-${count - 2}` }
+  return layout
 }
 
 function setAffinity (pid: number, list: string): void {
