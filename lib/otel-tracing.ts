@@ -52,7 +52,19 @@ export async function unitTracing (choice: TracerChoice, poolName: string): Prom
   }
   // The global provider is a proxy: an SDK registered after the plugin still gets the spans.
   const provider = (choice === 'global' ? api.trace.getTracerProvider() : choice) as TracerProvider
-  return new UnitTracing(api, provider.getTracer('fastify-db-session'), poolName)
+  return new UnitTracing(api, provider.getTracer(TRACER_NAME), poolName, choice === 'global' ? idleProxy(provider) : null)
+}
+
+const TRACER_NAME = 'fastify-db-session'
+
+/** What tells whether the global proxy has an SDK behind it yet: its delegate while it has none. */
+interface IdleProxy { proxy: OpenTelemetryApi.ProxyTracerProvider, noop: TracerProvider }
+
+/** The global proxy and its no-op delegate, when no SDK is registered yet; null otherwise. */
+function idleProxy (provider: TracerProvider): IdleProxy | null {
+  // The API's global provider is always its proxy.
+  const proxy = provider as OpenTelemetryApi.ProxyTracerProvider
+  return proxy.getDelegateTracer(TRACER_NAME) === undefined ? { proxy, noop: proxy.getDelegate() } : null
 }
 
 /** What names a unit of work in its span. */
@@ -68,15 +80,19 @@ export class UnitTracing {
   readonly #api: Api
   readonly #tracer: Tracer
   readonly #poolName: string
+  readonly #idle: IdleProxy | null
 
-  constructor (api: Api, tracer: Tracer, poolName: string) {
+  constructor (api: Api, tracer: Tracer, poolName: string, idle: IdleProxy | null = null) {
     this.#api = api
     this.#tracer = tracer
     this.#poolName = poolName
+    this.#idle = idle
   }
 
   /** A unit of work's span, a child of the active span; null when it would record nothing (no SDK, or not sampled). */
   start (label: UnitLabel, settings: BeginSettings): UnitSpan | null {
+    // No SDK behind the global provider (yet): nothing to make, not even a span that records nothing.
+    if (this.#idle !== null && this.#idle.proxy.getDelegate() === this.#idle.noop) return null
     const attributes: Attributes = { [SYSTEM]: 'postgresql', [POOL_NAME]: this.#poolName, [OWN + 'route']: label.route }
     if (label.httpRoute !== undefined) attributes[HTTP_ROUTE] = label.httpRoute
     if (settings.isolationLevel !== undefined) attributes[OWN + 'isolation_level'] = settings.isolationLevel
