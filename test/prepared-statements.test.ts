@@ -12,6 +12,7 @@ import pg from 'pg'
 import { BeginFailure, beginWithQuery } from '../lib/begin-with-query.js'
 import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
+import { pgbouncerBinary, startPgBouncer } from './helpers/pgbouncer.js'
 import type { TestDatabase } from './helpers/database.js'
 
 // Each test makes a database and a pool; on a loaded machine the file outlasts tap's default 30 s.
@@ -19,6 +20,9 @@ t.setTimeout(120_000)
 
 const NAME = /^fastify_db_session_\d+$/
 const SILENT = { logger: { level: 'silent' } }
+const missing = pgbouncerBinary() === null
+if (missing && process.env.CI) throw new Error('CI is set but pgbouncer is not installed: .ci/run must apt-get install -y pgbouncer')
+const skipBouncer = missing ? 'pgbouncer is not installed (apt-get install -y pgbouncer); PgBouncer test not run' : false
 
 interface Prepared { name: string, statement: string, runs: number }
 
@@ -318,6 +322,45 @@ t.test('fastify.db.transaction names its queries with parameters too', async (t)
   }
   t.equal(parsed.length, 2)
   t.equal(app.db.stats().commits, 2)
+})
+
+t.test('a generic plan still reads each request\'s context at run time', async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE notes (id int PRIMARY KEY, owner text NOT NULL, body text NOT NULL)')
+  await db.query("INSERT INTO notes VALUES (1, 'acme', 'a1'), (2, 'acme', 'a2'), (3, 'globex', 'g1')")
+  // From the first run on, not after PostgreSQL's five custom plans.
+  await db.query(`ALTER DATABASE ${db.name} SET plan_cache_mode = force_generic_plan`)
+  const app = await db.app({ maxConnections: 1, preparedStatements: true, context: { 'app.tenant': (request) => request.headers['x-tenant'] as string } }, SILENT)
+  app.get('/notes', async (request) => {
+    const rows = await request.db.selectFrom('notes').select('body')
+      .where('owner', '=', sql<string>`current_setting('app.tenant')`).where('id', '>', 0).orderBy('id').execute()
+    const { rows: plans } = await sql<{ generic: number }>`SELECT generic_plans::int AS generic FROM pg_prepared_statements`.execute(request.db)
+    return { bodies: rows.map((row) => row.body), generic: plans.map((plan) => plan.generic) }
+  })
+  for (const [round, tenant] of ['acme', 'globex', 'acme', 'globex', 'globex', 'acme', 'globex'].entries()) {
+    const body = (await app.inject({ url: '/notes', headers: { 'x-tenant': tenant } })).json()
+    t.same(body.bodies, tenant === 'acme' ? ['a1', 'a2'] : ['g1'], `run ${round + 1}: ${tenant}'s notes only`)
+    t.same(body.generic, [round + 1], 'on the one generic plan')
+  }
+})
+
+t.test('through PgBouncer in session mode, each client connection keeps its statements', { skip: skipBouncer }, async (t) => {
+  const db = await testDatabase(t)
+  await db.query('CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)')
+  await db.query("INSERT INTO items VALUES (1, 'apple'), (2, 'pear'), (3, 'plum')")
+  const bouncer = await startPgBouncer(t, db.url, 2, { pool_mode: 'session' })
+  const app = await db.app({ connectionString: bouncer.urlFor(db.url), maxConnections: 2, preparedStatements: true }, SILENT)
+  const parsed = recordNamedParses(app.db.pool)
+  app.get('/items/:id', async (request) => twoQueries(request.db, idOf(request)))
+  for (let round = 0; round < 3; round++) {
+    const responses = await Promise.all([1, 2, 3].map((id) => app.inject(`/items/${id}`)))
+    t.same(responses.map((response) => response.statusCode), [200, 200, 200])
+    t.same(responses.map((response) => response.json().name), ['apple', 'pear', 'plum'])
+    for (const response of responses) t.same(response.json().prepared.map((p: Prepared) => p.statement), response.json().texts)
+  }
+  const connections = app.db.stats().total
+  t.equal(parsed.length, 2 * connections, `each text parsed once on each of the ${connections} connections`)
+  t.equal(new Set(parsed).size, 2)
 })
 
 t.test('two registrations on one pool never give one name two texts', async (t) => {
