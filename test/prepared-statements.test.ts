@@ -18,7 +18,8 @@ import type { TestDatabase } from './helpers/database.js'
 // Each test makes a database and a pool; on a loaded machine the file outlasts tap's default 30 s.
 t.setTimeout(120_000)
 
-const NAME = /^fastify_db_session_\d+$/
+/** fastify_db_session_, this process's random part, a number. */
+const NAME = /^fastify_db_session_[0-9a-f]{12}_\d+$/
 const SILENT = { logger: { level: 'silent' } }
 const missing = pgbouncerBinary() === null
 if (missing && process.env.CI) throw new Error('CI is set but pgbouncer is not installed: .ci/run must apt-get install -y pgbouncer')
