@@ -325,6 +325,32 @@ t.test('fastify.db.transaction names its queries with parameters too', async (t)
   t.equal(app.db.stats().commits, 2)
 })
 
+t.test('a statement first prepared inside a savepoint that is rolled back to stays prepared', async (t) => {
+  const { app, parsed } = await setup(t, { preparedStatements: true })
+  app.get('/', async (request) => {
+    await sql`SELECT 1`.execute(request.db)
+    let caught: string | undefined
+    try {
+      await request.savepoint(async (trx) => {
+        await trx.selectFrom('items').select('name').where('id', '=', 1).execute()
+        await sql`SELECT 6 / ${0}::int AS q`.execute(trx)
+      })
+    } catch (error) {
+      caught = (error as { code?: string }).code
+    }
+    const row = await request.db.selectFrom('items').select('name').where('id', '=', 2).executeTakeFirst()
+    const { rows } = await sql<{ q: number }>`SELECT 6 / ${3}::int AS q`.execute(request.db)
+    return { caught, name: row?.name, q: rows[0].q, prepared: (await preparedOn(request.db)).length }
+  })
+  for (const round of [1, 2]) {
+    const response = await app.inject('/')
+    t.equal(response.statusCode, 200)
+    t.same(response.json(), { caught: '22012', name: 'pear', q: 2, prepared: 2 }, `round ${round}: the statements outlive ROLLBACK TO SAVEPOINT`)
+  }
+  t.equal(parsed.length, 2, 'each parsed once, inside the savepoint of the first request')
+  t.equal(app.db.stats().commits, 2)
+})
+
 t.test('a generic plan still reads each request\'s context at run time', async (t) => {
   const db = await testDatabase(t)
   await db.query('CREATE TABLE notes (id int PRIMARY KEY, owner text NOT NULL, body text NOT NULL)')
