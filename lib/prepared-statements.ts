@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import type { CompiledQuery } from 'kysely'
 import { InvalidOptionError } from './errors.js'
 
@@ -7,6 +8,14 @@ import { InvalidOptionError } from './errors.js'
  * the Parse of a name its connection has already parsed). Names are drawn from one counter per
  * process, so that registrations sharing a pool never give one name two texts.
  */
+
+/**
+ * Each process's names have a random part of their own: a pooler that passes one server
+ * connection from process to process without keeping their statements apart (PgBouncer before
+ * 1.21 in transaction mode) then fails our query with "prepared statement does not exist",
+ * where a name another process prepared there would run that process's text with our values.
+ */
+const NAME_PREFIX = `fastify_db_session_${randomBytes(6).toString('hex')}_`
 
 export const PREPARED_STATEMENTS_DEFAULTS = { max: 100 } as const
 
@@ -32,7 +41,7 @@ export class PreparedStatements {
     if (query.parameters.length === 0) return undefined
     let name = this.#names.get(query.sql)
     if (name === undefined && this.#names.size < this.#max) {
-      name = `fastify_db_session_${++issued}`
+      name = `${NAME_PREFIX}${++issued}`
       this.#names.set(query.sql, name)
     }
     return name
@@ -45,7 +54,7 @@ export class PreparedStatements {
   failed (sql: string, error: unknown): void {
     const { code, message } = error as { code?: unknown, message?: unknown }
     if (code === '0A000' && message === RESULT_TYPE_CHANGED && this.#names.has(sql)) {
-      this.#names.set(sql, `fastify_db_session_${++issued}`)
+      this.#names.set(sql, `${NAME_PREFIX}${++issued}`)
     }
   }
 }
