@@ -19,8 +19,12 @@ const NAME_PREFIX = `fastify_db_session_${randomBytes(6).toString('hex')}_`
 
 export const PREPARED_STATEMENTS_DEFAULTS = { max: 100 } as const
 
-/** SQLSTATE 0A000 with this message: a table a prepared statement reads changed its columns. */
-const RESULT_TYPE_CHANGED = 'cached plan must not change result type'
+/**
+ * SQLSTATE 0A000 raised where PostgreSQL revalidates a cached plan: 'cached plan must not change
+ * result type', a table a prepared statement reads changed its columns. Told by the routine, which
+ * PostgreSQL never translates (the message is in the server's lc_messages).
+ */
+const REVALIDATE_ROUTINE = 'RevalidateCachedQuery'
 
 let issued = 0
 
@@ -52,8 +56,8 @@ export class PreparedStatements {
    * it on every run): later runs prepare the text afresh under a new name, on every connection.
    */
   failed (sql: string, error: unknown): void {
-    const { code, message } = error as { code?: unknown, message?: unknown }
-    if (code === '0A000' && message === RESULT_TYPE_CHANGED && this.#names.has(sql)) {
+    const { code, routine } = error as { code?: unknown, routine?: unknown }
+    if (code === '0A000' && routine === REVALIDATE_ROUTINE && this.#names.has(sql)) {
       this.#names.set(sql, `${NAME_PREFIX}${++issued}`)
     }
   }
