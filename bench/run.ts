@@ -12,7 +12,7 @@ import { freePort, startEmbeddedPostgres } from '../examples/embedded-postgres.m
 import { applyLayout, pinnedLayout, serverCommand, UNPINNED } from './cpu-pinning.js'
 import type { Layout } from './cpu-pinning.js'
 import { inProcessOverhead } from './in-process.js'
-import { sequential } from './sequential.js'
+import { alternating } from './sequential.js'
 import type { Latencies } from './sequential.js'
 
 // Many short rounds rather than a few long ones: the median of their ratios follows the slow
@@ -59,7 +59,11 @@ const ALL_PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
 // BENCH_PAIRS=5/3,5/4 runs only those pairs, for a quick comparison while working: no
 // saturation or in-process figures, and bench/results.json is left as it is.
 const ONLY = process.env.BENCH_PAIRS?.split(',')
-const PAIRS = ALL_PAIRS.filter(([a, b]) => ONLY === undefined || ONLY.includes(`${a}/${b}`))
+// BENCH_PHASES=sequential (or throughput): only that part of the selected pairs.
+const PHASES = process.env.BENCH_PHASES?.split(',') ?? ['throughput', 'sequential']
+/** A quick comparison: only the tables of what ran, and bench/results.json left as it is. */
+const PARTIAL = ONLY !== undefined || !PHASES.includes('throughput') || !PHASES.includes('sequential')
+const PAIRS = ALL_PAIRS.filter(([a, b]) => PHASES.includes('throughput') && (ONLY === undefined || ONLY.includes(`${a}/${b}`)))
 const TARGETS: Record<string, number> = { '2/1': 0.98, '5/3': 1.10, '5/4': 1.00, '7/6': 1.20, '8/4': 1.25, '12/4': 1.00, '13/4': 1.25 }
 // Latency as one user feels it on an idle server: A's p50 and p99 over B's (lower is better).
 // 1/4 and 3/4 are references: the bare route (no database at all) and a hand-written Kysely transaction.
@@ -72,7 +76,7 @@ const ALL_SEQUENTIAL_PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
   [3, 4, 'hand-written Kysely transaction / @fastify/postgres transact'],
   [1, 4, 'bare Fastify, no database / @fastify/postgres transact']
 ]
-const SEQUENTIAL_PAIRS = ALL_SEQUENTIAL_PAIRS.filter(([a, b]) => ONLY === undefined || ONLY.includes(`${a}/${b}`))
+const SEQUENTIAL_PAIRS = ALL_SEQUENTIAL_PAIRS.filter(([a, b]) => PHASES.includes('sequential') && (ONLY === undefined || ONLY.includes(`${a}/${b}`)))
 /** At most this p50 ratio. */
 const SEQUENTIAL_TARGETS: Record<string, number> = { '5/4': 0.85, '8/4': 0.65, '12/4': 0.85, '13/4': 0.65 }
 /**
@@ -104,7 +108,7 @@ interface Server { process: ChildProcess, port: number }
 
 const started = Date.now()
 const plannedSeconds = PAIRS.length * (ROUNDS + 1) * 2 * (SECONDS + 0.5) + SEQUENTIAL_PAIRS.length * (ROUNDS + 1) * 2 * SEQUENTIAL_REQUESTS / 1500 + 2 * (SECONDS + 1) + 25 +
-  (ONLY === undefined ? CONDITION_PAIRS.length * (CONDITION_ROUNDS + 1) * CONDITIONS.reduce((sum, { pinned, seconds }) => sum + 2 * (seconds + 0.5) + (pinned ? 0 : 2 * 3.5), 0) : 0)
+  (!PARTIAL ? CONDITION_PAIRS.length * (CONDITION_ROUNDS + 1) * CONDITIONS.reduce((sum, { pinned, seconds }) => sum + 2 * (seconds + 0.5) + (pinned ? 0 : 2 * 3.5), 0) : 0)
 function progress (what: string): void {
   const elapsed = (Date.now() - started) / 1000
   const left = Math.max(0, plannedSeconds - elapsed)
@@ -213,8 +217,7 @@ try {
     latencyRatios[key] = { p50: [], p99: [] }
     for (let round = 0; round <= ROUNDS; round++) {
       progress(`sequential ${key} (${label}): ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`}, ${SEQUENTIAL_REQUESTS} requests each`)
-      const runA = await sequential(servers.get(a)!.port, SEQUENTIAL_REQUESTS, headers)
-      const runB = await sequential(servers.get(b)!.port, SEQUENTIAL_REQUESTS, headers)
+      const [runA, runB] = await alternating(servers.get(a)!.port, servers.get(b)!.port, SEQUENTIAL_REQUESTS, headers)
       if (round === 0) continue
       latencies.set(a, [...(latencies.get(a) ?? []), runA])
       latencies.set(b, [...(latencies.get(b) ?? []), runB])
@@ -238,7 +241,7 @@ try {
     errors: list.reduce((sum, r) => sum + r.errors, 0)
   }))
 
-  if (ONLY !== undefined) {
+  if (PARTIAL) {
     console.table(Object.entries(ratios).map(([ratio, { rps, cpu }]) => ({ ratio, rps: median(rps).toFixed(3), cpu: median(cpu).toFixed(3), rounds: rps.map((r) => r.toFixed(2)).join(' ') })))
     console.log('Sequential latency (A/B, lower is better):')
     console.table(latencyRows.map(({ p50Rounds, ...row }) => ({ ...row, p50Rounds: p50Rounds.map((r) => r.toFixed(2)).join(' ') })))

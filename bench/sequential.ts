@@ -46,3 +46,31 @@ export async function sequential (port: number, count: number, headers: Record<s
   micros.sort((a, b) => a - b)
   return { p50: percentile(micros, 0.5), p99: percentile(micros, 0.99), requests: count, errors }
 }
+
+/**
+ * `count` requests to each of two servers, one request at a time, alternating A B B A A B … (each
+ * takes the first turn equally often), each on its own kept-alive connection: a disturbance of
+ * the machine (another process, the host) falls on both alike, which two back-to-back runs of
+ * a second each do not ensure.
+ */
+export async function alternating (portA: number, portB: number, count: number, headers: Record<string, string> = {}): Promise<[Latencies, Latencies]> {
+  const agents = [new Agent({ keepAlive: true, maxSockets: 1 }), new Agent({ keepAlive: true, maxSockets: 1 })]
+  const ports = [portA, portB]
+  const micros: number[][] = [[], []]
+  const errors = [0, 0]
+  try {
+    for (let i = 0; i < count; i++) {
+      for (const which of i % 2 === 0 ? [0, 1] : [1, 0]) {
+        const { micros: taken, ok } = await once(agents[which], ports[which], headers)
+        micros[which].push(taken)
+        if (!ok) errors[which]++
+      }
+    }
+  } finally {
+    for (const agent of agents) agent.destroy()
+  }
+  return [0, 1].map((which) => {
+    const sorted = micros[which].sort((a, b) => a - b)
+    return { p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), requests: count, errors: errors[which] }
+  }) as [Latencies, Latencies]
+}
