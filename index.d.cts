@@ -323,7 +323,8 @@ declare namespace fastifyDbSession {
      * connection after it. Cut to PostgreSQL's 63 bytes, other than printable ASCII replaced by `?`.
      * Default (or `true`): the route and the request id, like `GET /notes/:id req-1`; a function:
      * its name; `false` leaves `application_name` alone (and saves its cost: about 15% of a
-     * one-select route's throughput on loopback, see the README's Performance section).
+     * one-select route's throughput on loopback and 25 µs of its first round trip, see the
+     * README's Performance section).
      *
      * ```ts
      * applicationName: (request) => `notes ${request.routeOptions.url} ${request.id}`

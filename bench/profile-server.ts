@@ -9,6 +9,7 @@ import { mkdir, readFile, readdir, rm } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { freePort, startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
+import { applyLayout, pinnedLayout, serverCommand } from './cpu-pinning.js'
 
 const [secondsText = '8', variantsText = 'plugin-select,fastify-postgres'] = process.argv.slice(2)
 const root = fileURLToPath(new URL('..', import.meta.url))
@@ -67,13 +68,17 @@ try {
   await seed.query('DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)')
   await seed.query("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 1000) AS i")
   await seed.end()
+  // As npm run bench runs them: the server on a core of its own.
+  const layout = pinnedLayout()
+  await applyLayout(layout, databaseUrl)
   await mkdir(out, { recursive: true })
   for (const variant of variantsText.split(',')) {
     const dir = `${out}${variant}`
     await rm(dir, { recursive: true, force: true })
     const port = await freePort()
     const spawned = performance.now()
-    const server = spawn(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${dir}`, '--import', 'tsx', 'bench/server.ts', variant, String(port), databaseUrl], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+    const [command, args] = serverCommand(layout, ['--cpu-prof', `--cpu-prof-dir=${dir}`, '--import', 'tsx', 'bench/server.ts', variant, String(port), databaseUrl])
+    const server = spawn(command, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
     for await (const chunk of server.stdout) if (String(chunk).includes('ready')) break
     const skipMicros = (performance.now() - spawned) * 1000
     const load = spawn(process.execPath, [fileURLToPath(import.meta.resolve('autocannon/autocannon.js')), '--json', '-c', '32', '-d', secondsText, `http://127.0.0.1:${port}/`], { stdio: ['ignore', 'pipe', 'ignore'] })
