@@ -87,6 +87,10 @@ class BeginWithQuery extends PgQueryClass {
     } else if (name !== undefined && this.#preludeLeft > 0) {
       // PostgreSQL skipped the query's Parse after the prelude's error.
       delete connection.submittedNamedStatements[name]
+    } else if (name !== undefined && (error as { code?: unknown }).code === '26000') {
+      // The server lost the statement pg had parsed (a DEALLOCATE or DISCARD on the connection):
+      // the next run parses it again rather than failing the same way for the connection's life.
+      delete connection.parsedStatements[name]
     }
     super.handleError(this.#preludeLeft > 0 && !this.#writingQuery ? new BeginFailure(error) : error, connection)
   }

@@ -4,7 +4,7 @@ import type { CompiledQuery, QueryResult } from 'kysely'
 import { beginWithQuery } from './begin-with-query.js'
 import { classify } from './classify.js'
 import type { Telemetry } from './metrics.js'
-import { isQueryable, returnsClean } from './pg-internals.js'
+import { isParsed, isQueryable, returnsClean } from './pg-internals.js'
 import type { PreparedStatements } from './prepared-statements.js'
 import { refuseSessionState } from './sql.js'
 
@@ -103,7 +103,7 @@ export class Lease {
    * to be destroyed. `sql`: the query's text, for a prepared statement that can no longer run.
    */
   queryError (error: Error, sql?: string): Error {
-    if (sql !== undefined) this.#owner.statements?.failed(sql, error)
+    if (sql !== undefined) this.#owner.statements?.failed(sql, error, (name) => isParsed(this.client, name))
     if (this.#condemnation !== null) return this.#condemnation
     const classified = classify(error, 'query', this.circumstances())
     // Kept here, not read from the error: a handler may catch it, wrap it, or answer 409 itself.

@@ -69,6 +69,11 @@ export function poolClientClass (pool: pg.Pool): typeof pg.Client {
   return (pool as unknown as { Client: typeof pg.Client }).Client
 }
 
+/** Whether the client's connection has parsed the named statement `name` (pg's own record, which skips its Parse). */
+export function isParsed (client: pg.ClientBase, name: string): boolean {
+  return (client as unknown as { connection: PgConnection }).connection.parsedStatements[name] !== undefined
+}
+
 /** The parts of pg's Query that begin-with-query.ts overrides and calls; pg does not declare them. */
 export interface PgQuery {
   /** Called once with the error or the result; pg calls it from handleError and handleReadyForQuery. */

@@ -26,11 +26,28 @@ export const PREPARED_STATEMENTS_DEFAULTS = { max: 100 } as const
  */
 const REVALIDATE_ROUTINE = 'RevalidateCachedQuery'
 
+/**
+ * Whether an error of a statement that was prepared may come from the statement having gone
+ * stale under DDL rather than from its values: the changed result type (0A000), class 42 (a
+ * parameter type fixed at the first Parse that no longer fits a changed column: 42883, 42804),
+ * XX000 (a type the statement was planned with was dropped and made again: "cache lookup failed").
+ */
+function stale (error: unknown): boolean {
+  const { code, routine } = error as { code?: unknown, routine?: unknown }
+  // String(): an error of the connection's (no SQLSTATE) reads 'undefined', stale in no way.
+  const sqlState = String(code)
+  return (sqlState === '0A000' && routine === REVALIDATE_ROUTINE) || sqlState.startsWith('42') || sqlState === 'XX000'
+}
+
 let issued = 0
+const nextName = (): string => `${NAME_PREFIX}${++issued}`
 
 /** Which query texts are sent as named statements, and under which names. */
 export class PreparedStatements {
-  readonly #names = new Map<string, string>()
+  /** Text to name; null: the text failed stale twice and runs unnamed from then on. */
+  readonly #names = new Map<string, string | null>()
+  /** Texts already given a new name once. */
+  readonly #renamed = new Set<string>()
   readonly #max: number
 
   constructor (max: number) {
@@ -39,27 +56,34 @@ export class PreparedStatements {
 
   /**
    * The name `query` is prepared under, or undefined: it has no parameters (one-off SQL, DDL,
-   * the plugin's own statements), or `max` texts already have names.
+   * the plugin's own statements), `max` texts already have names, or it went stale twice.
    */
   nameFor (query: CompiledQuery): string | undefined {
     if (query.parameters.length === 0) return undefined
     let name = this.#names.get(query.sql)
     if (name === undefined && this.#names.size < this.#max) {
-      name = `${NAME_PREFIX}${++issued}`
+      name = nextName()
       this.#names.set(query.sql, name)
     }
-    return name
+    return name ?? undefined
   }
 
   /**
-   * A named statement failed because its tables' columns changed under it (PostgreSQL then fails
-   * it on every run): later runs prepare the text afresh under a new name, on every connection.
+   * A query failed. If its text ran as a statement already prepared on that connection
+   * (`prepared(name)`: so not a Parse that failed) and the error says it may have gone stale (a
+   * table or type changed under it: PostgreSQL then fails it on every run), later runs prepare it
+   * afresh under a new name, on every connection; the second time, it runs unnamed from then on
+   * (a per-request search_path over schemas of different shapes would otherwise rename it forever).
    */
-  failed (sql: string, error: unknown): void {
-    const { code, routine } = error as { code?: unknown, routine?: unknown }
-    if (code === '0A000' && routine === REVALIDATE_ROUTINE && this.#names.has(sql)) {
-      this.#names.set(sql, `${NAME_PREFIX}${++issued}`)
+  failed (sql: string, error: unknown, prepared: (name: string) => boolean): void {
+    const name = this.#names.get(sql)
+    if (name === undefined || name === null || !prepared(name) || !stale(error)) return
+    if (this.#renamed.has(sql)) {
+      this.#names.set(sql, null)
+      return
     }
+    this.#renamed.add(sql)
+    this.#names.set(sql, nextName())
   }
 }
 

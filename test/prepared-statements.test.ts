@@ -293,6 +293,79 @@ t.test('a table whose columns changed under a named statement: that request fail
   t.equal(app.db.stats().destroyed, 0)
 })
 
+t.test('a column whose type changed under a named statement (42883): that request fails, the next prepares afresh', async (t) => {
+  const { db, app, parsed } = await setup(t, { preparedStatements: true })
+  await db.query('CREATE TABLE codes (code text PRIMARY KEY, label text NOT NULL)')
+  await db.query("INSERT INTO codes VALUES ('7', 'seven')")
+  app.get('/codes/:code', async (request) => sql<{ label: string }>`SELECT label FROM codes WHERE code = ${(request.params as { code: string }).code}`.execute(request.db).then(({ rows }) => rows[0] ?? null))
+  t.same((await app.inject('/codes/7')).json(), { label: 'seven' })
+  // The statement's parameter was typed text at its Parse; the column is an integer now.
+  await db.query('ALTER TABLE codes ALTER COLUMN code TYPE int USING code::int')
+  const changed = await app.inject('/codes/7')
+  t.equal(changed.statusCode, 500)
+  t.equal(changed.json().code, '42883', 'operator does not exist: integer = text')
+  for (const round of [1, 2]) {
+    const response = await app.inject('/codes/7')
+    t.equal(response.statusCode, 200, `round ${round}: prepared afresh, its parameter typed for the new column`)
+    t.same(response.json(), { label: 'seven' })
+  }
+  t.equal(parsed.length, 2, 'parsed once more, under a new name')
+  t.not(parsed[1], parsed[0])
+})
+
+t.test('a text that goes stale a second time runs unnamed from then on: a per-request search_path over schemas of different shapes', async (t) => {
+  const { db, app, parsed } = await setup(t, { preparedStatements: true })
+  await db.query('CREATE SCHEMA narrow; CREATE SCHEMA wide')
+  await db.query('CREATE TABLE narrow.things (id int PRIMARY KEY); INSERT INTO narrow.things VALUES (1)')
+  await db.query("CREATE TABLE wide.things (id int PRIMARY KEY, extra text); INSERT INTO wide.things VALUES (1, 'x')")
+  app.get('/:schema/:id', async (request) => {
+    const { schema, id } = request.params as { schema: string, id: string }
+    await sql`SELECT set_config('search_path', ${schema}, true)`.execute(request.db)
+    return request.db.selectFrom('things').selectAll().where('id', '=', Number(id)).executeTakeFirst()
+  })
+  const statuses: number[] = []
+  for (const schema of ['narrow', 'wide', 'narrow', 'wide', 'narrow', 'wide', 'narrow']) {
+    const response = await app.inject(`/${schema}/1`)
+    statuses.push(response.statusCode)
+    if (response.statusCode === 200) t.same(response.json(), schema === 'narrow' ? { id: 1 } : { id: 1, extra: 'x' }, schema)
+    else t.equal(response.json().code, '0A000', `${schema}: cached plan must not change result type`)
+  }
+  t.same(statuses, [200, 500, 200, 500, 200, 200, 200], 'two failures (the first prepared under narrow, its new name under narrow again), then unnamed: every request answered')
+  // The set_config statement (it has a parameter) once; the select under two names, none after its second failure.
+  t.equal(parsed.length, 3, 'three names parsed in all')
+})
+
+t.test('statements the server lost (DEALLOCATE ALL through fastify.db.kysely): each fails once with 26000, and is parsed again at its next run', async (t) => {
+  const { app, parsed } = await setup(t, { preparedStatements: true })
+  app.get('/items/:id', async (request) => twoQueries(request.db, idOf(request)))
+  t.equal((await app.inject('/items/1')).statusCode, 200)
+  t.equal(parsed.length, 2)
+  // One connection in the pool: the one whose statements pg has recorded.
+  await sql`DEALLOCATE ALL`.execute(app.db.kysely)
+  // Each of the two texts fails once on that connection: the first in one request, the second
+  // (which that request never reached) in the next.
+  for (const round of [1, 2]) {
+    const lost = await app.inject('/items/1')
+    t.equal(lost.statusCode, 500, `lost ${round}`)
+    t.equal(lost.json().code, '26000', 'prepared statement does not exist')
+  }
+  for (const round of [1, 2]) {
+    const response = await app.inject('/items/2')
+    t.equal(response.statusCode, 200, `round ${round}`)
+    t.equal(response.json().name, 'pear')
+  }
+  t.equal(parsed.length, 4, 'both texts parsed again under their names, once')
+  t.same(parsed.slice(2), parsed.slice(0, 2))
+  t.equal(app.db.stats().destroyed, 0, 'the connection healed, not destroyed')
+})
+
+t.test('DEALLOCATE through request.db is refused: it would drop the statements pg has recorded as parsed', async (t) => {
+  const { app } = await setup(t, { preparedStatements: true })
+  app.get('/', async (request) => sql`DEALLOCATE ALL`.execute(request.db))
+  const response = await app.inject('/')
+  t.equal(response.json().code, 'FST_DB_SESSION_SESSION_STATE')
+})
+
 t.test('autocommit units run their queries with parameters as named statements too', async (t) => {
   const { app, parsed } = await setup(t, { preparedStatements: true, context: { 'app.who': () => 'me' } })
   const config = { db: { accessMode: 'read only', autocommit: true } } as const

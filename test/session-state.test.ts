@@ -11,6 +11,7 @@ const REFUSED = [
   'RESET statement_timeout',
   'LISTEN jobs',
   'PREPARE two AS SELECT 2',
+  'DEALLOCATE ALL',
   'DISCARD ALL',
   'SELECT pg_advisory_lock(42)',
   'SELECT pg_try_advisory_lock_shared(42)',
