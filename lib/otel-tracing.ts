@@ -52,19 +52,17 @@ export async function unitTracing (choice: TracerChoice, poolName: string): Prom
   }
   // The global provider is a proxy: an SDK registered after the plugin still gets the spans.
   const provider = (choice === 'global' ? api.trace.getTracerProvider() : choice) as TracerProvider
-  return new UnitTracing(api, provider.getTracer(TRACER_NAME), poolName, choice === 'global' ? idleProxy(provider) : null)
+  return new UnitTracing(api, provider.getTracer(TRACER_NAME), poolName, choice === 'global' ? idleProxy(api, provider) : null)
 }
 
 const TRACER_NAME = 'fastify-db-session'
 
-/** What tells whether the global proxy has an SDK behind it yet: its delegate while it has none. */
+/** What tells whether the global proxy has an SDK behind it yet: its delegate is still the no-op one. */
 interface IdleProxy { proxy: OpenTelemetryApi.ProxyTracerProvider, noop: TracerProvider }
 
-/** The global proxy and its no-op delegate, when no SDK is registered yet; null otherwise. */
-function idleProxy (provider: TracerProvider): IdleProxy | null {
-  // The API's global provider is always its proxy.
-  const proxy = provider as OpenTelemetryApi.ProxyTracerProvider
-  return proxy.getDelegateTracer(TRACER_NAME) === undefined ? { proxy, noop: proxy.getDelegate() } : null
+/** The global proxy (the API's global provider always is one) and the API's no-op provider, which a proxy without a delegate answers. */
+function idleProxy (api: Api, provider: TracerProvider): IdleProxy {
+  return { proxy: provider as OpenTelemetryApi.ProxyTracerProvider, noop: new api.ProxyTracerProvider().getDelegate() }
 }
 
 /** What names a unit of work in its span. */
