@@ -14,6 +14,7 @@ import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
 import fastifyPostgres from '@fastify/postgres'
 import { startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
+import { seedItems } from './seed.js'
 import type pluginType from '../lib/index.js'
 // DIST=1 measures the compiled plugin (what users run) instead of tsx's transpile of lib/.
 const { default: dbSession } = await import(process.env.DIST === '1' ? '../dist/index.js' : '../lib/index.js') as { default: typeof pluginType }
@@ -145,14 +146,6 @@ async function measure (app: FastifyInstance): Promise<number> {
   return (user + system) / BLOCK
 }
 
-async function seed (databaseUrl: string): Promise<void> {
-  const client = new pg.Client({ connectionString: databaseUrl })
-  await client.connect()
-  await client.query('DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)')
-  await client.query("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 1000) AS i")
-  await client.end()
-}
-
 function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   const middle = Math.floor(sorted.length / 2)
@@ -162,7 +155,7 @@ function median (values: number[]): number {
 const embedded = process.env.DATABASE_URL || FAKE ? null : await startEmbeddedPostgres()
 const databaseUrl = process.env.DATABASE_URL ?? embedded?.url ?? ''
 try {
-  if (!FAKE) await seed(databaseUrl)
+  if (!FAKE) await seedItems(databaseUrl)
   const names = only === undefined ? ['plugin-select', 'kysely-transaction', 'fastify-postgres'] : only.split(',')
   const apps = new Map<string, FastifyInstance>()
   for (const name of names) apps.set(name, await build(name, databaseUrl))

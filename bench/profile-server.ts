@@ -7,8 +7,8 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdir, readFile, readdir, rm } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
-import pg from 'pg'
 import { freePort, startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
+import { seedItems } from './seed.js'
 import { applyLayout, pinnedLayout, serverCommand } from './cpu-pinning.js'
 
 const [secondsText = '8', variantsText = 'plugin-select,fastify-postgres'] = process.argv.slice(2)
@@ -63,11 +63,7 @@ function summarise (profile: Profile, requests: number, skipMicros: number) {
 const embedded = process.env.DATABASE_URL ? null : await startEmbeddedPostgres()
 const databaseUrl = process.env.DATABASE_URL ?? embedded!.url
 try {
-  const seed = new pg.Client({ connectionString: databaseUrl })
-  await seed.connect()
-  await seed.query('DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)')
-  await seed.query("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 1000) AS i")
-  await seed.end()
+  await seedItems(databaseUrl)
   // As npm run bench runs them: the server on a core of its own.
   const layout = pinnedLayout()
   await applyLayout(layout, databaseUrl)

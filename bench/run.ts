@@ -7,8 +7,8 @@ import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
 import { cpus } from 'node:os'
 import { fileURLToPath } from 'node:url'
-import pg from 'pg'
 import { freePort, startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
+import { seedItems } from './seed.js'
 import { applyLayout, pinnedLayout, serverCommand, UNPINNED } from './cpu-pinning.js'
 import type { Layout } from './cpu-pinning.js'
 import { inProcessOverhead } from './in-process.js'
@@ -178,11 +178,7 @@ const embedded = process.env.DATABASE_URL ? null : await startEmbeddedPostgres()
 const databaseUrl = process.env.DATABASE_URL ?? embedded!.url
 const servers = new Map<VariantNumber, Server>()
 try {
-  const seed = new pg.Client({ connectionString: databaseUrl })
-  await seed.connect()
-  await seed.query('DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)')
-  await seed.query("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 1000) AS i")
-  await seed.end()
+  await seedItems(databaseUrl)
   layout = process.env.BENCH_PIN === '0' ? UNPINNED : pinnedLayout()
   pinned = layout
   await applyLayout(layout, databaseUrl)

@@ -7,8 +7,8 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
-import pg from 'pg'
 import { freePort, startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
+import { seedItems } from './seed.js'
 import { applyLayout, pinnedLayout, serverCommand } from './cpu-pinning.js'
 import { sequential } from './sequential.js'
 
@@ -23,11 +23,7 @@ const embedded = process.env.DATABASE_URL ? null : await startEmbeddedPostgres()
 const databaseUrl = process.env.DATABASE_URL ?? embedded!.url
 const servers: Array<{ variant: string, port: number, child: ReturnType<typeof spawn>, p50: number[], steps: Array<Record<string, number>> }> = []
 try {
-  const seed = new pg.Client({ connectionString: databaseUrl })
-  await seed.connect()
-  await seed.query('DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)')
-  await seed.query("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 1000) AS i")
-  await seed.end()
+  await seedItems(databaseUrl)
   const layout = pinnedLayout()
   await applyLayout(layout, databaseUrl)
   for (const variant of variants) {

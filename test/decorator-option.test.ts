@@ -3,11 +3,11 @@
 // register time, with FST_DB_SESSION_INVALID_OPTION instead of Fastify's FST_ERR_DEC_ALREADY_PRESENT.
 import t from 'tap'
 import Fastify from 'fastify'
-import type { FastifyInstance } from 'fastify'
 import type { Transaction } from 'kysely'
 import { sql } from 'kysely'
 import dbSession, { combineMetrics } from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
+import { buildError as registrationError } from './helpers/registration-error.js'
 import { names, setup } from './helpers/two-databases.js'
 
 t.setTimeout(120_000)
@@ -77,20 +77,6 @@ t.test('a registration in a child scope serves that scope only, with its metrics
   t.equal(metrics.statusCode, 200)
   t.match(metrics.body, /fastify_db_session_commits_total\{pool="analytics"\} 1/)
 })
-
-/** Builds an app with `build` and returns the error its registration failed with. */
-async function registrationError (build: (app: FastifyInstance) => unknown): Promise<{ code?: string, message: string }> {
-  const app = Fastify()
-  try {
-    await build(app)
-    await app.ready()
-  } catch (error) {
-    return error as { code?: string, message: string }
-  } finally {
-    await app.close()
-  }
-  throw new Error('registration unexpectedly succeeded')
-}
 
 t.test('a decorator name that would collide fails registration with FST_DB_SESSION_INVALID_OPTION, before any connection', async (t) => {
   const main = await testDatabase(t)

@@ -5,22 +5,9 @@ import pg from 'pg'
 import { CamelCasePlugin, sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
+import { registrationError } from './helpers/registration-error.js'
 import type { TestDatabase } from './helpers/database.js'
 import { deferred } from './helpers/util.js'
-
-/** Registers the plugin with `options` and returns the error registration failed with. */
-async function registrationError (options: unknown): Promise<{ code?: string, message: string }> {
-  const app = Fastify()
-  try {
-    await app.register(dbSession, options as never)
-    await app.ready()
-  } catch (error) {
-    return error as { code?: string, message: string }
-  } finally {
-    await app.close()
-  }
-  throw new Error('registration unexpectedly succeeded')
-}
 
 t.test('bad options fail registration with a message that says what to fix', async (t) => {
   const url = 'postgres://127.0.0.1:1/none'

@@ -12,6 +12,7 @@ import pg from 'pg'
 import { BeginFailure, beginWithQuery } from '../lib/begin-with-query.js'
 import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
+import { registrationError } from './helpers/registration-error.js'
 import { pgbouncerBinary, startPgBouncer } from './helpers/pgbouncer.js'
 import type { TestDatabase } from './helpers/database.js'
 
@@ -483,20 +484,6 @@ t.test('two registrations on one pool never give one name two texts', async (t) 
     await pool.end()
   }
 })
-
-/** Registers the plugin with `options` and returns the error registration failed with. */
-async function registrationError (options: unknown): Promise<{ code?: string, message: string }> {
-  const app = Fastify()
-  try {
-    await app.register(dbSession, options as never)
-    await app.ready()
-  } catch (error) {
-    return error as { code?: string, message: string }
-  } finally {
-    await app.close()
-  }
-  throw new Error('registration unexpectedly succeeded')
-}
 
 t.test('bad preparedStatements options fail registration and say what was expected', async (t) => {
   const db = await testDatabase(t)

@@ -10,19 +10,7 @@ import pg from 'pg'
 import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
-
-async function registrationError (options: unknown): Promise<{ code?: string, message: string }> {
-  const app = Fastify()
-  try {
-    await app.register(dbSession, options as never)
-    await app.ready()
-  } catch (error) {
-    return error as { code?: string, message: string }
-  } finally {
-    await app.close()
-  }
-  throw new Error('registration unexpectedly succeeded')
-}
+import { registrationError } from './helpers/registration-error.js'
 
 t.test('bad replica options fail registration with a message that says what to fix', async (t) => {
   const url = 'postgres://127.0.0.1:1/none'
