@@ -141,6 +141,10 @@ await app.register(dbSession, { connectionString: 'postgres://x', applicationNam
 await app.register(dbSession, { connectionString: 'postgres://x', applicationName: true })
 // @ts-expect-error applicationName is a function of the request, not a fixed string
 await app.register(dbSession, { connectionString: 'postgres://x', applicationName: 'notes' })
+await app.register(dbSession, { connectionString: 'postgres://x', preparedStatements: true })
+await app.register(dbSession, { connectionString: 'postgres://x', preparedStatements: { max: 500 } })
+// @ts-expect-error preparedStatements.max is a number of query texts
+await app.register(dbSession, { connectionString: 'postgres://x', preparedStatements: { max: '500' } })
 
 // Retries: a plugin option (with the backoff's base), per route, and per fastify.db.transaction.
 const retrying: DbSessionCommonOptions = { retries: 3, retryDelayMillis: 50 }
