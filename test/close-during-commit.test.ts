@@ -1,6 +1,6 @@
 // close() landing while a COMMIT runs, and fastify.db.kysely.destroy(): neither may hang or break the pool.
 import t from 'tap'
-import { testDatabase, eventually } from './helpers/database.js'
+import { testDatabase, eventually, holderAndQueuedWaiter } from './helpers/database.js'
 
 t.test('close() during a slow COMMIT: the request fails, nothing is committed, nothing hangs', async (t) => {
   const db = await testDatabase(t)
@@ -42,21 +42,7 @@ t.test('a query still waiting for a connection when close() starts gets FST_DB_S
   const db = await testDatabase(t)
   await db.query('CREATE TABLE items (name text)')
   const app = await db.app({ maxConnections: 1, acquireTimeoutMillis: 5000, closeTimeoutMillis: 1000 })
-  let release: () => void = () => {}
-  const holding = new Promise<void>((resolve) => { release = resolve })
-  app.post('/hold', async (request) => {
-    await request.db.insertInto('items').values({ name: 'holder' }).execute()
-    await holding
-    return { ok: true }
-  })
-  app.post('/wait', async (request) => {
-    await request.db.insertInto('items').values({ name: 'waiter' }).execute()
-    return { ok: true }
-  })
-  const holder = app.inject({ method: 'POST', url: '/hold' })
-  await eventually(async () => app.db.stats(), (s) => s.active === 1)
-  const waiter = app.inject({ method: 'POST', url: '/wait' })
-  await eventually(async () => app.db.stats(), (s) => s.waiting === 1)
+  const { holder, waiter, release } = await holderAndQueuedWaiter(app)
   // close() rolls the holder back, which hands its connection to the waiter's queued acquire.
   await app.close()
   release()

@@ -2,7 +2,7 @@
 // whether they wait in the pool's queue or for a connection being made, and whatever the
 // connections held by others do meanwhile.
 import t from 'tap'
-import { eventually, testDatabase } from './helpers/database.js'
+import { eventually, holderAndQueuedWaiter, testDatabase } from './helpers/database.js'
 import { startProxy } from './helpers/tcp-proxy.js'
 
 t.test('a caller queued behind a holder whose ROLLBACK never comes back gets CLOSING, not its acquire timeout', async (t) => {
@@ -10,21 +10,7 @@ t.test('a caller queued behind a holder whose ROLLBACK never comes back gets CLO
   await db.query('CREATE TABLE items (name text)')
   const proxy = await startProxy(t, db.url)
   const app = await db.app({ connectionString: proxy.urlFor(db.url), maxConnections: 1, acquireTimeoutMillis: 20_000, closeTimeoutMillis: 200 })
-  let release: () => void = () => {}
-  const holding = new Promise<void>((resolve) => { release = resolve })
-  app.post('/hold', async (request) => {
-    await request.db.insertInto('items').values({ name: 'holder' }).execute()
-    await holding
-    return { ok: true }
-  })
-  app.post('/wait', async (request) => {
-    await request.db.insertInto('items').values({ name: 'waiter' }).execute()
-    return { ok: true }
-  })
-  const holder = app.inject({ method: 'POST', url: '/hold' })
-  await eventually(async () => app.db.stats(), (s) => s.active === 1)
-  const waiter = app.inject({ method: 'POST', url: '/wait' })
-  await eventually(async () => app.db.stats(), (s) => s.waiting === 1)
+  const { holder, waiter, release } = await holderAndQueuedWaiter(app)
   // The database stops answering: the holder's ROLLBACK at close() hangs until its connection is
   // destroyed, and the pool ends with the waiter still in its queue.
   proxy.mode = 'silent'

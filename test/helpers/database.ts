@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import Fastify from 'fastify'
-import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import type { FastifyInstance, FastifyServerOptions, LightMyRequestResponse } from 'fastify'
 import dbSession from '../../lib/index.js'
 import type { DbSessionConnectionStringOptions } from '../../index.js'
 
@@ -80,4 +80,27 @@ export async function eventually<T> (read: () => Promise<T>, check: (value: T) =
     value = await read()
   }
   return value
+}
+
+/**
+ * On an app with one connection: a request that holds it (it inserted 'holder' and waits for
+ * `release`), then one queued for it (it would insert 'waiter'), both in flight when this returns.
+ */
+export async function holderAndQueuedWaiter (app: FastifyInstance): Promise<{ holder: Promise<LightMyRequestResponse>, waiter: Promise<LightMyRequestResponse>, release: () => void }> {
+  let release: () => void = () => {}
+  const holding = new Promise<void>((resolve) => { release = resolve })
+  app.post('/hold', async (request) => {
+    await request.db.insertInto('items').values({ name: 'holder' }).execute()
+    await holding
+    return { ok: true }
+  })
+  app.post('/wait', async (request) => {
+    await request.db.insertInto('items').values({ name: 'waiter' }).execute()
+    return { ok: true }
+  })
+  const holder = app.inject({ method: 'POST', url: '/hold' })
+  await eventually(async () => app.db.stats(), (s) => s.active === 1)
+  const waiter = app.inject({ method: 'POST', url: '/wait' })
+  await eventually(async () => app.db.stats(), (s) => s.waiting === 1)
+  return { holder, waiter, release }
 }
