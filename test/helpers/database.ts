@@ -3,6 +3,7 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import Fastify from 'fastify'
+import { sql } from 'kysely'
 import type { FastifyInstance, FastifyServerOptions, LightMyRequestResponse } from 'fastify'
 import dbSession from '../../lib/index.js'
 import type { DbSessionConnectionStringOptions } from '../../index.js'
@@ -90,12 +91,13 @@ export async function holderAndQueuedWaiter (app: FastifyInstance): Promise<{ ho
   let release: () => void = () => {}
   const holding = new Promise<void>((resolve) => { release = resolve })
   app.post('/hold', async (request) => {
-    await request.db.insertInto('items').values({ name: 'holder' }).execute()
+    // SQL text: this helper is compiled with the examples too, whose request.db has other tables.
+    await sql`INSERT INTO items (name) VALUES ('holder')`.execute(request.db)
     await holding
     return { ok: true }
   })
   app.post('/wait', async (request) => {
-    await request.db.insertInto('items').values({ name: 'waiter' }).execute()
+    await sql`INSERT INTO items (name) VALUES ('waiter')`.execute(request.db)
     return { ok: true }
   })
   const holder = app.inject({ method: 'POST', url: '/hold' })
