@@ -244,6 +244,7 @@ declare namespace fastifyDbSession {
     maxConnections?: never
     idleTimeoutMillis?: never
     maxLifetimeSeconds?: never
+    connectTimeoutMillis?: never
   }
 
   /** Sizing of a pool the plugin creates and owns; each may instead be set as its pg name in a `pg.PoolConfig`, never both. */
@@ -254,6 +255,14 @@ declare namespace fastifyDbSession {
     idleTimeoutMillis?: number
     /** Connections older than this are closed once released. Default 1800 s; 0 means no limit. */
     maxLifetimeSeconds?: number
+    /**
+     * How long the owned pool may take to make a new connection (connect, TLS, authentication)
+     * before giving up on it: pg's connect timeout. Default: `acquireTimeoutMillis`, but at least
+     * 5000 ms. A request waits no longer than `acquireTimeoutMillis` either way; a connection still
+     * being made when that passes goes on and serves the next request. Not with a
+     * `pg.PoolConfig` that sets `connectionTimeoutMillis` (pg-pool then bounds both with it).
+     */
+    connectTimeoutMillis?: number
   }
 
   /** The options every registration takes, however it gets its connections. */

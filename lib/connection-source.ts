@@ -21,7 +21,8 @@ export class ConnectionSource implements LeaseOwner {
   readonly leases = new Set<Lease>()
   /** Our acquire deadline, when the pool does not keep one (pg-pool's connectionTimeoutMillis). */
   readonly #deadlines: AcquireDeadlines | null
-  readonly #boundedConnects: boolean
+  /** A connection made at once for a caller ends, made or failed, within the caller's deadline. */
+  readonly #connectsWithinDeadline: boolean
   readonly #reportedDeadline: number
   readonly #breaker: CircuitBreaker | null
   /** How long a cancel of a destroyed connection's statement may take (closeTimeoutMillis). */
@@ -31,16 +32,17 @@ export class ConnectionSource implements LeaseOwner {
   readonly #waiting = new Set<() => void>()
 
   /**
-   * `boundedConnects`: the pool's clients have a connect timeout of the deadline's length (the
-   * owned pool's do), so a connection made at once for a caller needs no deadline of ours.
+   * `connect`: the connect timeout of the pool's new connections (the owned pool's), 0 for none
+   * of ours. When it is no longer than the deadline, a caller for whom a connection is made at
+   * once needs no deadline of ours: that connection's outcome comes first.
    */
-  constructor (pool: pg.Pool, telemetry: Telemetry, log: FastifyBaseLogger, deadlines: { own: number, reported: number, boundedConnects: boolean, cancel: number }, breaker: CircuitBreaker | null, statements: PreparedStatements | null = null) {
+  constructor (pool: pg.Pool, telemetry: Telemetry, log: FastifyBaseLogger, deadlines: { own: number, reported: number, connect: number, cancel: number }, breaker: CircuitBreaker | null, statements: PreparedStatements | null = null) {
     this.pool = pool
     this.telemetry = telemetry
     this.log = log
     this.statements = statements
     this.#deadlines = deadlines.own > 0 ? new AcquireDeadlines(deadlines.own) : null
-    this.#boundedConnects = deadlines.boundedConnects
+    this.#connectsWithinDeadline = deadlines.connect > 0 && deadlines.connect <= deadlines.own
     this.#reportedDeadline = deadlines.reported
     this.#breaker = breaker
     this.#cancelTimeoutMillis = deadlines.cancel
@@ -103,9 +105,10 @@ export class ConnectionSource implements LeaseOwner {
         forgetWaiter(this.pool, answer)
         reject(new ClosingError())
       }
-      // As with pg-pool's own deadline: a caller that waits in the pool's queue gets the timeout;
-      // one for whom a connection is made at once gets that connection's outcome (two timers of
-      // the same length would otherwise race for which error it sees).
+      // A caller that waits in the pool's queue gets the timeout. One for whom a connection is
+      // made at once gets that connection's outcome when its connect timeout ends first (two
+      // timers of the same length would otherwise race for which error it sees); otherwise the
+      // deadline answers it, and the connection, once made, serves the next caller.
       const waiter = this.#deadlines === null || this.#connectsAtOnce() ? null : this.#deadlines.wait(asked, expire)
       const answer = (cause: Error | null | undefined, client?: pg.PoolClient): void => {
         this.#waiting.delete(abandon)
@@ -116,10 +119,14 @@ export class ConnectionSource implements LeaseOwner {
         }
         if (waiter !== null) {
           if (waiter.expired) {
-            // Already answered with the timeout: a late connection goes back to the pool, and a
-            // late failure still counts against the database.
-            if (client !== undefined) client.release()
-            else this.#breaker?.failed()
+            // Already answered with the timeout: a late connection goes back to the pool for the
+            // next caller, and a late failure still counts against the database, and is told.
+            if (client !== undefined) {
+              client.release()
+            } else {
+              this.#breaker?.failed()
+              this.log.warn({ err: cause }, 'fastify-db-session: a new database connection failed after the request it was made for had timed out')
+            }
             return
           }
           (this.#deadlines as AcquireDeadlines).answered(waiter)
@@ -140,9 +147,9 @@ export class ConnectionSource implements LeaseOwner {
     })
   }
 
-  /** pg-pool makes a new connection for this caller right away, bounded by its connect timeout. */
+  /** pg-pool makes a new connection for this caller right away, whose connect timeout ends within the deadline. */
   #connectsAtOnce (): boolean {
-    return this.#boundedConnects && this.pool.idleCount === 0 && this.pool.totalCount < (this.pool.options.max as number)
+    return this.#connectsWithinDeadline && this.pool.idleCount === 0 && this.pool.totalCount < (this.pool.options.max as number)
   }
 
   /** The circuit breaker's refusal, if it refuses. */

@@ -29,6 +29,12 @@ export const DEFAULTS = {
   leakTimeoutMillis: 0,
   retryDelayMillis: 20
 } as const
+/**
+ * connectTimeoutMillis, when not given: the acquire deadline, but never below this. A connection
+ * is made for the pool, not for the one caller who asked first: bounded by that caller's short
+ * deadline, every connect fails once the event loop lags behind it, and the pool never fills.
+ */
+const MIN_DEFAULT_CONNECT_TIMEOUT_MILLIS = 5000
 /** The longest retryDelayMillis: its doubled backoffs must stay far below a Node timer's limit. */
 const MAX_RETRY_DELAY_MILLIS = 60000
 
@@ -42,6 +48,8 @@ export interface ResolvedOptions {
   acquireTimeoutMillis: number
   /** The deadline reported in errors. */
   reportedAcquireTimeoutMillis: number
+  /** pg's connect timeout on the owned pool's new connections; 0 when the pool is the user's or pg-pool keeps its own. */
+  connectTimeoutMillis: number
   closeTimeoutMillis: number
   commitWhen: (request: FastifyRequest, reply: FastifyReply) => boolean
   plugins: KyselyPlugin[]
@@ -76,7 +84,7 @@ export interface ResolvedOptions {
 }
 
 const KNOWN = new Set([
-  'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'idleTimeoutMillis',
+  'connectionString', 'pool', 'maxConnections', 'acquireTimeoutMillis', 'connectTimeoutMillis', 'idleTimeoutMillis',
   'maxLifetimeSeconds', 'closeTimeoutMillis', 'commitWhen', 'plugins', 'cursor', 'isolationLevel', 'accessMode', 'context',
   'statementTimeoutMillis', 'idleInTransactionTimeoutMillis', 'name', 'metricsRoute', 'leakDetectionMillis',
   'leakTimeoutMillis', 'circuitBreaker', 'startupCheck', 'retries', 'retryDelayMillis', 'autocommit', 'respondBeforeCommit', 'decorator', 'applicationName', 'promClientRegistry', 'openTelemetry', 'preparedStatements',
@@ -197,6 +205,9 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   beginSettings(transactionDefaults, '')
   const closeTimeoutMillis = wholeNumber(options, 'closeTimeoutMillis', 1)
   const acquireTimeoutMillis = wholeNumber(options, 'acquireTimeoutMillis', 1)
+  const connectTimeoutMillis = options.connectTimeoutMillis === undefined
+    ? Math.max(acquireTimeoutMillis, MIN_DEFAULT_CONNECT_TIMEOUT_MILLIS)
+    : integerAtLeast(options.connectTimeoutMillis, 'connectTimeoutMillis', 1)
   const retryDelayMillis = options.retryDelayMillis ?? DEFAULTS.retryDelayMillis
   if (!Number.isSafeInteger(retryDelayMillis) || retryDelayMillis < 0 || retryDelayMillis > MAX_RETRY_DELAY_MILLIS) {
     throw new InvalidOptionError(`retryDelayMillis must be an integer number of milliseconds from 0 to ${MAX_RETRY_DELAY_MILLIS}; instead got '${String(retryDelayMillis)}'`)
@@ -229,6 +240,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
     idleTimeoutMillis: wholeNumber(options, 'idleTimeoutMillis', 0),
     maxLifetimeSeconds: wholeNumber(options, 'maxLifetimeSeconds', 0),
     acquireTimeoutMillis,
+    connectTimeoutMillis,
     withConnectTimeout
   })
 
@@ -236,8 +248,9 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   if (typeof (pool as { connect?: unknown } | undefined)?.connect === 'function') {
     const userPool = pool as pg.Pool
     // The user's pool is theirs to size; only the acquire deadline is ours to add.
-    const given = POOL_SIZING.filter((name) => options[name] !== undefined)
-    if (connectionString !== undefined) given.unshift('connectionString' as never)
+    const given: string[] = POOL_SIZING.filter((name) => options[name] !== undefined)
+    if (options.connectTimeoutMillis !== undefined) given.push('connectTimeoutMillis')
+    if (connectionString !== undefined) given.unshift('connectionString')
     if (given.length > 0) {
       throw new InvalidOptionError(`${given.join(', ')} cannot apply to an existing pg.Pool; set them on the pool, or pass a pg.PoolConfig as pool`)
     }
@@ -250,6 +263,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
       replicas: replicas(),
       pool: userPool,
       ownsPool: false,
+      connectTimeoutMillis: 0,
       acquireTimeoutMillis: poolDeadline > 0 ? 0 : acquireTimeoutMillis,
       reportedAcquireTimeoutMillis: poolDeadline > 0 ? poolDeadline : acquireTimeoutMillis
     }
@@ -269,21 +283,26 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   if (config.connectionTimeoutMillis && options.acquireTimeoutMillis !== undefined) {
     throw new InvalidOptionError('acquireTimeoutMillis and pool.connectionTimeoutMillis are both set; set only one')
   }
+  if (config.connectionTimeoutMillis && options.connectTimeoutMillis !== undefined) {
+    throw new InvalidOptionError('connectTimeoutMillis and pool.connectionTimeoutMillis are both set (pg-pool\'s connectionTimeoutMillis bounds the wait and the connect alike); set only one')
+  }
   config.max ??= wholeNumber(options, 'maxConnections', 1)
   checkPoolMinimum(config.min, config.max)
   config.idleTimeoutMillis ??= wholeNumber(options, 'idleTimeoutMillis', 0)
   config.maxLifetimeSeconds ??= wholeNumber(options, 'maxLifetimeSeconds', 0)
   // pg waits forever by default; a request must fail fast instead. A connectionTimeoutMillis of
   // the config's own is pg-pool's to keep; otherwise the deadline is ours, kept with one timer for
-  // all waiters, and new connections get it as pg's connect timeout.
+  // all waiters, and new connections get connectTimeoutMillis as pg's connect timeout.
   const poolDeadline = config.connectionTimeoutMillis ?? 0
-  config.Client = withConnectTimeout(config.Client ?? pg.Client, poolDeadline === 0 ? acquireTimeoutMillis : 0)
+  const ownConnectTimeout = poolDeadline === 0 ? connectTimeoutMillis : 0
+  config.Client = withConnectTimeout(config.Client ?? pg.Client, ownConnectTimeout)
   const replicaSettings = replicas()
   return {
     ...common,
     replicas: replicaSettings,
     pool: new pg.Pool(config),
     ownsPool: true,
+    connectTimeoutMillis: ownConnectTimeout,
     acquireTimeoutMillis: poolDeadline > 0 ? 0 : acquireTimeoutMillis,
     reportedAcquireTimeoutMillis: poolDeadline > 0 ? poolDeadline : acquireTimeoutMillis
   }

@@ -45,7 +45,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   const counters = openTelemetry ?? new Counters()
   const telemetry = counters
   const breaker = resolved.circuitBreaker === null ? null : new CircuitBreaker(resolved.circuitBreaker)
-  const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, boundedConnects: resolved.ownsPool, cancel: closeTimeoutMillis }
+  const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, connect: resolved.connectTimeoutMillis, cancel: closeTimeoutMillis }
   const source = new ConnectionSource(pool, telemetry, fastify.log, deadlines, breaker, resolved.preparedStatements)
   const tracing = await unitTracing(resolved.tracerProvider, resolved.name)
   if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
@@ -60,7 +60,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   if (resolved.replicas !== null) {
     for (const [index, replica] of resolved.replicas.pools.entries()) {
       const replicaCounters = new Counters()
-      const replicaDeadlines = { own: replica.acquireTimeoutMillis, reported: replica.reportedAcquireTimeoutMillis, boundedConnects: replica.owned, cancel: closeTimeoutMillis }
+      const replicaDeadlines = { own: replica.acquireTimeoutMillis, reported: replica.reportedAcquireTimeoutMillis, connect: replica.connectTimeoutMillis, cancel: closeTimeoutMillis }
       replicas.push({
         name: `${resolved.name}-replica-${index + 1}`,
         pool: replica.pool,

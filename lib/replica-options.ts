@@ -20,6 +20,8 @@ export interface ReplicaPool {
   /** Our own acquire deadline; 0 when pg-pool keeps one (the pool's connectionTimeoutMillis). */
   acquireTimeoutMillis: number
   reportedAcquireTimeoutMillis: number
+  /** pg's connect timeout on its new connections; 0 when the pool is the user's or pg-pool keeps its own. */
+  connectTimeoutMillis: number
 }
 
 export interface ReplicaSettings {
@@ -39,6 +41,7 @@ interface Sizing {
   idleTimeoutMillis: number
   maxLifetimeSeconds: number
   acquireTimeoutMillis: number
+  connectTimeoutMillis: number
   /** pg's Client with our connect timeout, as the primary's owned pool gets it. */
   withConnectTimeout: (Client: NonNullable<pg.PoolConfig['Client']>, millis: number) => typeof pg.Client
 }
@@ -90,7 +93,7 @@ function replicaPool (replica: unknown, where: string, sizing: Sizing): ReplicaP
   if (typeof (replica as { connect?: unknown } | null)?.connect === 'function') {
     const pool = replica as pg.Pool
     const deadline = pool.options.connectionTimeoutMillis ?? 0
-    return { pool, owned: false, acquireTimeoutMillis: deadline > 0 ? 0 : sizing.acquireTimeoutMillis, reportedAcquireTimeoutMillis: deadline > 0 ? deadline : sizing.acquireTimeoutMillis }
+    return { pool, owned: false, acquireTimeoutMillis: deadline > 0 ? 0 : sizing.acquireTimeoutMillis, reportedAcquireTimeoutMillis: deadline > 0 ? deadline : sizing.acquireTimeoutMillis, connectTimeoutMillis: 0 }
   }
   let config: pg.PoolConfig
   if (typeof replica === 'string' && replica !== '') config = { connectionString: replica }
@@ -107,6 +110,7 @@ function replicaPool (replica: unknown, where: string, sizing: Sizing): ReplicaP
   config.idleTimeoutMillis ??= sizing.idleTimeoutMillis
   config.maxLifetimeSeconds ??= sizing.maxLifetimeSeconds
   const deadline = config.connectionTimeoutMillis ?? 0
-  config.Client = sizing.withConnectTimeout(config.Client ?? pg.Client, deadline === 0 ? sizing.acquireTimeoutMillis : 0)
-  return { pool: new pg.Pool(config), owned: true, acquireTimeoutMillis: deadline > 0 ? 0 : sizing.acquireTimeoutMillis, reportedAcquireTimeoutMillis: deadline > 0 ? deadline : sizing.acquireTimeoutMillis }
+  const connectTimeoutMillis = deadline === 0 ? sizing.connectTimeoutMillis : 0
+  config.Client = sizing.withConnectTimeout(config.Client ?? pg.Client, connectTimeoutMillis)
+  return { pool: new pg.Pool(config), owned: true, acquireTimeoutMillis: deadline > 0 ? 0 : sizing.acquireTimeoutMillis, reportedAcquireTimeoutMillis: deadline > 0 ? deadline : sizing.acquireTimeoutMillis, connectTimeoutMillis }
 }
