@@ -10,12 +10,12 @@ import dbSession from '../lib/index.js'
 import { testDatabase } from './helpers/database.js'
 import { startProxy } from './helpers/tcp-proxy.js'
 
-async function breakerApp (t: Test, circuitBreaker: object | boolean, acquireTimeoutMillis?: number) {
+async function breakerApp (t: Test, circuitBreaker: object | boolean, timeouts: { acquireTimeoutMillis?: number, connectTimeoutMillis?: number } = {}) {
   const db = await testDatabase(t)
   const proxy = await startProxy(t, db.url, 'up')
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(dbSession, { connectionString: proxy.urlFor(db.url), circuitBreaker, idleTimeoutMillis: 1, acquireTimeoutMillis })
+  await app.register(dbSession, { connectionString: proxy.urlFor(db.url), circuitBreaker, idleTimeoutMillis: 1, ...timeouts })
   app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
   return { app, proxy }
 }
@@ -52,7 +52,7 @@ t.test('after failureThreshold failed connects the circuit opens: 503 DATABASE_U
 
 t.test('a database that accepts connections and never answers opens the circuit too', async (t) => {
   // 600 ms: long enough for the first, real connect on a loaded machine (150 ms failed under load).
-  const { app, proxy } = await breakerApp(t, { failureThreshold: 2, coolDownMillis: 5000 }, 600)
+  const { app, proxy } = await breakerApp(t, { failureThreshold: 2, coolDownMillis: 5000 }, { acquireTimeoutMillis: 600, connectTimeoutMillis: 800 })
   t.same((await app.inject('/')).json(), { one: 1 }, 'up: served')
   await new Promise((resolve) => setTimeout(resolve, 20)) // the idle connection times out
   proxy.mode = 'silent'
@@ -60,7 +60,7 @@ t.test('a database that accepts connections and never answers opens the circuit 
   // timeout a moment later, and that failure counts.
   for (let i = 0; i < 2; i++) {
     const res = await app.inject('/')
-    t.equal(res.statusCode, 503)
+    t.equal(res.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
     await new Promise((resolve) => setTimeout(resolve, 300))
   }
   t.equal(app.db.stats().circuitOpen, true, 'the circuit opened')

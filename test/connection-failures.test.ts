@@ -71,7 +71,7 @@ t.test('a server that accepts but never answers: 503 at the deadline, and the la
   await new Promise((resolve) => silent.close(resolve))
 })
 
-t.test('the owned pool and a server that never answers: the connect gives up at the deadline, 503 CONNECTION_FAILED', async (t) => {
+t.test('the owned pool and a server that never answers, with connectTimeoutMillis the deadline: the connect gives up at it, 503 CONNECTION_FAILED', async (t) => {
   const sockets = new Set<Socket>()
   let closed = 0
   const silent = createServer((socket) => {
@@ -82,7 +82,7 @@ t.test('the owned pool and a server that never answers: the connect gives up at 
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
   const { port } = silent.address() as { port: number }
   const app = Fastify()
-  await app.register(dbSession, { connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`, maxConnections: 1, acquireTimeoutMillis: 150, startupCheck: false })
+  await app.register(dbSession, { connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`, maxConnections: 1, acquireTimeoutMillis: 150, connectTimeoutMillis: 150, startupCheck: false })
   app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
   const started = Date.now()
   const res = await app.inject('/')

@@ -34,7 +34,11 @@ t.test('bad options fail registration with a message that says what to fix', asy
     [{ pool: userPoolWithDeadline, acquireTimeoutMillis: 50 }, /acquireTimeoutMillis conflicts with the pool's connectionTimeoutMillis \(100\); set only one/],
     [{ pool: { max: 3 }, maxConnections: 5 }, /maxConnections and pool.max are both set; set only one/],
     [{ pool: { connectionString: url }, connectionString: url }, /connectionString and pool.connectionString are both set/],
-    [{ pool: { connectionTimeoutMillis: 10 }, acquireTimeoutMillis: 10 }, /acquireTimeoutMillis and pool.connectionTimeoutMillis are both set/]
+    [{ pool: { connectionTimeoutMillis: 10 }, acquireTimeoutMillis: 10 }, /acquireTimeoutMillis and pool.connectionTimeoutMillis are both set/],
+    [{ connectionString: url, connectTimeoutMillis: 0 }, /connectTimeoutMillis must be an integer of at least 1; instead got '0'/],
+    [{ connectionString: url, connectTimeoutMillis: '5000' }, /connectTimeoutMillis must be an integer of at least 1; instead got '5000'/],
+    [{ pool: userPool, connectTimeoutMillis: 500 }, /connectTimeoutMillis cannot apply to an existing pg.Pool; set them on the pool/],
+    [{ pool: { connectionTimeoutMillis: 10 }, connectTimeoutMillis: 10 }, /connectTimeoutMillis and pool.connectionTimeoutMillis are both set \(pg-pool's connectionTimeoutMillis bounds the wait and the connect alike\); set only one/]
   ]
   for (const [options, message] of cases) {
     const error = await registrationError(options)

@@ -34,6 +34,8 @@ await app.register(dbSession, { pool: { host: 'localhost', max: 3 }, commitWhen:
 await app.register(dbSession, { connectionString: 'postgres://x', context: { 'app.tenant_id': (request) => request.headers['x-tenant'] as string, 'app.n': () => 1 } })
 await app.register(dbSession, { connectionString: 'postgres://x', pool: { ssl: false, application_name: 'api' } })
 await app.register(dbSession, { pool: new pg.Pool(), acquireTimeoutMillis: 100, closeTimeoutMillis: 100 })
+await app.register(dbSession, { connectionString: 'postgres://x', acquireTimeoutMillis: 100, connectTimeoutMillis: 3000 })
+await app.register(dbSession, { pool: { host: 'db' }, connectTimeoutMillis: 3000 })
 // pg-cursor's class, for stream()
 await app.register(dbSession, { connectionString: 'postgres://x', cursor: Cursor })
 // @ts-expect-error cursor is pg-cursor's class, not its name
@@ -53,6 +55,8 @@ await app.register(dbSession, { connectionString: 'postgres://x', pool: { connec
 await app.register(dbSession, { pool: new pg.Pool(), maxConnections: 5 })
 // @ts-expect-error an existing pg.Pool is sized on the pool itself
 await app.register(dbSession, { pool: new pg.Pool(), idleTimeoutMillis: 5 })
+// @ts-expect-error an existing pg.Pool makes its own connections: connectTimeoutMillis is set on it (connectionTimeoutMillis)
+await app.register(dbSession, { pool: new pg.Pool(), connectTimeoutMillis: 5 })
 // @ts-expect-error an existing pg.Pool is sized on the pool itself
 const badPoolLifetime: FastifyDbSessionOptions = { pool: new pg.Pool(), maxLifetimeSeconds: 5 }
 // @ts-expect-error no connection

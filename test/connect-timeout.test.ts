@@ -1,0 +1,87 @@
+// connectTimeoutMillis: a new connection of the owned pool is made for the pool, not for the
+// request that asked first. That request waits no longer than acquireTimeoutMillis; the
+// connection, if it is made after that, serves the next one.
+import t from 'tap'
+import { createServer } from 'node:net'
+import type { Socket } from 'node:net'
+import Fastify from 'fastify'
+import dbSession from '../lib/index.js'
+import { eventually, testDatabase } from './helpers/database.js'
+import { startProxy } from './helpers/tcp-proxy.js'
+import { capturedLogs } from './helpers/util.js'
+
+t.test('a connect slower than the acquire deadline: the request gets ACQUIRE_TIMEOUT, the connection is made anyway and serves the next request', async (t) => {
+  const db = await testDatabase(t)
+  const proxy = await startProxy(t, db.url)
+  // Each new connection reaches the database 400 ms late: longer than the 100 ms deadline. Were
+  // the connect bounded by the deadline, every connect would fail and the pool never serve.
+  proxy.connectDelayMillis = 400
+  const app = await db.app({ connectionString: proxy.urlFor(db.url), maxConnections: 1, acquireTimeoutMillis: 100, startupCheck: false })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const started = Date.now()
+  const first = await app.inject('/')
+  const took = Date.now() - started
+  t.equal(first.statusCode, 503)
+  t.equal(first.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT', 'the deadline answered, not a failed connect')
+  t.ok(took < 350, `answered at its deadline, before the connection was made (${took} ms)`)
+  t.equal(app.db.pool.totalCount, 1, 'the connection is still being made')
+  t.equal(await eventually(async () => app.db.pool.idleCount, (n) => n === 1), 1, 'made, and back in the pool')
+  t.same((await app.inject('/')).json(), { one: 1 }, 'the next request is served on it')
+  t.equal(app.db.stats().connectionsCreated, 1, 'no other connection was made')
+  t.equal(proxy.accepted, 1)
+  t.equal(app.db.stats().acquireTimeouts, 1)
+})
+
+t.test('by default the connect timeout is not a short acquire deadline: a silent server is still being waited for 1 s later', async (t) => {
+  const sockets = new Set<Socket>()
+  let closed = 0
+  const silent = createServer((socket) => {
+    sockets.add(socket)
+    socket.resume()
+    socket.on('close', () => { closed++ })
+  })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => silent.close(resolve)))
+  const { port } = silent.address() as { port: number }
+  const app = Fastify()
+  await app.register(dbSession, { connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`, maxConnections: 1, acquireTimeoutMillis: 150, startupCheck: false })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const res = await app.inject('/')
+  t.equal(res.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  t.equal(sockets.size, 1)
+  t.equal(closed, 0, 'the connect goes on (its timeout is 5000 ms, the default floor)')
+  t.equal(app.db.pool.totalCount, 1)
+  await app.close()
+  for (const socket of sockets) socket.destroy()
+})
+
+t.test('a connect that fails after its request timed out: logged, counted by the circuit breaker, and its slot freed', async (t) => {
+  const sockets = new Set<Socket>()
+  const silent = createServer((socket) => { sockets.add(socket); socket.resume() })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => silent.close(resolve)))
+  const { port } = silent.address() as { port: number }
+  const logs = capturedLogs()
+  const app = Fastify(logs.options)
+  t.teardown(() => app.close())
+  await app.register(dbSession, {
+    connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`,
+    maxConnections: 1,
+    acquireTimeoutMillis: 150,
+    connectTimeoutMillis: 400,
+    startupCheck: false,
+    circuitBreaker: { failureThreshold: 1, coolDownMillis: 60_000 }
+  })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const res = await app.inject('/')
+  t.equal(res.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  t.equal(app.db.stats().circuitOpen, false, 'a timeout says nothing of the database')
+  const line = await eventually(async () => logs.lines.find((entry) => /failed after the request it was made for had timed out/.test(entry.msg)), (found) => found !== undefined)
+  t.ok(line, 'the late failure is logged')
+  t.match(line?.err?.message, /timeout/, 'with its cause')
+  t.equal(app.db.stats().circuitOpen, true, 'the failed connect counted against the database')
+  t.equal(app.db.pool.totalCount, 0, 'its slot is free')
+  t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_DATABASE_UNAVAILABLE')
+  for (const socket of sockets) socket.destroy()
+})
