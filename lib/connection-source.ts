@@ -123,7 +123,8 @@ export class ConnectionSource implements LeaseOwner {
             // next caller, and a late failure still counts against the database, and is told.
             if (client !== undefined) {
               client.release()
-            } else {
+            } else if (!this.#closed) {
+              // (A connect that close() cut short says nothing of the database.)
               this.#breaker?.failed()
               this.log.warn({ err: cause }, 'fastify-db-session: a new database connection failed after the request it was made for had timed out')
             }

@@ -104,3 +104,17 @@ export interface PgConnection {
 
 /** pg's Query class, with its private methods typed, to extend. */
 export const PgQueryClass = pg.Query as unknown as new (text: string, values: readonly unknown[]) => PgQuery
+
+/**
+ * Ends the connects still under way in a pool that is ending: pg-pool's end() closes idle clients
+ * and waits for the others, and a client whose connect the database never answers would hold the
+ * pool open, and its socket, until its connect timeout. Each one's socket is destroyed, so its
+ * connect fails now and pg-pool drops it. Reads pg-pool's `_clients` (every client it made, connected
+ * or not) and pg's `_connecting` (true from connect() to the first ReadyForQuery).
+ */
+export function destroyConnecting (pool: pg.Pool): void {
+  const clients = (pool as unknown as { _clients?: Array<{ _connecting?: boolean, connection?: { stream?: { destroy: () => void } } }> })._clients ?? []
+  for (const client of clients) {
+    if (client._connecting === true) client.connection?.stream?.destroy()
+  }
+}

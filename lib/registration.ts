@@ -15,7 +15,7 @@ import type { Telemetry } from './metrics.js'
 import { OpenTelemetryCounters } from './otel-metrics.js'
 import { unitTracing } from './otel-tracing.js'
 import { resolveOptions } from './options.js'
-import { poolClientClass } from './pg-internals.js'
+import { destroyConnecting, poolClientClass } from './pg-internals.js'
 import { prometheusText } from './prometheus.js'
 import { reportToPromClient } from './prom-client.js'
 import { ReplicaHealth } from './replica-health.js'
@@ -178,7 +178,7 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
     await within(closeTimeoutMillis, Promise.all([source, ...replicas.map((replica) => replica.source)].map((each) => each.destroyCheckedOut())))
     if (resolved.ownsPool) {
       // The listener stays: pg-pool's end() resolves while its sockets may still report errors.
-      await within(closeTimeoutMillis, pool.end())
+      await within(closeTimeoutMillis, endOwnedPool(pool))
     } else {
       stopListening()
     }
@@ -192,7 +192,14 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
  */
 async function closeReplicas (replicas: ReadonlyArray<{ pool: pg.Pool, owned: boolean, stopListening: () => void }>, closeTimeoutMillis: number): Promise<void> {
   for (const replica of replicas) if (!replica.owned) replica.stopListening()
-  await within(closeTimeoutMillis, Promise.all(replicas.filter(({ owned }) => owned).map(({ pool }) => pool.end())))
+  await within(closeTimeoutMillis, Promise.all(replicas.filter(({ owned }) => owned).map(({ pool }) => endOwnedPool(pool))))
+}
+
+/** Ends a pool the plugin made, connects still under way included (a connection made after close() would outlive it). */
+function endOwnedPool (pool: pg.Pool): Promise<void> {
+  const ended = pool.end()
+  destroyConnecting(pool)
+  return ended
 }
 
 function pingTimeout (options: { timeoutMillis?: number } | undefined): number {

@@ -85,3 +85,38 @@ t.test('a connect that fails after its request timed out: logged, counted by the
   t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_DATABASE_UNAVAILABLE')
   for (const socket of sockets) socket.destroy()
 })
+
+t.test('close() ends a connect still under way at once, instead of leaving it open until its connect timeout', async (t) => {
+  const sockets = new Set<Socket>()
+  let closed = 0
+  const silent = createServer((socket) => {
+    sockets.add(socket)
+    socket.resume()
+    socket.on('close', () => { closed++ })
+  })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => silent.close(resolve)))
+  const { port } = silent.address() as { port: number }
+  const logs = capturedLogs()
+  const app = Fastify(logs.options)
+  await app.register(dbSession, {
+    connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`,
+    maxConnections: 1,
+    acquireTimeoutMillis: 150,
+    closeTimeoutMillis: 300,
+    startupCheck: false,
+    circuitBreaker: { failureThreshold: 1, coolDownMillis: 60_000 }
+  })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
+  t.equal(closed, 0, 'the connect is under way')
+  const started = Date.now()
+  await app.close()
+  const took = Date.now() - started
+  t.equal(app.db.pool.totalCount, 0, 'the pool ended')
+  t.equal(await eventually(async () => closed, (n) => n === 1, 1000), 1, 'its socket was closed by close(), not 5 s later by its connect timeout')
+  t.ok(took < 1000, `close() took ${took} ms`)
+  t.equal(app.db.stats().circuitOpen, false, 'a connect close() cut short says nothing of the database')
+  t.same(logs.lines.filter((line) => /timed out/.test(line.msg)), [], 'and is not logged as a failure')
+  for (const socket of sockets) socket.destroy()
+})
