@@ -90,14 +90,18 @@ export async function eventually<T> (read: () => Promise<T>, check: (value: T) =
 
 /**
  * On an app with one connection: a request that holds it (it inserted 'holder' and waits for
- * `release`), then one queued for it (it would insert 'waiter'), both in flight when this returns.
+ * `release`), then one queued for it (it would insert 'waiter'), both in flight when this returns:
+ * the holder's INSERT has completed, and the waiter is in the pool's queue.
  */
 export async function holderAndQueuedWaiter (app: FastifyInstance): Promise<{ holder: Promise<LightMyRequestResponse>, waiter: Promise<LightMyRequestResponse>, release: () => void }> {
   let release: () => void = () => {}
+  let inserted: () => void = () => {}
   const holding = new Promise<void>((resolve) => { release = resolve })
+  const holds = new Promise<void>((resolve) => { inserted = resolve })
   app.post('/hold', async (request) => {
     // SQL text: this helper is compiled with the examples too, whose request.db has other tables.
     await sql`INSERT INTO items (name) VALUES ('holder')`.execute(request.db)
+    inserted()
     await holding
     return { ok: true }
   })
@@ -106,7 +110,8 @@ export async function holderAndQueuedWaiter (app: FastifyInstance): Promise<{ ho
     return { ok: true }
   })
   const holder = app.inject({ method: 'POST', url: '/hold' })
-  await eventually(async () => app.db.stats(), (s) => s.active === 1)
+  // Its INSERT done, not only its connection counted as active (which it is while being made).
+  await holds
   const waiter = app.inject({ method: 'POST', url: '/wait' })
   await eventually(async () => app.db.stats(), (s) => s.waiting === 1)
   return { holder, waiter, release }
