@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { writeFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { cpus } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { freePort, startEmbeddedPostgres } from '../examples/embedded-postgres.mjs'
@@ -60,6 +60,7 @@ const ALL_PAIRS: Array<[VariantNumber, VariantNumber, string]> = [
 // saturation or in-process figures, and bench/results.json is left as it is.
 const ONLY = process.env.BENCH_PAIRS?.split(',')
 // BENCH_PHASES=sequential (or throughput): only that part of the selected pairs.
+// BENCH_PHASES=saturation: only the saturation runs; they replace that part of bench/results.json.
 const PHASES = process.env.BENCH_PHASES?.split(',') ?? ['throughput', 'sequential']
 /** A quick comparison: only the tables of what ran, and bench/results.json left as it is. */
 const PARTIAL = ONLY !== undefined || !PHASES.includes('throughput') || !PHASES.includes('sequential')
@@ -168,6 +169,32 @@ async function load (server: Server, seconds: number, connections: number, heade
   }
 }
 
+/**
+ * 200 clients against a pool of 10 whose requests hold their connection 20 ms: with a generous
+ * acquire timeout, and with a short one (every new connection then outlives some deadlines).
+ */
+async function saturationRuns (): Promise<Record<'generous' | 'short', Run & { acquireTimeoutMillis: number, served: number, refusedOnTime: boolean }>> {
+  const result: Partial<Record<'generous' | 'short', Run & { acquireTimeoutMillis: number, served: number, refusedOnTime: boolean }>> = {}
+  for (const [name, millis] of [['generous', 5000], ['short', 100]] as const) {
+    progress(`saturation: 200 clients, pool of 10, ${name} acquire timeout (${millis} ms)`)
+    const server = await startServer('saturation', databaseUrl, [String(millis)])
+    const run = await load(server, SECONDS + 1, 200)
+    await stopServer(server)
+    // Every refused request answered within the timeout, give or take how late the event loop
+    // ran (a timer cannot fire sooner than the loop gets to it).
+    const refusedOnTime = (run.server?.slowestRefusedMillis ?? 0) <= millis + (run.server?.maxLoopDelayMillis ?? 0)
+    result[name] = { acquireTimeoutMillis: millis, ...run, served: run.requests - run.non2xx, refusedOnTime }
+  }
+  return result as Record<'generous' | 'short', Run & { acquireTimeoutMillis: number, served: number, refusedOnTime: boolean }>
+}
+
+function printSaturation (saturation: Awaited<ReturnType<typeof saturationRuns>>): void {
+  console.log('Saturation (200 clients, pool of 10, 20 ms per request):')
+  console.table(Object.fromEntries(Object.values(saturation).map((run) => [`${run.acquireTimeoutMillis} ms`, {
+    rps: Math.round(run.rps), served: run.served, refused: run.non2xx, p99: run.p99, max: run.max, errors: run.errors, ...run.server
+  }])))
+}
+
 function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   const middle = Math.floor(sorted.length / 2)
@@ -237,19 +264,21 @@ try {
     errors: list.reduce((sum, r) => sum + r.errors, 0)
   }))
 
+  if (PARTIAL && PHASES.includes('saturation')) {
+    const saturation = await saturationRuns()
+    printSaturation(saturation)
+    const report = JSON.parse(await readFile(new URL('./results.json', import.meta.url), 'utf8'))
+    await writeFile(new URL('./results.json', import.meta.url), JSON.stringify({ ...report, saturation: { ...saturation, date: new Date().toISOString() } }, null, 2) + '\n')
+    progress('saturation written to bench/results.json (the rest of it left as it was)')
+  }
   if (PARTIAL) {
-    console.table(Object.entries(ratios).map(([ratio, { rps, cpu }]) => ({ ratio, rps: median(rps).toFixed(3), cpu: median(cpu).toFixed(3), rounds: rps.map((r) => r.toFixed(2)).join(' ') })))
-    console.log('Sequential latency (A/B, lower is better):')
-    console.table(latencyRows.map(({ p50Rounds, ...row }) => ({ ...row, p50Rounds: p50Rounds.map((r) => r.toFixed(2)).join(' ') })))
+    if (PAIRS.length > 0) console.table(Object.entries(ratios).map(([ratio, { rps, cpu }]) => ({ ratio, rps: median(rps).toFixed(3), cpu: median(cpu).toFixed(3), rounds: rps.map((r) => r.toFixed(2)).join(' ') })))
+    if (SEQUENTIAL_PAIRS.length > 0) {
+      console.log('Sequential latency (A/B, lower is better):')
+      console.table(latencyRows.map(({ p50Rounds, ...row }) => ({ ...row, p50Rounds: p50Rounds.map((r) => r.toFixed(2)).join(' ') })))
+    }
   } else {
-    progress('saturation: 200 clients, pool of 10, generous acquire timeout (5000 ms)')
-    const generous = await startServer('saturation', databaseUrl, ['5000'])
-    const generousRun = await load(generous, SECONDS + 1, 200)
-    await stopServer(generous)
-    progress('saturation: 200 clients, pool of 10, short acquire timeout (100 ms)')
-    const short = await startServer('saturation', databaseUrl, ['100'])
-    const shortRun = await load(short, SECONDS + 1, 200)
-    await stopServer(short)
+    const saturation = await saturationRuns()
 
     progress('in-process overhead: fastify.inject on an untouched route, with and without the plugin')
     const inProcess = await inProcessOverhead(databaseUrl)
@@ -314,12 +343,6 @@ try {
       // The tracing pairs have no target: they say what tracing costs.
       met: TARGETS[key] === undefined ? null : median(rps) >= TARGETS[key] || median(cpu) >= TARGETS[key]
     }))
-    const saturation = {
-      generous: { acquireTimeoutMillis: 5000, ...generousRun },
-      // Every refused request answered within the timeout, give or take how late the event loop
-      // ran (a timer cannot fire sooner than the loop gets to it).
-      short: { acquireTimeoutMillis: 100, ...shortRun, refusedOnTime: (shortRun.server?.slowestRefusedMillis ?? 0) <= 100 + (shortRun.server?.maxLoopDelayMillis ?? 0) }
-    }
     const report = {
       machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version },
       settings: { rounds: ROUNDS, seconds: SECONDS, connections: CONNECTIONS, pool: 10, serverCpus: pinned.server ?? 'any', databaseAndLoadCpus: pinned.rest ?? 'any' },
@@ -343,11 +366,7 @@ try {
     console.table(latencyRows.map(({ p50Rounds, ...row }) => row))
     console.log(`Other conditions (median of ${CONDITION_ROUNDS} rounds' A/B):`)
     console.table(conditionRows.map(({ rounds, ...row }) => ({ ...row, rounds: rounds.map((r) => r.toFixed(2)).join(' ') })))
-    console.log('Saturation (200 clients, pool of 10, 20 ms per request):')
-    console.table({
-      'generous (5000 ms)': { rps: Math.round(generousRun.rps), p99: generousRun.p99, max: generousRun.max, errors: generousRun.errors, non2xx: generousRun.non2xx, ...generousRun.server },
-      'short (100 ms)': { rps: Math.round(shortRun.rps), p99: shortRun.p99, max: shortRun.max, errors: shortRun.errors, non2xx: shortRun.non2xx, ...shortRun.server }
-    })
+    printSaturation(saturation)
     console.log('In-process overhead (fastify.inject, untouched route):')
     console.table(inProcess)
     console.log(`bench: done in ${((Date.now() - started) / 1000).toFixed(0)} s; report in bench/results.json`)
