@@ -423,7 +423,7 @@ declare namespace fastifyDbSession {
      * Read replicas (hot standbys): connection strings, `pg.PoolConfig`s or `pg.Pool`s. A unit of work
      * whose access mode resolves to `'read only'` runs on a serving replica (in turn); everything
      * else on the primary. The plugin ends only the pools it creates, which get `maxConnections`,
-     * `idleTimeoutMillis`, `maxLifetimeSeconds` and `acquireTimeoutMillis` unless their config sets them.
+     * `idleTimeoutMillis`, `maxLifetimeSeconds`, `acquireTimeoutMillis` and `connectTimeoutMillis` unless their config sets them.
      * A write that commits on the primary sends its commit position in the `db-session-lsn`
      * response header; a request that sends it back reads from a replica only once that replica
      * has replayed it (see `replicaWaitMillis`).
