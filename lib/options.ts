@@ -8,7 +8,7 @@ import { applicationNameResolver } from './application-name.js'
 import { noteConnecting } from './connect-time.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings, retryCount } from './transaction-settings.js'
-import { checkPoolConfig, checkPoolMinimum } from './pool-config.js'
+import { checkPoolConfig, checkPoolMinimum, LONGEST_MILLIS } from './pool-config.js'
 import { preparedStatementsOption } from './prepared-statements.js'
 import type { PreparedStatements } from './prepared-statements.js'
 import type { CircuitBreakerSettings } from './circuit-breaker.js'
@@ -103,6 +103,11 @@ function wholeNumber (options: FastifyDbSessionOptions, name: keyof typeof DEFAU
 function integerAtLeast (value: unknown, name: string, min: number): number {
   if (!Number.isSafeInteger(value) || (value as number) < min) {
     throw new InvalidOptionError(`${name} must be an integer of at least ${min}; instead got '${String(value)}'`)
+  }
+  // A duration becomes a Node timer, and a longer timer than this fires at once.
+  const longest = name.endsWith('Millis') ? LONGEST_MILLIS : name.endsWith('Seconds') ? Math.floor(LONGEST_MILLIS / 1000) : Infinity
+  if ((value as number) > longest) {
+    throw new InvalidOptionError(`${name} must be at most ${longest} (the longest a Node timer waits); instead got '${String(value)}'`)
   }
   return value as number
 }

@@ -2,7 +2,7 @@ import type pg from 'pg'
 import { InvalidOptionError } from './errors.js'
 
 // Node's timers and PostgreSQL's int4 settings both stop at 2^31 - 1 (a longer Node timer fires at once).
-const LONGEST_MILLIS = 2147483647
+export const LONGEST_MILLIS = 2147483647
 
 interface NumberRule {
   min: number
