@@ -21,6 +21,8 @@ export class ConnectionSource implements LeaseOwner {
   readonly leases = new Set<Lease>()
   /** Our acquire deadline, when the pool does not keep one (pg-pool's connectionTimeoutMillis). */
   readonly #deadlines: AcquireDeadlines | null
+  /** The pool's new connections have a connect timeout of ours (the owned pool's). */
+  readonly #boundedConnects: boolean
   /** A connection made at once for a caller ends, made or failed, within the caller's deadline. */
   readonly #connectsWithinDeadline: boolean
   readonly #reportedDeadline: number
@@ -42,10 +44,16 @@ export class ConnectionSource implements LeaseOwner {
     this.log = log
     this.statements = statements
     this.#deadlines = deadlines.own > 0 ? new AcquireDeadlines(deadlines.own) : null
-    this.#connectsWithinDeadline = deadlines.connect > 0 && deadlines.connect <= deadlines.own
+    this.#boundedConnects = deadlines.connect > 0
+    this.#connectsWithinDeadline = this.#boundedConnects && deadlines.connect <= deadlines.own
     this.#reportedDeadline = deadlines.reported
     this.#breaker = breaker
     this.#cancelTimeoutMillis = deadlines.cancel
+  }
+
+  /** The acquire deadline, ours or the pool's: how long a caller waits for a connection. */
+  get deadlineMillis (): number {
+    return this.#reportedDeadline
   }
 
   get circuitOpen (): boolean {
@@ -90,12 +98,14 @@ export class ConnectionSource implements LeaseOwner {
     const asked = performance.now()
     return new Promise((resolve, reject) => {
       let abandoned = false
+      // A connection is made for this caller: its outcome, even after the deadline, is the database's.
+      const connects = this.#connectsNow()
       const expire = (): void => {
         // pg-pool's own timeout takes a waiter out of its queue the same way; one whose new
         // connection is being made is not in it, and gets its answer late.
         this.#waiting.delete(abandon)
         forgetWaiter(this.pool, answer)
-        reject(this.#acquireError(new Error(PG_TIMEOUT_MESSAGE)))
+        reject(this.#acquireError(new Error(PG_TIMEOUT_MESSAGE), connects))
       }
       // close() does not wait for the connection: while the pool shuts down, a queued caller
       // might get one handed back by a rollback, or wait for its deadline on a pool that ended.
@@ -109,7 +119,7 @@ export class ConnectionSource implements LeaseOwner {
       // made at once gets that connection's outcome when its connect timeout ends first (two
       // timers of the same length would otherwise race for which error it sees); otherwise the
       // deadline answers it, and the connection, once made, serves the next caller.
-      const waiter = this.#deadlines === null || this.#connectsAtOnce() ? null : this.#deadlines.wait(asked, expire)
+      const waiter = this.#deadlines === null || (connects && this.#connectsWithinDeadline) ? null : this.#deadlines.wait(asked, expire)
       const answer = (cause: Error | null | undefined, client?: pg.PoolClient): void => {
         this.#waiting.delete(abandon)
         if (abandoned) {
@@ -120,9 +130,11 @@ export class ConnectionSource implements LeaseOwner {
         if (waiter !== null) {
           if (waiter.expired) {
             // Already answered with the timeout: a late connection goes back to the pool for the
-            // next caller, and a late failure still counts against the database, and is told.
+            // next caller (and a circuit breaker's probe succeeded), and a late failure still
+            // counts against the database, and is told.
             if (client !== undefined) {
               client.release()
+              this.#breaker?.succeeded()
             } else if (!this.#closed) {
               // (A connect that close() cut short says nothing of the database.)
               this.#breaker?.failed()
@@ -148,9 +160,9 @@ export class ConnectionSource implements LeaseOwner {
     })
   }
 
-  /** pg-pool makes a new connection for this caller right away, whose connect timeout ends within the deadline. */
-  #connectsAtOnce (): boolean {
-    return this.#connectsWithinDeadline && this.pool.idleCount === 0 && this.pool.totalCount < (this.pool.options.max as number)
+  /** pg-pool makes a new connection for this caller right away, with a connect timeout of ours. */
+  #connectsNow (): boolean {
+    return this.#boundedConnects && this.pool.idleCount === 0 && this.pool.totalCount < (this.pool.options.max as number)
   }
 
   /** The circuit breaker's refusal, if it refuses. */
@@ -164,12 +176,16 @@ export class ConnectionSource implements LeaseOwner {
     }
   }
 
-  /** What a failed acquire is reported as (classify's 'acquire'). */
-  #acquireError (cause: Error): Error {
+  /**
+   * What a failed acquire is reported as (classify's 'acquire'). `connecting`: a connection being
+   * made for the caller outlived its deadline; its own outcome will tell the circuit breaker.
+   */
+  #acquireError (cause: Error, connecting = false): Error {
     const { error } = classify(cause, 'acquire', { acquireTimeoutMillis: this.#reportedDeadline })
     if (error instanceof AcquireTimeoutError) {
-      // A full pool says nothing about the database's health.
-      this.#breaker?.inconclusive()
+      // A full pool says nothing about the database's health; a probe's connect still under way
+      // keeps its place until it ends, so that no second probe goes out beside it.
+      if (!connecting) this.#breaker?.inconclusive()
       this.telemetry.acquireTimedOut()
     } else {
       this.#breaker?.failed()

@@ -7,7 +7,7 @@ import type { Socket } from 'node:net'
 import Fastify from 'fastify'
 import pg from 'pg'
 import dbSession from '../lib/index.js'
-import { testDatabase } from './helpers/database.js'
+import { eventually, testDatabase } from './helpers/database.js'
 import { startProxy } from './helpers/tcp-proxy.js'
 
 async function breakerApp (t: Test, circuitBreaker: object | boolean, timeouts: { acquireTimeoutMillis?: number, connectTimeoutMillis?: number } = {}) {
@@ -144,4 +144,22 @@ t.test('a connect that fails after the acquire deadline still counts against the
   await new Promise((resolve) => setTimeout(resolve, 100))
   t.equal(app.db.stats().circuitOpen, true, 'its failure opened the circuit')
   t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_DATABASE_UNAVAILABLE')
+})
+
+t.test('a probe whose connect outlives its acquire deadline stays the only probe until its connect ends; its late success closes the circuit', async (t) => {
+  const { app, proxy } = await breakerApp(t, { failureThreshold: 1, coolDownMillis: 200 }, { acquireTimeoutMillis: 100, connectTimeoutMillis: 3000 })
+  proxy.mode = 'down'
+  t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_CONNECTION_FAILED')
+  t.equal(app.db.stats().circuitOpen, true)
+  await new Promise((resolve) => setTimeout(resolve, 220))
+  // The database is back, but slow to accept connections: the probe's connect takes 600 ms.
+  proxy.mode = 'up'
+  proxy.connectDelayMillis = 600
+  const before = proxy.accepted
+  t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT', 'the probe answered at its deadline')
+  t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_DATABASE_UNAVAILABLE', 'no second probe while the first one\'s connect is under way')
+  t.equal(proxy.accepted, before + 1, 'one connect in all')
+  t.equal(await eventually(async () => app.db.stats().circuitOpen, (open) => !open), false, 'the late connect closed the circuit')
+  proxy.connectDelayMillis = 0
+  t.same((await app.inject('/')).json(), { one: 1 }, 'served again')
 })
