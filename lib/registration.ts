@@ -48,7 +48,8 @@ export async function dbSession (fastify: FastifyInstance, options: FastifyDbSes
   const deadlines = { own: resolved.acquireTimeoutMillis, reported: resolved.reportedAcquireTimeoutMillis, connect: resolved.connectTimeoutMillis, cancel: closeTimeoutMillis }
   const source = new ConnectionSource(pool, telemetry, fastify.log, deadlines, breaker, resolved.preparedStatements)
   const tracing = await unitTracing(resolved.tracerProvider, resolved.name)
-  if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.reportedAcquireTimeoutMillis)
+  // Each attempt may take as long as the pool's connects do (the owned pool's connect timeout).
+  if (resolved.startupCheck !== null) await checkStartup(pool, resolved.startupCheck, resolved.connectTimeoutMillis || resolved.reportedAcquireTimeoutMillis)
 
   const stopListening = listenToPool(pool, telemetry)
 

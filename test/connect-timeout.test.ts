@@ -120,3 +120,16 @@ t.test('close() ends a connect still under way at once, instead of leaving it op
   t.same(logs.lines.filter((line) => /timed out/.test(line.msg)), [], 'and is not logged as a failure')
   for (const socket of sockets) socket.destroy()
 })
+
+t.test('the startup check gives each attempt connectTimeoutMillis, as the pool\'s connects get, not the shorter acquire deadline', async (t) => {
+  const db = await testDatabase(t)
+  const proxy = await startProxy(t, db.url)
+  proxy.connectDelayMillis = 400
+  const started = Date.now()
+  const app = await db.app({ connectionString: proxy.urlFor(db.url), acquireTimeoutMillis: 200, connectTimeoutMillis: 3000 })
+  t.equal(proxy.accepted, 1, `registered at the first attempt (${Date.now() - started} ms), not refused after five of 200 ms`)
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT', 'a request still waits at most 200 ms')
+  t.equal(await eventually(async () => app.db.pool.idleCount, (n) => n === 1), 1)
+  t.same((await app.inject('/')).json(), { one: 1 })
+})
