@@ -161,9 +161,23 @@ export class ReplicaHealth {
     }
   }
 
+  /**
+   * Reads the replica, or joins the read under way; answers within the replica's acquire deadline
+   * either way. A read still waiting then (a replica that accepts connections and never answers,
+   * whose connect may take connectTimeoutMillis) leaves the replica out, and goes on: its outcome,
+   * when it comes, is the replica's state. One read at a time per replica, however slow.
+   */
   #check (replica: Replica): Promise<void> {
     replica.checking ??= this.#read(replica).finally(() => { replica.checking = null })
-    return replica.checking
+    const millis = replica.source.deadlineMillis
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.failed(replica, new Error(`the replica's check got no answer within ${millis} ms`))
+        resolve()
+      }, millis).unref()
+    })
+    return Promise.race([replica.checking, late]).finally(() => clearTimeout(timer))
   }
 
   /** Reads one replica's state; never rejects: a failure leaves the replica out. */

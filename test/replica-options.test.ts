@@ -170,10 +170,15 @@ t.test('close() while a replica check hangs: no check is scheduled after it', as
     silent.close()
   })
   const { port } = silent.address() as AddressInfo
+  const started = Date.now()
   const app = await db.app({ replicas: [`postgres://postgres@127.0.0.1:${port}/none`], acquireTimeoutMillis: 600, replicaCheckMillis: 10, closeTimeoutMillis: 100 })
+  const took = Date.now() - started
   t.equal(app.db.stats().replicas[0].up, false, 'the first check timed out')
-  // The next check started 10 ms after the first; close while it hangs.
+  // Its connect has 5000 ms (connectTimeoutMillis' default); the check answers at the acquire deadline.
+  t.ok(took < 4000, `registered after the check's 600 ms, not the connect's 5000 (${took} ms)`)
+  // The next checks start every 10 ms; they join the read under way instead of connecting again.
   await sleep(100)
+  t.equal(sockets.size, 1, 'one read at a time: one connection attempt')
   await app.close()
   const connected = sockets.size
   await sleep(800)
