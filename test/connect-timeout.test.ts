@@ -2,11 +2,11 @@
 // request that asked first. That request waits no longer than acquireTimeoutMillis; the
 // connection, if it is made after that, serves the next one.
 import t from 'tap'
-import { createServer } from 'node:net'
-import type { Socket } from 'node:net'
+import type { Test } from 'tap'
 import Fastify from 'fastify'
 import dbSession from '../lib/index.js'
 import { eventually, testDatabase } from './helpers/database.js'
+import { startSilentServer } from './helpers/silent-server.js'
 import { startProxy } from './helpers/tcp-proxy.js'
 import { capturedLogs } from './helpers/util.js'
 
@@ -33,46 +33,39 @@ t.test('a connect slower than the acquire deadline: the request gets ACQUIRE_TIM
 })
 
 t.test('by default the connect timeout is not a short acquire deadline: a silent server is still being waited for 1 s later', async (t) => {
-  const sockets = new Set<Socket>()
-  let closed = 0
-  const silent = createServer((socket) => {
-    sockets.add(socket)
-    socket.resume()
-    socket.on('close', () => { closed++ })
-  })
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise((resolve) => silent.close(resolve)))
-  const { port } = silent.address() as { port: number }
+  const silent = await startSilentServer(t)
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(dbSession, { connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`, maxConnections: 1, acquireTimeoutMillis: 150, startupCheck: false })
+  await app.register(dbSession, { connectionString: silent.url, maxConnections: 1, acquireTimeoutMillis: 150, startupCheck: false })
   app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
   const res = await app.inject('/')
   t.equal(res.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
   await new Promise((resolve) => setTimeout(resolve, 1000))
-  t.equal(sockets.size, 1)
-  t.equal(closed, 0, 'the connect goes on (its timeout is 5000 ms, the default floor)')
+  t.equal(silent.accepted, 1)
+  t.equal(silent.closed, 0, 'the connect goes on (its timeout is 5000 ms, the default floor)')
   t.equal(app.db.pool.totalCount, 1)
 })
 
-t.test('a connect that fails after its request timed out: logged, counted by the circuit breaker, and its slot freed', async (t) => {
-  const sockets = new Set<Socket>()
-  const silent = createServer((socket) => { sockets.add(socket); socket.resume() })
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise((resolve) => silent.close(resolve)))
-  const { port } = silent.address() as { port: number }
+/** An app on a server that never answers, one connection, a 150 ms deadline, and a circuit breaker that opens at one failure. */
+async function silentApp (t: Test, options: { connectTimeoutMillis?: number, closeTimeoutMillis?: number }) {
+  const silent = await startSilentServer(t)
   const logs = capturedLogs()
   const app = Fastify(logs.options)
   t.teardown(() => app.close())
   await app.register(dbSession, {
-    connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`,
+    connectionString: silent.url,
     maxConnections: 1,
     acquireTimeoutMillis: 150,
-    connectTimeoutMillis: 400,
     startupCheck: false,
-    circuitBreaker: { failureThreshold: 1, coolDownMillis: 60_000 }
+    circuitBreaker: { failureThreshold: 1, coolDownMillis: 60_000 },
+    ...options
   })
   app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  return { app, silent, logs }
+}
+
+t.test('a connect that fails after its request timed out: logged, counted by the circuit breaker, and its slot freed', async (t) => {
+  const { app, logs } = await silentApp(t, { connectTimeoutMillis: 400 })
   const res = await app.inject('/')
   t.equal(res.json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
   t.equal(app.db.stats().circuitOpen, false, 'a timeout says nothing of the database')
@@ -82,42 +75,20 @@ t.test('a connect that fails after its request timed out: logged, counted by the
   t.equal(app.db.stats().circuitOpen, true, 'the failed connect counted against the database')
   t.equal(app.db.pool.totalCount, 0, 'its slot is free')
   t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_DATABASE_UNAVAILABLE')
-  for (const socket of sockets) socket.destroy()
 })
 
 t.test('close() ends a connect still under way at once, instead of leaving it open until its connect timeout', async (t) => {
-  const sockets = new Set<Socket>()
-  let closed = 0
-  const silent = createServer((socket) => {
-    sockets.add(socket)
-    socket.resume()
-    socket.on('close', () => { closed++ })
-  })
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise((resolve) => silent.close(resolve)))
-  const { port } = silent.address() as { port: number }
-  const logs = capturedLogs()
-  const app = Fastify(logs.options)
-  await app.register(dbSession, {
-    connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`,
-    maxConnections: 1,
-    acquireTimeoutMillis: 150,
-    closeTimeoutMillis: 300,
-    startupCheck: false,
-    circuitBreaker: { failureThreshold: 1, coolDownMillis: 60_000 }
-  })
-  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const { app, silent, logs } = await silentApp(t, { closeTimeoutMillis: 300 })
   t.equal((await app.inject('/')).json().code, 'FST_DB_SESSION_ACQUIRE_TIMEOUT')
-  t.equal(closed, 0, 'the connect is under way')
+  t.equal(silent.closed, 0, 'the connect is under way')
   const started = Date.now()
   await app.close()
   const took = Date.now() - started
   t.equal(app.db.pool.totalCount, 0, 'the pool ended')
-  t.equal(await eventually(async () => closed, (n) => n === 1, 1000), 1, 'its socket was closed by close(), not 5 s later by its connect timeout')
+  t.equal(await eventually(async () => silent.closed, (n) => n === 1, 1000), 1, 'its socket was closed by close(), not 5 s later by its connect timeout')
   t.ok(took < 1000, `close() took ${took} ms`)
   t.equal(app.db.stats().circuitOpen, false, 'a connect close() cut short says nothing of the database')
   t.same(logs.lines.filter((line) => /timed out/.test(line.msg)), [], 'and is not logged as a failure')
-  for (const socket of sockets) socket.destroy()
 })
 
 t.test('the startup check gives each attempt connectTimeoutMillis, as the pool\'s connects get, not the shorter acquire deadline', async (t) => {

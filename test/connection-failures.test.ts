@@ -7,6 +7,7 @@ import pg from 'pg'
 import { sql } from 'kysely'
 import dbSession from '../lib/index.js'
 import { eventually, testDatabase } from './helpers/database.js'
+import { startSilentServer } from './helpers/silent-server.js'
 import { capturedLogs } from './helpers/util.js'
 
 /** A real pg client class whose backend is terminated just before the first query `dies` picks, as after a failover. */
@@ -72,35 +73,25 @@ t.test('a server that accepts but never answers: 503 at the deadline, and the la
 })
 
 t.test('the owned pool and a server that never answers, with connectTimeoutMillis the deadline: the connect gives up at it, 503 CONNECTION_FAILED', async (t) => {
-  const sockets = new Set<Socket>()
-  let closed = 0
-  const silent = createServer((socket) => {
-    sockets.add(socket)
-    socket.resume()
-    socket.on('close', () => { closed++ })
-  })
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
-  const { port } = silent.address() as { port: number }
+  const silent = await startSilentServer(t)
   const app = Fastify()
-  await app.register(dbSession, { connectionString: `postgres://nobody:secret@127.0.0.1:${port}/none`, maxConnections: 1, acquireTimeoutMillis: 150, connectTimeoutMillis: 150, startupCheck: false })
+  t.teardown(() => app.close())
+  await app.register(dbSession, { connectionString: silent.url, maxConnections: 1, acquireTimeoutMillis: 150, connectTimeoutMillis: 150, startupCheck: false })
   app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
   const started = Date.now()
   const res = await app.inject('/')
   t.equal(res.statusCode, 503)
-  // The connection made for it has the acquire timeout as pg's connect timeout: its failure is the
-  // answer (as when pg-pool kept the deadline), not a race of two timers of the same length.
+  // The connection made for it has the deadline's length as pg's connect timeout: its failure is
+  // the answer (as when pg-pool kept the deadline), not a race of two timers of the same length.
   t.equal(res.json().code, 'FST_DB_SESSION_CONNECTION_FAILED')
   t.match(res.json().message, /timeout/)
   const took = Date.now() - started
   t.ok(took >= 140 && took < 1000, `answered at the deadline (${took} ms)`)
   await new Promise((resolve) => setTimeout(resolve, 100))
   t.equal(app.db.pool.totalCount, 0, 'no connection attempt is left holding the slot')
-  t.equal(sockets.size, 1)
-  t.equal(closed, 1, 'the client hung up')
+  t.equal(silent.accepted, 1)
+  t.equal(silent.closed, 1, 'the client hung up')
   t.equal(app.db.stats().acquireTimeouts, 0)
-  await app.close()
-  for (const socket of sockets) socket.destroy()
-  await new Promise((resolve) => silent.close(resolve))
 })
 
 t.test('a value pg cannot serialize fails its query, but the healthy connection is kept', async (t) => {
