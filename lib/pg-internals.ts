@@ -113,8 +113,9 @@ export const PgQueryClass = pg.Query as unknown as new (text: string, values: re
  * or not) and pg's `_connecting` (true from connect() to the first ReadyForQuery).
  */
 export function destroyConnecting (pool: pg.Pool): void {
-  const clients = (pool as unknown as { _clients?: Array<{ _connecting?: boolean, connection?: { stream?: { destroy: () => void } } }> })._clients ?? []
+  // Only the pools the plugin makes, always pg-pool's with pg's clients, come here.
+  const clients = (pool as unknown as { _clients: Array<{ _connecting: boolean, connection: { stream: { destroy: () => void } } }> })._clients
   for (const client of clients) {
-    if (client._connecting === true) client.connection?.stream?.destroy()
+    if (client._connecting) client.connection.stream.destroy()
   }
 }

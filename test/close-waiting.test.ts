@@ -2,6 +2,9 @@
 // whether they wait in the pool's queue or for a connection being made, and whatever the
 // connections held by others do meanwhile.
 import t from 'tap'
+import Fastify from 'fastify'
+import pg from 'pg'
+import dbSession from '../lib/index.js'
 import { eventually, holderAndQueuedWaiter, testDatabase } from './helpers/database.js'
 import { startProxy } from './helpers/tcp-proxy.js'
 
@@ -24,7 +27,7 @@ t.test('a caller queued behind a holder whose ROLLBACK never comes back gets CLO
   t.equal(await eventually(() => db.connections(), (n) => n === 0), 0, 'nothing is left open')
 })
 
-t.test('a caller whose connection is being made gets CLOSING; the connection, made after, is ended with the pool', async (t) => {
+t.test('a caller whose connection is being made gets CLOSING; close() ends that connect with the pool', async (t) => {
   const db = await testDatabase(t)
   const proxy = await startProxy(t, db.url)
   const app = await db.app({ connectionString: proxy.urlFor(db.url), startupCheck: false, acquireTimeoutMillis: 20_000 })
@@ -37,6 +40,25 @@ t.test('a caller whose connection is being made gets CLOSING; the connection, ma
   t.equal(res.statusCode, 503)
   t.equal(res.json().code, 'FST_DB_SESSION_CLOSING')
   t.equal(await eventually(() => db.connections(), (n) => n === 0), 0, 'the late connection was not kept')
+})
+
+t.test('with the user\'s pool: a caller whose connection is being made gets CLOSING; that connection, made after, goes back to the pool', async (t) => {
+  const db = await testDatabase(t)
+  const proxy = await startProxy(t, db.url)
+  proxy.connectDelayMillis = 300
+  const pool = new pg.Pool({ connectionString: proxy.urlFor(db.url), max: 1 })
+  t.teardown(() => pool.end())
+  const app = Fastify()
+  await app.register(dbSession, { pool, startupCheck: false, acquireTimeoutMillis: 20_000 })
+  app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
+  const response = app.inject('/')
+  await eventually(async () => proxy.accepted, (n) => n === 1)
+  await app.close()
+  t.equal((await response).json().code, 'FST_DB_SESSION_CLOSING')
+  // The user's pool is theirs to end: its connect is left to finish, and the connection to them.
+  t.equal(await eventually(async () => pool.idleCount, (n) => n === 1), 1, 'made after close(), idle in the user\'s pool')
+  t.equal(pool.totalCount, 1, 'nothing else is held')
+  t.same((await pool.query('SELECT 1 AS one')).rows, [{ one: 1 }], 'and usable')
 })
 
 t.test('a caller whose connect fails after close() started has its answer already: CLOSING', async (t) => {
