@@ -8,7 +8,8 @@ import { applicationNameResolver } from './application-name.js'
 import { noteConnecting } from './connect-time.js'
 import { requestContextResolver } from './context-settings.js'
 import { beginSettings, retryCount } from './transaction-settings.js'
-import { checkPoolConfig, checkPoolMinimum, LONGEST_MILLIS } from './pool-config.js'
+import { checkPoolConfig, checkPoolMinimum, LONGEST_MILLIS, poolDeadlines } from './pool-config.js'
+import type { PoolDeadlines } from './pool-config.js'
 import { preparedStatementsOption } from './prepared-statements.js'
 import type { PreparedStatements } from './prepared-statements.js'
 import type { CircuitBreakerSettings } from './circuit-breaker.js'
@@ -41,15 +42,9 @@ const MAX_RETRY_DELAY_MILLIS = 60000
 export const STARTUP_CHECK_DEFAULTS: StartupCheckSettings = { retries: 4, delayMillis: 250 }
 export const CIRCUIT_BREAKER_DEFAULTS: CircuitBreakerSettings = { failureThreshold: 5, coolDownMillis: 5000 }
 
-export interface ResolvedOptions {
+export interface ResolvedOptions extends PoolDeadlines {
   pool: pg.Pool
   ownsPool: boolean
-  /** Our own acquire deadline, for a user's pool that has none; 0 when pg enforces it. */
-  acquireTimeoutMillis: number
-  /** The deadline reported in errors. */
-  reportedAcquireTimeoutMillis: number
-  /** pg's connect timeout on the owned pool's new connections; 0 when the pool is the user's or pg-pool keeps its own. */
-  connectTimeoutMillis: number
   closeTimeoutMillis: number
   commitWhen: (request: FastifyRequest, reply: FastifyReply) => boolean
   plugins: KyselyPlugin[]
@@ -213,6 +208,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   const connectTimeoutMillis = options.connectTimeoutMillis === undefined
     ? Math.max(acquireTimeoutMillis, MIN_DEFAULT_CONNECT_TIMEOUT_MILLIS)
     : integerAtLeast(options.connectTimeoutMillis, 'connectTimeoutMillis', 1)
+  const ours = { acquireTimeoutMillis, connectTimeoutMillis }
   const retryDelayMillis = options.retryDelayMillis ?? DEFAULTS.retryDelayMillis
   if (!Number.isSafeInteger(retryDelayMillis) || retryDelayMillis < 0 || retryDelayMillis > MAX_RETRY_DELAY_MILLIS) {
     throw new InvalidOptionError(`retryDelayMillis must be an integer number of milliseconds from 0 to ${MAX_RETRY_DELAY_MILLIS}; instead got '${String(retryDelayMillis)}'`)
@@ -268,9 +264,7 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
       replicas: replicas(),
       pool: userPool,
       ownsPool: false,
-      connectTimeoutMillis: 0,
-      acquireTimeoutMillis: poolDeadline > 0 ? 0 : acquireTimeoutMillis,
-      reportedAcquireTimeoutMillis: poolDeadline > 0 ? poolDeadline : acquireTimeoutMillis
+      ...poolDeadlines(poolDeadline, ours, false)
     }
   }
 
@@ -298,18 +292,15 @@ export function resolveOptions (options: FastifyDbSessionOptions): ResolvedOptio
   // pg waits forever by default; a request must fail fast instead. A connectionTimeoutMillis of
   // the config's own is pg-pool's to keep; otherwise the deadline is ours, kept with one timer for
   // all waiters, and new connections get connectTimeoutMillis as pg's connect timeout.
-  const poolDeadline = config.connectionTimeoutMillis ?? 0
-  const ownConnectTimeout = poolDeadline === 0 ? connectTimeoutMillis : 0
-  config.Client = withConnectTimeout(config.Client ?? pg.Client, ownConnectTimeout)
+  const deadlines = poolDeadlines(config.connectionTimeoutMillis ?? 0, ours, true)
+  config.Client = withConnectTimeout(config.Client ?? pg.Client, deadlines.connectTimeoutMillis)
   const replicaSettings = replicas()
   return {
     ...common,
     replicas: replicaSettings,
     pool: new pg.Pool(config),
     ownsPool: true,
-    connectTimeoutMillis: ownConnectTimeout,
-    acquireTimeoutMillis: poolDeadline > 0 ? 0 : acquireTimeoutMillis,
-    reportedAcquireTimeoutMillis: poolDeadline > 0 ? poolDeadline : acquireTimeoutMillis
+    ...deadlines
   }
 }
 

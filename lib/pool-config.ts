@@ -60,3 +60,23 @@ function described (value: unknown): string {
   if (typeof value === 'string') return `the string '${value}'`
   return `${String(value)} (${typeof value})`
 }
+
+/** The deadlines a pool's connection source keeps (ConnectionSource's `own`, `reported` and `connect`). */
+export interface PoolDeadlines {
+  /** Our own acquire deadline; 0 when pg-pool keeps one (the pool's connectionTimeoutMillis). */
+  acquireTimeoutMillis: number
+  /** The deadline reported in errors. */
+  reportedAcquireTimeoutMillis: number
+  /** pg's connect timeout on the pool's new connections; 0 when the pool is the user's or pg-pool keeps its own. */
+  connectTimeoutMillis: number
+}
+
+/**
+ * A pool's deadlines: pg-pool's own connectionTimeoutMillis (`poolDeadline`, 0 for none) bounds
+ * the wait and the connect alike when the pool has one; otherwise the wait is ours, and the
+ * connect too when the plugin made the pool.
+ */
+export function poolDeadlines (poolDeadline: number, ours: { acquireTimeoutMillis: number, connectTimeoutMillis: number }, owned: boolean): PoolDeadlines {
+  if (poolDeadline > 0) return { acquireTimeoutMillis: 0, reportedAcquireTimeoutMillis: poolDeadline, connectTimeoutMillis: 0 }
+  return { acquireTimeoutMillis: ours.acquireTimeoutMillis, reportedAcquireTimeoutMillis: ours.acquireTimeoutMillis, connectTimeoutMillis: owned ? ours.connectTimeoutMillis : 0 }
+}

@@ -2,7 +2,8 @@ import pg from 'pg'
 import type { FastifyRequest } from 'fastify'
 import type { FastifyDbSessionOptions } from '../index.js'
 import { InvalidOptionError } from './errors.js'
-import { checkPoolConfig, checkPoolMinimum } from './pool-config.js'
+import { checkPoolConfig, checkPoolMinimum, poolDeadlines } from './pool-config.js'
+import type { PoolDeadlines } from './pool-config.js'
 
 /** The response header a write's commit position goes out in, and the request header it comes back in. */
 export const LSN_HEADER = 'db-session-lsn'
@@ -14,14 +15,9 @@ export const REPLICA_DEFAULTS = {
 } as const
 
 /** One replica's pool, and the deadlines its connection source keeps (as for the primary's). */
-export interface ReplicaPool {
+export interface ReplicaPool extends PoolDeadlines {
   pool: pg.Pool
   owned: boolean
-  /** Our own acquire deadline; 0 when pg-pool keeps one (the pool's connectionTimeoutMillis). */
-  acquireTimeoutMillis: number
-  reportedAcquireTimeoutMillis: number
-  /** pg's connect timeout on its new connections; 0 when the pool is the user's or pg-pool keeps its own. */
-  connectTimeoutMillis: number
 }
 
 export interface ReplicaSettings {
@@ -92,8 +88,7 @@ function replicaPool (replica: unknown, where: string, sizing: Sizing): ReplicaP
   // Any pool with connect() is the user's, as for the pool option: theirs to size and to end.
   if (typeof (replica as { connect?: unknown } | null)?.connect === 'function') {
     const pool = replica as pg.Pool
-    const deadline = pool.options.connectionTimeoutMillis ?? 0
-    return { pool, owned: false, acquireTimeoutMillis: deadline > 0 ? 0 : sizing.acquireTimeoutMillis, reportedAcquireTimeoutMillis: deadline > 0 ? deadline : sizing.acquireTimeoutMillis, connectTimeoutMillis: 0 }
+    return { pool, owned: false, ...poolDeadlines(pool.options.connectionTimeoutMillis ?? 0, sizing, false) }
   }
   let config: pg.PoolConfig
   if (typeof replica === 'string' && replica !== '') config = { connectionString: replica }
@@ -109,8 +104,7 @@ function replicaPool (replica: unknown, where: string, sizing: Sizing): ReplicaP
   checkPoolMinimum(config.min, config.max)
   config.idleTimeoutMillis ??= sizing.idleTimeoutMillis
   config.maxLifetimeSeconds ??= sizing.maxLifetimeSeconds
-  const deadline = config.connectionTimeoutMillis ?? 0
-  const connectTimeoutMillis = deadline === 0 ? sizing.connectTimeoutMillis : 0
-  config.Client = sizing.withConnectTimeout(config.Client ?? pg.Client, connectTimeoutMillis)
-  return { pool: new pg.Pool(config), owned: true, acquireTimeoutMillis: deadline > 0 ? 0 : sizing.acquireTimeoutMillis, reportedAcquireTimeoutMillis: deadline > 0 ? deadline : sizing.acquireTimeoutMillis, connectTimeoutMillis }
+  const deadlines = poolDeadlines(config.connectionTimeoutMillis ?? 0, sizing, true)
+  config.Client = sizing.withConnectTimeout(config.Client ?? pg.Client, deadlines.connectTimeoutMillis)
+  return { pool: new pg.Pool(config), owned: true, ...deadlines }
 }
