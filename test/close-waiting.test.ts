@@ -32,13 +32,18 @@ t.test('a caller whose connection is being made gets CLOSING; close() ends that 
   const proxy = await startProxy(t, db.url)
   const app = await db.app({ connectionString: proxy.urlFor(db.url), startupCheck: false, acquireTimeoutMillis: 20_000 })
   app.get('/', async (request) => request.db.selectNoFrom((eb) => eb.val(1).as('one')).executeTakeFirst())
-  proxy.connectDelayMillis = 300
+  // The connect reaches the database 2 s late: close() must not wait for it (closeTimeoutMillis is 5 s).
+  proxy.connectDelayMillis = 2000
   const response = app.inject('/')
   await eventually(async () => proxy.accepted, (n) => n === 1)
+  const started = Date.now()
   await app.close()
+  const took = Date.now() - started
   const res = await response
   t.equal(res.statusCode, 503)
   t.equal(res.json().code, 'FST_DB_SESSION_CLOSING')
+  t.ok(took < 1500, `close() ended the connect instead of waiting for it (${took} ms)`)
+  t.equal(app.db.pool.totalCount, 0, 'the pool ended')
   t.equal(await eventually(() => db.connections(), (n) => n === 0), 0, 'the late connection was not kept')
 })
 
