@@ -169,12 +169,14 @@ async function load (server: Server, seconds: number, connections: number, heade
   }
 }
 
+type SaturationRun = Run & { acquireTimeoutMillis: number, served: number, refusedOnTime: boolean }
+
 /**
  * 200 clients against a pool of 10 whose requests hold their connection 20 ms: with a generous
  * acquire timeout, and with a short one (every new connection then outlives some deadlines).
  */
-async function saturationRuns (): Promise<Record<'generous' | 'short', Run & { acquireTimeoutMillis: number, served: number, refusedOnTime: boolean }>> {
-  const result: Partial<Record<'generous' | 'short', Run & { acquireTimeoutMillis: number, served: number, refusedOnTime: boolean }>> = {}
+async function saturationRuns (): Promise<Record<'generous' | 'short', SaturationRun>> {
+  const result: Partial<Record<'generous' | 'short', SaturationRun>> = {}
   for (const [name, millis] of [['generous', 5000], ['short', 100]] as const) {
     progress(`saturation: 200 clients, pool of 10, ${name} acquire timeout (${millis} ms)`)
     const server = await startServer('saturation', databaseUrl, [String(millis)])
@@ -185,10 +187,10 @@ async function saturationRuns (): Promise<Record<'generous' | 'short', Run & { a
     const refusedOnTime = (run.server?.slowestRefusedMillis ?? 0) <= millis + (run.server?.maxLoopDelayMillis ?? 0)
     result[name] = { acquireTimeoutMillis: millis, ...run, served: run.requests - run.non2xx, refusedOnTime }
   }
-  return result as Record<'generous' | 'short', Run & { acquireTimeoutMillis: number, served: number, refusedOnTime: boolean }>
+  return result as Record<'generous' | 'short', SaturationRun>
 }
 
-function printSaturation (saturation: Awaited<ReturnType<typeof saturationRuns>>): void {
+function printSaturation (saturation: Record<'generous' | 'short', SaturationRun>): void {
   console.log('Saturation (200 clients, pool of 10, 20 ms per request):')
   console.table(Object.fromEntries(Object.values(saturation).map((run) => [`${run.acquireTimeoutMillis} ms`, {
     rps: Math.round(run.rps), served: run.served, refused: run.non2xx, p99: run.p99, max: run.max, errors: run.errors, ...run.server
